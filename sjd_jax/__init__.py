@@ -1,0 +1,15 @@
+"""sjd-jax: Speculative Jacobi Decoding for auto-regressive text-to-image models in JAX/Flax."""
+
+from .cache import KVCache, init_cache
+from .config import GPTConfig
+from .model import (Caption, abstract_params, embed_cond, embed_tokens, forward, init_params,
+                    param_count, teacher_forced_logits)
+from .sampling import GenerateOutput, SamplerSpec, generate
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Caption", "GPTConfig", "GenerateOutput", "KVCache", "SamplerSpec", "abstract_params",
+    "embed_cond", "embed_tokens", "forward", "generate", "init_cache", "init_params",
+    "param_count", "teacher_forced_logits",
+]

@@ -1,0 +1,131 @@
+"""Model configuration: one frozen (hashable) dataclass, usable as a static jit argument."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+
+def find_multiple(n: int, k: int) -> int:
+    """Smallest multiple of k that is >= n."""
+    return n if n % k == 0 else n + k - (n % k)
+
+
+# LlamaGen GPT sizes: (dim, n_layer, n_head). head_dim = dim / n_head (100 for 3B).
+_LLAMAGEN_SIZES = {
+    "B": (768, 12, 12),
+    "L": (1024, 24, 16),
+    "XL": (1280, 36, 20),
+    "XXL": (1536, 48, 24),
+    "3B": (3200, 24, 32),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class GPTConfig:
+    """A Llama-family decoder over a prefix of condition positions and an image-token grid.
+
+    Sequence layout (absolute positions): ``[0, C)`` condition positions (class embedding or
+    caption features), then ``[C, C + N)`` image tokens, ``N = grid_size[0] * grid_size[1]``.
+    The output at position ``C - 1 + i`` predicts image token ``i``.
+    """
+
+    vocab_size: int = 16384
+    grid_size: tuple[int, int] = (16, 16)
+    dim: int = 768
+    n_layer: int = 12
+    n_head: int = 12
+    n_kv_head: int | None = None  # None: multi-head attention (n_kv_head = n_head)
+    num_classes: int | None = 1000  # class-conditional; id `num_classes` is the CFG null class
+    cls_token_num: int = 1
+    caption_dim: int | None = None  # text-conditional (caption features) when set
+    multiple_of: int = 256
+    ffn_dim_multiplier: float | None = None
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_type: Literal["2d", "1d"] = "2d"
+    # LlamaGen rotates interleaved pairs (x[2i], x[2i+1]); HF Llama-style checkpoints rotate halves.
+    rope_interleaved: bool = True
+    qk_norm: bool = False  # Chameleon-style LayerNorm over head_dim on q and k (before RoPE)
+    dtype: str = "float32"  # compute dtype; params stay float32
+
+    def __post_init__(self):
+        if isinstance(self.grid_size, int):
+            object.__setattr__(self, "grid_size", (self.grid_size, self.grid_size))
+        else:
+            object.__setattr__(self, "grid_size", tuple(int(g) for g in self.grid_size))
+        problems = []
+        if self.dim % self.n_head:
+            problems.append(f"dim {self.dim} is not divisible by n_head {self.n_head}")
+        if self.n_head % self.kv_heads:
+            problems.append(f"n_head {self.n_head} is not divisible by n_kv_head {self.kv_heads}")
+        if (self.dim // max(self.n_head, 1)) % (4 if self.rope_type == "2d" else 2):
+            problems.append(f"head_dim {self.dim // self.n_head} must be divisible by "
+                            f"{4 if self.rope_type == '2d' else 2} for {self.rope_type} RoPE")
+        if self.caption_dim is None and self.num_classes is None:
+            problems.append("set num_classes (class-conditional) or caption_dim (text-conditional)")
+        if self.caption_dim is not None and self.num_classes is not None:
+            problems.append("num_classes and caption_dim are exclusive; set one to None")
+        if self.caption_dim is None and self.cls_token_num != 1:
+            problems.append("class-conditional models use exactly one condition token (cls_token_num=1)")
+        if min(self.grid_size) < 1 or self.vocab_size < 2 or self.cls_token_num < 1:
+            problems.append("grid_size, vocab_size and cls_token_num must be positive")
+        if self.rope_type not in ("2d", "1d"):
+            problems.append(f"unknown rope_type {self.rope_type!r}")
+        if problems:
+            raise ValueError("invalid GPTConfig: " + "; ".join(problems))
+
+    # ---- derived sizes -------------------------------------------------------------------
+    @property
+    def kv_heads(self) -> int:
+        return self.n_head if self.n_kv_head is None else self.n_kv_head
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_head
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.grid_size[0] * self.grid_size[1]
+
+    @property
+    def seq_len(self) -> int:
+        """Positions the KV cache must hold: C condition + N - 1 fed image tokens."""
+        return self.cls_token_num + self.num_image_tokens - 1
+
+    @property
+    def ffn_hidden(self) -> int:
+        """LlamaGen's SwiGLU rule: int(2 * 4 * dim / 3), optionally scaled, rounded up to multiple_of."""
+        hidden = int(2 * (4 * self.dim) / 3)
+        if self.ffn_dim_multiplier is not None:
+            hidden = int(self.ffn_dim_multiplier * hidden)
+        return find_multiple(hidden, self.multiple_of)
+
+    @property
+    def text_conditional(self) -> bool:
+        return self.caption_dim is not None
+
+    # ---- presets -------------------------------------------------------------------------
+    @classmethod
+    def llamagen(cls, name: str, **overrides) -> "GPTConfig":
+        """LlamaGen GPT presets: B, L, XL, XXL, 3B (``GPT-`` prefix optional).
+
+        Defaults are the class-conditional 256 px models (16x16 grid, 1000 classes). For text-to-image
+        pass ``caption_dim=2048, cls_token_num=120, num_classes=None`` (and ``grid_size=32`` at 512 px).
+        """
+        key = name.upper().removeprefix("GPT-")
+        if key not in _LLAMAGEN_SIZES:
+            raise ValueError(f"unknown LlamaGen preset {name!r}; choose one of "
+                             f"{', '.join('GPT-' + k for k in _LLAMAGEN_SIZES)}")
+        dim, n_layer, n_head = _LLAMAGEN_SIZES[key]
+        if overrides.get("caption_dim") is not None:
+            overrides.setdefault("num_classes", None)
+            overrides.setdefault("cls_token_num", 120)
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - fields)
+        if unknown:
+            raise ValueError(f"unknown GPTConfig field(s): {', '.join(unknown)}")
+        return cls(dim=dim, n_layer=n_layer, n_head=n_head, **overrides)
+
+    def replace(self, **changes) -> "GPTConfig":
+        return dataclasses.replace(self, **changes)

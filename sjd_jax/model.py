@@ -1,0 +1,254 @@
+"""The LlamaGen-architecture GPT in Flax linen, used only through pure ``apply`` calls.
+
+Params are a plain pytree; the KV cache is an explicit pytree passed in and returned. Layers are
+unrolled (no ``nn.scan``): on decode steps scanning was 2-4x slower on CPU (jax-practices §8).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import cache as kv
+from .cache import KVCache, init_cache
+from .config import GPTConfig
+from .rope import apply_rope, rope_table
+
+_init = nn.initializers.normal(stddev=0.02)
+
+
+class Caption(NamedTuple):
+    """Text condition: caption features ``[B, C, caption_dim]`` and their validity mask ``[B, C]``."""
+
+    features: jax.Array
+    mask: jax.Array
+
+
+class RMSNorm(nn.Module):
+    eps: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x):
+        w = self.param("weight", nn.initializers.ones, (x.shape[-1],))
+        xf = x.astype(jnp.float32)
+        y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+        return y.astype(x.dtype) * w.astype(x.dtype)
+
+
+class HeadLayerNorm(nn.Module):
+    """Chameleon qk-norm: LayerNorm over head_dim with per-head scale and bias ``[H, hd]``."""
+
+    n_head: int
+    eps: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x):  # x: [B, T, H, hd]
+        hd = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (self.n_head, hd))
+        bias = self.param("bias", nn.initializers.zeros, (self.n_head, hd))
+        xf = x.astype(jnp.float32)
+        mu = xf.mean(-1, keepdims=True)
+        var = ((xf - mu) ** 2).mean(-1, keepdims=True)
+        return ((xf - mu) * jax.lax.rsqrt(var + self.eps) * scale + bias).astype(x.dtype)
+
+
+class Attention(nn.Module):
+    config: GPTConfig
+
+    @nn.compact
+    def __call__(self, x, cos, sin, k_cache, v_cache, q_pos, mask):
+        """x: [B, T, D]; cos/sin: [B, T, hd/2]; caches: [B, S, Hkv, hd]; q_pos: [B, T]; mask: [B, T, S]."""
+        c = self.config
+        B, T, _ = x.shape
+        H, Hkv, hd = c.n_head, c.kv_heads, c.head_dim
+        dtype = jnp.dtype(c.dtype)
+        qkv = nn.Dense((H + 2 * Hkv) * hd, use_bias=False, dtype=dtype, kernel_init=_init,
+                       name="wqkv")(x)
+        q, k, v = jnp.split(qkv, [H * hd, (H + Hkv) * hd], axis=-1)  # LlamaGen order [q | k | v]
+        q, k, v = q.reshape(B, T, H, hd), k.reshape(B, T, Hkv, hd), v.reshape(B, T, Hkv, hd)
+        if c.qk_norm:
+            q = HeadLayerNorm(H, c.norm_eps, name="q_norm")(q)
+            k = HeadLayerNorm(Hkv, c.norm_eps, name="k_norm")(k)
+        q = apply_rope(q, cos, sin, c.rope_interleaved)
+        k = apply_rope(k, cos, sin, c.rope_interleaved)
+        k_cache = kv.write(k_cache, k, q_pos)
+        v_cache = kv.write(v_cache, v, q_pos)
+        # Grouped heads: query head j uses kv head j // (H / Hkv), as repeat_interleave does.
+        qg = q.reshape(B, T, Hkv, H // Hkv, hd)
+        scores = jnp.einsum("btkgd,bskd->bkgts", qg, k_cache.astype(dtype),
+                            preferred_element_type=jnp.float32) / np.sqrt(hd)
+        scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+        out = jnp.einsum("bkgts,bskd->btkgd", probs, v_cache.astype(dtype)).reshape(B, T, H * hd)
+        out = nn.Dense(c.dim, use_bias=False, dtype=dtype, kernel_init=_init, name="wo")(out)
+        return out, k_cache, v_cache
+
+
+class FeedForward(nn.Module):
+    config: GPTConfig
+
+    @nn.compact
+    def __call__(self, x):
+        c = self.config
+        dense = functools.partial(nn.Dense, use_bias=False, dtype=jnp.dtype(c.dtype), kernel_init=_init)
+        return dense(c.dim, name="w2")(nn.silu(dense(c.ffn_hidden, name="w1")(x))
+                                       * dense(c.ffn_hidden, name="w3")(x))
+
+
+class Block(nn.Module):
+    config: GPTConfig
+
+    @nn.compact
+    def __call__(self, x, cos, sin, k_cache, v_cache, q_pos, mask):
+        c = self.config
+        a, k_cache, v_cache = Attention(c, name="attention")(
+            RMSNorm(c.norm_eps, name="attention_norm")(x), cos, sin, k_cache, v_cache, q_pos, mask)
+        h = x + a
+        return h + FeedForward(c, name="feed_forward")(RMSNorm(c.norm_eps, name="ffn_norm")(h)), \
+            k_cache, v_cache
+
+
+class GPT(nn.Module):
+    """Pre-norm Llama decoder with LlamaGen's condition embedders and 2D RoPE."""
+
+    config: GPTConfig
+
+    def setup(self):
+        c = self.config
+        dtype = jnp.dtype(c.dtype)
+        self.tok_embeddings = nn.Embed(c.vocab_size, c.dim, dtype=dtype, embedding_init=_init)
+        if c.text_conditional:
+            self.cap_fc1 = nn.Dense(c.dim, use_bias=False, dtype=dtype, kernel_init=_init)
+            self.cap_fc2 = nn.Dense(c.dim, use_bias=False, dtype=dtype, kernel_init=_init)
+            self.uncond_embedding = self.param(
+                "uncond_embedding",
+                lambda k, s: jax.random.normal(k, s) / np.sqrt(c.caption_dim),
+                (c.cls_token_num, c.caption_dim))
+        else:
+            self.cls_embedding = nn.Embed(c.num_classes + 1, c.dim, dtype=dtype, embedding_init=_init)
+        self.layers = [Block(c, name=f"layers_{i}") for i in range(c.n_layer)]
+        self.norm = RMSNorm(c.norm_eps)
+        self.output = nn.Dense(c.vocab_size, use_bias=False, dtype=dtype, kernel_init=_init)
+
+    def embed_cond(self, cond, null):
+        """Condition embeddings ``[B, C, D]``; rows with ``null: [B] bool`` get the CFG null condition.
+
+        cond: class ids ``[B]`` (class-conditional) or caption features ``[B, C, caption_dim]``.
+        """
+        c = self.config
+        if c.text_conditional:
+            feats = jnp.where(null[:, None, None], self.uncond_embedding[None].astype(cond.dtype), cond)
+            h = self.cap_fc1(feats.astype(jnp.dtype(c.dtype)))
+            return self.cap_fc2(nn.gelu(h, approximate=True))
+        ids = jnp.where(null, c.num_classes, cond)
+        return self.cls_embedding(ids)[:, None, :]
+
+    def embed_tokens(self, tokens):
+        return self.tok_embeddings(tokens)
+
+    def __call__(self, x, cache: KVCache):
+        """x: [B, T, D] input embeddings at positions cache.length + [0, T) -> (logits [B, T, V] f32, cache)."""
+        c = self.config
+        T = x.shape[1]
+        q_pos = cache.length[:, None] + jnp.arange(T, dtype=jnp.int32)[None, :]  # [B, T]
+        cos_t, sin_t = rope_table(c)
+        idx = jnp.minimum(q_pos, cos_t.shape[0] - 1)  # past-the-end positions: written nowhere, unused
+        cos, sin = jnp.asarray(cos_t)[idx], jnp.asarray(sin_t)[idx]
+        mask = kv.attention_mask(cache, q_pos)
+        h = x.astype(jnp.dtype(c.dtype))
+        ks, vs = [], []
+        for i, layer in enumerate(self.layers):
+            h, k_i, v_i = layer(h, cos, sin, cache.k[i], cache.v[i], q_pos, mask)
+            ks.append(k_i)
+            vs.append(v_i)
+        logits = self.output(self.norm(h)).astype(jnp.float32)
+        return logits, cache.replace(k=tuple(ks), v=tuple(vs), length=cache.length + T)
+
+    def init_all(self, cond, tokens):
+        """Touches every parameter (used by ``init_params``)."""
+        B = tokens.shape[0]
+        x = jnp.concatenate([self.embed_cond(cond, jnp.zeros((B,), bool)), self.embed_tokens(tokens)], 1)
+        return self(x, init_cache(self.config, B))
+
+
+# ---- pure functional API -----------------------------------------------------------------------
+
+def _dummy_cond(config: GPTConfig, batch: int):
+    if config.text_conditional:
+        return jnp.zeros((batch, config.cls_token_num, config.caption_dim), jnp.float32)
+    return jnp.zeros((batch,), jnp.int32)
+
+
+def init_params(config: GPTConfig, key: jax.Array):
+    """Random parameters (normal(0.02) weights, unit norms) as a plain pytree ``{"params": ...}``."""
+    tokens = jnp.zeros((1, max(config.num_image_tokens - 1, 1)), jnp.int32)
+    return jax.jit(lambda k: GPT(config).init(k, _dummy_cond(config, 1), tokens,
+                                               method=GPT.init_all))(key)
+
+
+def abstract_params(config: GPTConfig):
+    """Param shapes/dtypes without allocating (``jax.ShapeDtypeStruct`` pytree)."""
+    return jax.eval_shape(lambda k: init_params(config, k), jax.random.key(0))
+
+
+def param_count(params) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params))
+
+
+def split_cond(config: GPTConfig, cond):
+    """Normalise ``cond`` to (array, prefix_mask [B, C] bool)."""
+    if config.text_conditional:
+        if isinstance(cond, (tuple, list)):
+            feats, mask = cond
+        else:
+            feats, mask = cond, None
+        feats = jnp.asarray(feats)
+        if mask is None:
+            mask = jnp.ones(feats.shape[:2], bool)
+        return feats, jnp.asarray(mask, bool)
+    ids = jnp.asarray(cond, jnp.int32)
+    return ids, jnp.ones((ids.shape[0], 1), bool)
+
+
+def embed_cond(params, config: GPTConfig, cond, null):
+    return GPT(config).apply(params, cond, null, method=GPT.embed_cond)
+
+
+def embed_tokens(params, config: GPTConfig, tokens):
+    return GPT(config).apply(params, tokens, method=GPT.embed_tokens)
+
+
+def forward(params, config: GPTConfig, x, cache: KVCache):
+    """One cached forward over ``x: [B, T, D]`` at each row's ``cache.length`` -> (logits, cache)."""
+    return GPT(config).apply(params, x, cache)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _teacher_forced(params, config, cond, prefix_mask, tokens):
+    B = tokens.shape[0]
+    x = jnp.concatenate([embed_cond(params, config, cond, jnp.zeros((B,), bool)),
+                         embed_tokens(params, config, tokens[:, : config.num_image_tokens - 1])], axis=1)
+    logits, _ = forward(params, config, x, init_cache(config, B, prefix_mask))
+    return logits[:, config.cls_token_num - 1:]
+
+
+def teacher_forced_logits(params, config: GPTConfig, cond, tokens) -> jax.Array:
+    """Raw logits ``[B, N, V]``: entry i predicts image token i from the condition and tokens < i.
+
+    cond: class ids ``[B]`` (id ``num_classes`` = null class) or, for text-conditional models,
+    caption features ``[B, C, caption_dim]`` or a ``Caption(features, mask)``.
+    """
+    from .validate import check_cond  # local: validate imports this module
+
+    tokens = jnp.asarray(tokens, jnp.int32)
+    N = config.num_image_tokens
+    if tokens.ndim != 2 or tokens.shape[1] != N:
+        raise ValueError(f"tokens must have shape [B, {N}], got {tuple(tokens.shape)}")
+    cond_arr, prefix_mask = split_cond(config, cond)
+    check_cond(config, cond_arr, prefix_mask, tokens.shape[0], allow_null=True)
+    return _teacher_forced(params, config, cond_arr, prefix_mask, tokens)

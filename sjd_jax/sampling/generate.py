@@ -1,0 +1,49 @@
+"""Public ``generate``: checks every argument, then runs the jit-compiled sampling loop."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..config import GPTConfig
+from ..model import split_cond
+from ..validate import check_cond, check_sampling
+from . import keys as K
+from .loop import GenerateOutput, SamplerSpec, _generate_jit
+
+
+def generate(params, config: GPTConfig, cond, key, *, method: str = "sjd", window: int = 16,
+             cfg_scale: float = 1.0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+             cfg: bool = True, example_ids=None) -> GenerateOutput:
+    """Sample image tokens ``[B, N]`` with ``method`` in {"ar", "jacobi", "sjd"}.
+
+    cond: class ids ``[B]`` or (text models) caption features ``[B, C, caption_dim]`` or
+    ``Caption(features, mask)``. key: int seed or PRNG key; row b uses ``fold_in(key, example_ids[b])``
+    (default ``example_ids = arange(B)``), or pass ``[B]`` keys to give each row its own key.
+    ``cfg=True`` computes the unconditional rows in the same forward, so every ``cfg_scale``
+    (1.0 included) shares one compile; ``cfg=False`` skips them (then ``cfg_scale`` must be 1).
+    temperature 0 is greedy; ``jacobi`` is always greedy; ``ar`` ignores ``window``.
+    """
+    check_sampling(config, method, window, cfg_scale, temperature, top_k, top_p, cfg)
+    cond_arr, prefix_mask = split_cond(config, cond)
+    B = cond_arr.shape[0]
+    key = K.as_key(key)
+    if key.ndim == 1:
+        if key.shape[0] != B:
+            raise ValueError(f"got {key.shape[0]} per-row keys for a cond batch of {B}")
+        if example_ids is not None:
+            raise ValueError("pass either per-row keys or example_ids, not both")
+    elif key.ndim != 0:
+        raise ValueError(f"key must be a single key or [B] keys, got shape {key.shape}")
+    check_cond(config, cond_arr, prefix_mask, B, allow_null=False)
+    if example_ids is not None:
+        ids = np.asarray(example_ids)
+        if ids.shape != (B,) or not np.issubdtype(ids.dtype, np.integer) or (ids < 0).any():
+            raise ValueError(f"example_ids must be {B} non-negative integers, got {ids!r}")
+    rows = key if key.ndim == 1 else K.row_keys(
+        key, jnp.asarray(np.arange(B) if example_ids is None else example_ids, jnp.uint32))
+    knobs = dict(cfg_scale=jnp.float32(cfg_scale), temperature=jnp.float32(temperature),
+                 top_k=jnp.int32(top_k), top_p=jnp.float32(top_p))
+    spec = SamplerSpec(config=config, method=method, window=int(window), cfg=bool(cfg))
+    return _generate_jit(spec, params, cond_arr, prefix_mask, rows, knobs)

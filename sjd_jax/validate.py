@@ -1,0 +1,70 @@
+"""Argument checks that run before anything is traced or compiled: one clear ValueError each."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .config import GPTConfig
+
+METHODS = ("ar", "jacobi", "sjd")
+
+
+def _concrete(x, name):
+    try:
+        return np.asarray(x)
+    except Exception as e:  # a tracer: the public API must be called with concrete values
+        raise ValueError(f"{name} must be a concrete array, not a traced value") from e
+
+
+def check_cond(config: GPTConfig, cond, prefix_mask, batch: int | None, allow_null: bool) -> None:
+    """Class ids in range / caption features of the right shape; batch sizes consistent."""
+    if config.text_conditional:
+        feats = cond
+        C, D = config.cls_token_num, config.caption_dim
+        if feats.ndim != 3 or feats.shape[1:] != (C, D):
+            raise ValueError(f"caption features must have shape [B, {C}, {D}], got {tuple(feats.shape)}")
+        if tuple(prefix_mask.shape) != tuple(feats.shape[:2]):
+            raise ValueError(f"caption mask must have shape [B, {C}] matching the features, "
+                             f"got {tuple(prefix_mask.shape)}")
+        if not np.all(_concrete(prefix_mask, "caption mask").any(axis=1)):
+            raise ValueError("every caption mask row needs at least one valid position")
+        n = feats.shape[0]
+    else:
+        ids = _concrete(cond, "cond")
+        if ids.ndim != 1:
+            raise ValueError(f"class-conditional cond must be class ids of shape [B], got {ids.shape}")
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"class ids must be integers, got dtype {ids.dtype}")
+        hi = config.num_classes if allow_null else config.num_classes - 1
+        bad = ids[(ids < 0) | (ids > hi)]
+        if bad.size:
+            what = (f"0..{config.num_classes} ({config.num_classes} = null class)" if allow_null
+                    else f"0..{config.num_classes - 1}")
+            raise ValueError(f"class id {int(bad[0])} out of range: this model takes {what}")
+        n = ids.shape[0]
+    if n < 1:
+        raise ValueError("cond has batch size 0")
+    if batch is not None and n != batch:
+        raise ValueError(f"cond batch size {n} does not match the other inputs' batch size {batch}")
+
+
+def check_sampling(config: GPTConfig, method: str, window: int, cfg_scale: float, temperature: float,
+                   top_k: int, top_p: float, cfg: bool) -> None:
+    N, V = config.num_image_tokens, config.vocab_size
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or not 1 <= window <= N:
+        raise ValueError(f"window must be an integer in [1, {N}] (image tokens), got {window!r}")
+    for name, val in (("cfg_scale", cfg_scale), ("temperature", temperature), ("top_p", top_p)):
+        if not np.isfinite(np.asarray(val, np.float64)).all() or np.ndim(val) != 0:
+            raise ValueError(f"{name} must be a finite scalar, got {val!r}")
+    if cfg_scale < 0:
+        raise ValueError(f"cfg_scale must be >= 0, got {cfg_scale}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or not 0 <= top_k <= V:
+        raise ValueError(f"top_k must be an integer in [0, {V}] (0 = off), got {top_k!r}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if not cfg and cfg_scale != 1.0:
+        raise ValueError(f"cfg=False computes no unconditional rows, so cfg_scale must be 1.0, got {cfg_scale}")
