@@ -211,8 +211,12 @@ def split_cond(config: GPTConfig, cond):
         if mask is None:
             mask = jnp.ones(feats.shape[:2], bool)
         return feats, jnp.asarray(mask, bool)
-    ids = jnp.asarray(cond, jnp.int32)
-    return ids, jnp.ones((ids.shape[0], 1), bool)
+    ids = jnp.asarray(cond)
+    if not jnp.issubdtype(ids.dtype, jnp.integer):
+        raise ValueError(f"class ids must be integers, got dtype {ids.dtype}")
+    if ids.ndim != 1:
+        raise ValueError(f"class-conditional cond must be class ids of shape [B], got {ids.shape}")
+    return ids.astype(jnp.int32), jnp.ones((ids.shape[0], 1), bool)
 
 
 def embed_cond(params, config: GPTConfig, cond, null):

@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 import sjd_jax as S
 
@@ -28,3 +29,24 @@ def scaled_params(config: S.GPTConfig, seed: int = 0, scale: float = 1.0, head_s
 
 def class_cond(*ids):
     return jnp.asarray(ids, jnp.int32)
+
+
+def np_target(lc, lu, cfg_scale, temperature, top_k, top_p):
+    """Independent numpy reference of p: CFG on raw logits, temperature, top-k, top-p."""
+    l = lu + cfg_scale * (lc - lu) if lu is not None else lc.copy()
+    l = l.astype(np.float64) / temperature
+    if top_k:
+        kth = np.sort(l, axis=-1)[..., -top_k][..., None]
+        l = np.where(l < kth, -np.inf, l)
+    p = np.exp(l - l.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    if top_p < 1:
+        order = np.argsort(-p, axis=-1, kind="stable")
+        ps = np.take_along_axis(p, order, -1)
+        before = np.cumsum(ps, -1) - ps
+        keep_sorted = before < top_p
+        keep = np.zeros_like(keep_sorted)
+        np.put_along_axis(keep, order, keep_sorted, -1)
+        p = np.where(keep, p, 0.0)
+        p /= p.sum(-1, keepdims=True)
+    return p
