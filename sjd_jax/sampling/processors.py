@@ -19,26 +19,43 @@ def guided_logits(logits_c: jax.Array, logits_u: jax.Array | None, cfg_scale) ->
     return logits_u + cfg_scale * (logits_c - logits_u)
 
 
+def _order_key(x: jax.Array) -> jax.Array:
+    """float32 -> uint32 with the same order (negative floats have their bits flipped)."""
+    bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+    return jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(0x80000000))
+
+
+def _largest_threshold(keys: jax.Array, ok) -> jax.Array:
+    """Largest uint32 t with ``ok(keys >= t)`` true, found bit by bit (32 masked reductions over V
+    instead of a full sort, which is ~10x slower on XLA:CPU). ``ok`` must be monotone in t."""
+
+    def step(i, t):
+        cand = t | (jnp.uint32(1) << (31 - i).astype(jnp.uint32))
+        return jnp.where(ok(keys >= cand[..., None]), cand, t)
+
+    return jax.lax.fori_loop(0, 32, step, jnp.zeros(keys.shape[:-1], jnp.uint32))
+
+
 def filter_logits(logits: jax.Array, top_k, top_p) -> jax.Array:
     """Set logits outside the top-k / top-p set to -inf. ``top_k = 0`` and ``top_p = 1`` are off.
 
-    Ties with the threshold are kept. Top-p keeps the smallest prefix (by descending probability,
-    after top-k) whose mass reaches ``top_p``. Skipped at run time when both are off.
+    Ties with the threshold are kept. Top-p keeps the smallest set of most probable tokens (after
+    top-k) whose mass reaches ``top_p``. Each filter is skipped at run time when it is off.
     """
 
-    def apply(l):
-        V = l.shape[-1]
-        srt = -jnp.sort(-l, axis=-1)  # descending
-        k = jnp.where(top_k > 0, top_k, V)
-        kth = jnp.take_along_axis(srt, jnp.broadcast_to(k - 1, srt.shape[:-1] + (1,)), axis=-1)
-        srt = jnp.where(srt < kth, NEG_INF, srt)
-        ps = jax.nn.softmax(srt, axis=-1)
-        keep = ((jnp.cumsum(ps, axis=-1) - ps) < top_p) | (top_p >= 1.0)
-        n_keep = jnp.maximum(jnp.sum(keep & (srt > NEG_INF), axis=-1, keepdims=True), 1)
-        thr = jnp.maximum(jnp.take_along_axis(srt, n_keep - 1, axis=-1), kth)
-        return jnp.where(l < thr, NEG_INF, l)
+    def top_k_fn(l):
+        keys = _order_key(l)
+        kth = _largest_threshold(keys, lambda m: jnp.sum(m, axis=-1) >= top_k)
+        return jnp.where(keys >= kth[..., None], l, NEG_INF)
 
-    return jax.lax.cond((top_k > 0) | (top_p < 1.0), apply, lambda l: l, logits)
+    def top_p_fn(l):
+        p = jax.nn.softmax(l, axis=-1)
+        keys = _order_key(p)
+        thr = _largest_threshold(keys, lambda m: jnp.sum(jnp.where(m, p, 0.0), axis=-1) >= top_p)
+        return jnp.where(keys >= thr[..., None], l, NEG_INF)
+
+    logits = jax.lax.cond(top_k > 0, top_k_fn, lambda l: l, logits)
+    return jax.lax.cond(top_p < 1.0, top_p_fn, lambda l: l, logits)
 
 
 def target_probs(logits_c, logits_u, cfg_scale, temperature, top_k, top_p) -> jax.Array:
