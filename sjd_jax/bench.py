@@ -25,11 +25,10 @@ from .sampling.loop import SamplerSpec, _generate_jit
 from .validate import check_sampling
 
 
-def _model(name: str, grid: int):
+def _config(name: str, grid: int) -> GPTConfig:
     if not name.startswith("random:"):
         raise ValueError(f"unknown model {name!r}: use random:<LlamaGen preset>, e.g. random:GPT-B")
-    config = GPTConfig.llamagen(name.split(":", 1)[1], grid_size=grid)
-    return config, init_params(config, jax.random.key(0))
+    return GPTConfig.llamagen(name.split(":", 1)[1], grid_size=grid)
 
 
 def run_one(params, config: GPTConfig, method: str, window: int, batch: int, knobs: dict,
@@ -82,8 +81,7 @@ def main(argv=None) -> int:
         batches = [int(b) for b in args.batch.split(",")]
         if min(batches) < 1 or args.repeat < 1:
             raise ValueError("batch sizes and --repeat must be >= 1")
-        t0 = time.perf_counter()
-        config, params = _model(args.model, args.grid)
+        config = _config(args.model, args.grid)
         knobs = dict(cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k,
                      top_p=args.top_p)
         for m in methods:
@@ -92,6 +90,8 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"sjd-jax bench: error: {e}", file=sys.stderr)
         return 2
+    t0 = time.perf_counter()
+    params = init_params(config, jax.random.key(0))
     init_s = time.perf_counter() - t0
     print(f"model {args.model}: {param_count(params) / 1e6:.1f}M params, {config.num_image_tokens} image "
           f"tokens, init {init_s:.1f}s; backend {jax.default_backend()}", file=sys.stderr)
