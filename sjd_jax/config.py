@@ -37,6 +37,7 @@ class GPTConfig:
     n_head: int = 12
     n_kv_head: int | None = None  # None: multi-head attention (n_kv_head = n_head)
     num_classes: int | None = 1000  # class-conditional; id `num_classes` is the CFG null class
+    # (ignored when caption_dim is set)
     cls_token_num: int = 1
     caption_dim: int | None = None  # text-conditional (caption features) when set
     multiple_of: int = 256
@@ -54,6 +55,8 @@ class GPTConfig:
             object.__setattr__(self, "grid_size", (self.grid_size, self.grid_size))
         else:
             object.__setattr__(self, "grid_size", tuple(int(g) for g in self.grid_size))
+        if self.caption_dim is not None:  # text-conditional: no class table (null = uncond embedding)
+            object.__setattr__(self, "num_classes", None)
         problems = []
         if self.dim % self.n_head:
             problems.append(f"dim {self.dim} is not divisible by n_head {self.n_head}")
@@ -64,8 +67,6 @@ class GPTConfig:
                             f"{4 if self.rope_type == '2d' else 2} for {self.rope_type} RoPE")
         if self.caption_dim is None and self.num_classes is None:
             problems.append("set num_classes (class-conditional) or caption_dim (text-conditional)")
-        if self.caption_dim is not None and self.num_classes is not None:
-            problems.append("num_classes and caption_dim are exclusive; set one to None")
         if self.caption_dim is None and self.cls_token_num != 1:
             problems.append("class-conditional models use exactly one condition token (cls_token_num=1)")
         if min(self.grid_size) < 1 or self.vocab_size < 2 or self.cls_token_num < 1:

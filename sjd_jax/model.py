@@ -201,9 +201,15 @@ def param_count(params) -> int:
 
 
 def split_cond(config: GPTConfig, cond):
-    """Normalise ``cond`` to (array, prefix_mask [B, C] bool)."""
+    """Normalise ``cond`` to (array, prefix_mask [B, C] bool).
+
+    Text models take features ``[B, C, caption_dim]``, ``Caption(features, mask)``, a
+    ``(features, mask)`` tuple or ``{"features": ..., "mask": ...}``; class models take ids ``[B]``.
+    """
     if config.text_conditional:
-        if isinstance(cond, (tuple, list)):
+        if isinstance(cond, dict):
+            feats, mask = cond["features"], cond.get("mask")
+        elif isinstance(cond, (tuple, list)):
             feats, mask = cond
         else:
             feats, mask = cond, None

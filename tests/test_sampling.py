@@ -141,12 +141,15 @@ def test_bad_arguments_raise_before_compiling(params, kwargs, match):
 
 
 def test_text_conditional_generate_and_caption_errors():
-    config = tiny_config(num_classes=None, caption_dim=8, cls_token_num=3)
+    config = tiny_config(caption_dim=8, cls_token_num=3)  # num_classes is ignored for text models
+    assert config.num_classes is None and config.text_conditional
     params = S.init_params(config, jax.random.key(0))
     feats = jax.random.normal(jax.random.key(1), (2, 3, 8))
     mask = jnp.array([[True, True, True], [False, True, True]])
     out = S.generate(params, config, S.Caption(feats, mask), 0, window=4, cfg_scale=3.0)
     assert out.tokens.shape == (2, config.num_image_tokens)
+    same = S.generate(params, config, {"features": feats, "mask": mask}, 0, window=4, cfg_scale=3.0)
+    np.testing.assert_array_equal(np.asarray(same.tokens), np.asarray(out.tokens))
     with pytest.raises(ValueError, match="caption features must have shape"):
         S.generate(params, config, feats[:, :2], 0)
     with pytest.raises(ValueError, match="caption mask"):
