@@ -30,11 +30,7 @@ def check_cond(config: GPTConfig, cond, prefix_mask, batch: int | None, allow_nu
             raise ValueError("every caption mask row needs at least one valid position")
         n = feats.shape[0]
     else:
-        ids = _concrete(cond, "cond")
-        if ids.ndim != 1:
-            raise ValueError(f"class-conditional cond must be class ids of shape [B], got {ids.shape}")
-        if not np.issubdtype(ids.dtype, np.integer):
-            raise ValueError(f"class ids must be integers, got dtype {ids.dtype}")
+        ids = _concrete(cond, "cond")  # dtype and rank were checked by model.split_cond
         hi = config.num_classes if allow_null else config.num_classes - 1
         bad = ids[(ids < 0) | (ids > hi)]
         if bad.size:
