@@ -1,0 +1,91 @@
+"""LlamaGen VQ (and Janus-Pro's copy of it) state dict -> sjd-jax VQ params.
+
+Explicit name rules plus per-tensor transforms; fails loudly on any unused key, unfilled param or
+shape mismatch. Works on numpy arrays, so safetensors files need no torch.
+"""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import numpy as np
+
+from sjd_jax.vq import VQConfig, init_vq_params
+
+IGNORED = ("quantize.codebook_used",)  # a training-time usage counter (buffer), not a weight
+
+# Janus-Pro / HF JanusVQVAE names -> LlamaGen names (Janus' up[0] is also the lowest resolution).
+_JANUS_RULES = [
+    (r"^(encoder)\.down\.(\d+)\.block\.(\d+)\.", r"\1.conv_blocks.\2.res.\3."),
+    (r"^(decoder)\.up\.(\d+)\.block\.(\d+)\.", r"\1.conv_blocks.\2.res.\3."),
+    (r"^(encoder)\.down\.(\d+)\.(attn|downsample)\.", r"\1.conv_blocks.\2.\3."),
+    (r"^(decoder)\.up\.(\d+)\.(attn|upsample)\.", r"\1.conv_blocks.\2.\3."),
+    (r"\.mid\.block_1\.", ".mid.0."), (r"\.mid\.attn_1\.", ".mid.1."), (r"\.mid\.block_2\.", ".mid.2."),
+]
+
+_MODULE_RULES = [
+    (r"conv_blocks\.(\d+)\.(res|attn)\.(\d+)\.", r"conv_blocks_\1_\2_\3."),
+    (r"conv_blocks\.(\d+)\.(downsample|upsample)\.conv\.", r"conv_blocks_\1_\2."),
+    (r"mid\.(\d+)\.", r"mid_\1."),
+]
+
+
+def janus_to_llamagen_key(key: str) -> str:
+    for pat, rep in _JANUS_RULES:
+        key = re.sub(pat, rep, key)
+    return key
+
+
+def flax_path(key: str) -> tuple[str, ...]:
+    """LlamaGen key -> path in the sjd-jax VQ params (leaf name fixed up by tensor rank later)."""
+    if key == "quantize.embedding.weight":
+        return ("codebook",)
+    for pat, rep in _MODULE_RULES:
+        key = re.sub(pat, rep, key)
+    return tuple(key.split("."))
+
+
+def _transform(path: tuple[str, ...], x: np.ndarray) -> tuple[tuple[str, ...], np.ndarray]:
+    *mod, leaf = path
+    if path == ("codebook",):
+        return path, x
+    if leaf == "weight" and x.ndim == 4:  # conv (O, I, kh, kw) -> (kh, kw, I, O)
+        return (*mod, "kernel"), x.transpose(2, 3, 1, 0)
+    if leaf == "weight" and x.ndim == 1:  # GroupNorm
+        return (*mod, "scale"), x
+    return path, x
+
+
+def vq_params_from_state_dict(state_dict: dict, config: VQConfig, janus_names: bool = False):
+    """``{name: array}`` (LlamaGen or, with ``janus_names``, HF Janus names) -> ``{"params": ...}``."""
+    target = jax.eval_shape(lambda k: init_vq_params(config, k), jax.random.key(0))["params"]
+    want = {tuple(str(p.key) for p in path): leaf
+            for path, leaf in jax.tree_util.tree_flatten_with_path(target)[0]}
+    out, unused = {}, []
+    for name, value in state_dict.items():
+        key = janus_to_llamagen_key(name) if janus_names else name
+        if key in IGNORED:
+            continue
+        path, arr = _transform(flax_path(key), np.asarray(value, np.float32))
+        if path not in want:
+            unused.append(name)
+            continue
+        if path in out:
+            raise ValueError(f"two checkpoint tensors map to {'/'.join(path)} (second: {name})")
+        if arr.shape != tuple(want[path].shape):
+            raise ValueError(f"shape mismatch for {name}: checkpoint {arr.shape}, "
+                             f"model {tuple(want[path].shape)} at {'/'.join(path)}")
+        out[path] = arr
+    missing = sorted("/".join(p) for p in want if p not in out)
+    if unused or missing:
+        raise ValueError("VQ checkpoint does not match the config: "
+                         + (f"unused keys {unused[:8]}{' ...' if len(unused) > 8 else ''}; " if unused else "")
+                         + (f"unfilled params {missing[:8]}{' ...' if len(missing) > 8 else ''}" if missing else ""))
+    tree: dict = {}
+    for path, arr in out.items():
+        node = tree
+        for p in path[:-1]:
+            node = node.setdefault(p, {})
+        node[path[-1]] = arr
+    return {"params": tree}

@@ -1,0 +1,5 @@
+"""VQ image tokenizers."""
+
+from .model import VQConfig, VQModel, decode_tokens, encode_images, init_vq_params, to_uint8
+
+__all__ = ["VQConfig", "VQModel", "decode_tokens", "encode_images", "init_vq_params", "to_uint8"]
