@@ -13,6 +13,8 @@ import numpy as np
 
 from sjd_jax.vq import VQConfig, init_vq_params
 
+from .tree import assign
+
 IGNORED = ("quantize.codebook_used",)  # a training-time usage counter (buffer), not a weight
 
 # Janus-Pro / HF JanusVQVAE names -> LlamaGen names (Janus' up[0] is also the lowest resolution).
@@ -60,32 +62,9 @@ def _transform(path: tuple[str, ...], x: np.ndarray) -> tuple[tuple[str, ...], n
 def vq_params_from_state_dict(state_dict: dict, config: VQConfig, janus_names: bool = False):
     """``{name: array}`` (LlamaGen or, with ``janus_names``, HF Janus names) -> ``{"params": ...}``."""
     target = jax.eval_shape(lambda k: init_vq_params(config, k), jax.random.key(0))["params"]
-    want = {tuple(str(p.key) for p in path): leaf
-            for path, leaf in jax.tree_util.tree_flatten_with_path(target)[0]}
-    out, unused = {}, []
-    for name, value in state_dict.items():
+
+    def to_path(name, arr):
         key = janus_to_llamagen_key(name) if janus_names else name
-        if key in IGNORED:
-            continue
-        path, arr = _transform(flax_path(key), np.asarray(value, np.float32))
-        if path not in want:
-            unused.append(name)
-            continue
-        if path in out:
-            raise ValueError(f"two checkpoint tensors map to {'/'.join(path)} (second: {name})")
-        if arr.shape != tuple(want[path].shape):
-            raise ValueError(f"shape mismatch for {name}: checkpoint {arr.shape}, "
-                             f"model {tuple(want[path].shape)} at {'/'.join(path)}")
-        out[path] = arr
-    missing = sorted("/".join(p) for p in want if p not in out)
-    if unused or missing:
-        raise ValueError("VQ checkpoint does not match the config: "
-                         + (f"unused keys {unused[:8]}{' ...' if len(unused) > 8 else ''}; " if unused else "")
-                         + (f"unfilled params {missing[:8]}{' ...' if len(missing) > 8 else ''}" if missing else ""))
-    tree: dict = {}
-    for path, arr in out.items():
-        node = tree
-        for p in path[:-1]:
-            node = node.setdefault(p, {})
-        node[path[-1]] = arr
-    return {"params": tree}
+        return (None, arr) if key in IGNORED else _transform(flax_path(key), arr)
+
+    return {"params": assign(state_dict.items(), target, to_path, "VQ")}

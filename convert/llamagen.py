@@ -1,0 +1,54 @@
+"""LlamaGen GPT state dict (c2i or t2i) -> sjd-jax GPT params (explicit name table)."""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import numpy as np
+
+from sjd_jax.config import GPTConfig
+from sjd_jax.model import init_params
+
+from .tree import assign
+
+IGNORED = ("freqs_cis",)  # not a weight; LlamaGen loads with strict=False around it
+_PREFIXES = ("module.", "_orig_mod.")
+
+# (LlamaGen name regex, sjd-jax path template, transform); Linear weights are (out, in) -> kernel (in, out)
+_TABLE = [
+    (r"cls_embedding\.embedding_table\.weight", "cls_embedding/embedding", None),
+    (r"cls_embedding\.cap_proj\.fc1\.weight", "cap_fc1/kernel", "T"),
+    (r"cls_embedding\.cap_proj\.fc2\.weight", "cap_fc2/kernel", "T"),
+    (r"cls_embedding\.uncond_embedding", "uncond_embedding", None),
+    (r"tok_embeddings\.weight", "tok_embeddings/embedding", None),
+    (r"layers\.(\d+)\.attention\.(wqkv|wo)\.weight", r"layers_\1/attention/\2/kernel", "T"),
+    (r"layers\.(\d+)\.feed_forward\.(w1|w2|w3)\.weight", r"layers_\1/feed_forward/\2/kernel", "T"),
+    (r"layers\.(\d+)\.(attention_norm|ffn_norm)\.weight", r"layers_\1/\2/weight", None),
+    (r"norm\.weight", "norm/weight", None),
+    (r"output\.weight", "output/kernel", "T"),
+]
+
+
+def strip_prefix(name: str) -> str:
+    for p in _PREFIXES:
+        if name.startswith(p):
+            name = name[len(p):]
+    return name
+
+
+def gpt_path(name: str, arr: np.ndarray):
+    name = strip_prefix(name)
+    if name in IGNORED:
+        return None, arr
+    for pat, tmpl, tf in _TABLE:
+        m = re.fullmatch(pat, name)
+        if m:
+            return tuple(m.expand(tmpl).split("/")), (arr.T if tf == "T" else arr)
+    return ("<unknown>", name), arr
+
+
+def gpt_params_from_state_dict(state_dict: dict, config: GPTConfig):
+    """``{name: array}`` in LlamaGen's names -> ``{"params": ...}`` for ``config``."""
+    target = jax.eval_shape(lambda k: init_params(config, k), jax.random.key(0))["params"]
+    return {"params": assign(state_dict.items(), target, gpt_path, "LlamaGen GPT")}

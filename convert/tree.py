@@ -1,0 +1,51 @@
+"""Strict assignment of converted tensors onto an abstract params tree."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import jax
+import numpy as np
+
+Path = tuple[str, ...]
+
+
+def paths_of(abstract) -> dict[Path, jax.ShapeDtypeStruct]:
+    return {tuple(str(p.key) for p in path): leaf
+            for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]}
+
+
+def assign(items: Iterable[tuple[str, np.ndarray]], abstract, to_path: Callable, what: str):
+    """Place ``(checkpoint_name, array)`` pairs at ``to_path(name, array) -> (path | None, array)``.
+
+    ``path=None`` means the tensor is deliberately ignored. Fails on unused names, params filled
+    twice or never, and shape mismatches. Returns a nested dict of numpy arrays.
+    """
+    want = paths_of(abstract)
+    out: dict[Path, np.ndarray] = {}
+    unused = []
+    for name, value in items:
+        path, arr = to_path(name, np.asarray(value, np.float32))
+        if path is None:
+            continue
+        if path not in want:
+            unused.append(name)
+            continue
+        if path in out:
+            raise ValueError(f"two checkpoint tensors map to {'/'.join(path)} (second: {name})")
+        if arr.shape != tuple(want[path].shape):
+            raise ValueError(f"shape mismatch for {name}: checkpoint {arr.shape}, "
+                             f"model {tuple(want[path].shape)} at {'/'.join(path)}")
+        out[path] = arr
+    missing = sorted("/".join(p) for p in want if p not in out)
+    if unused or missing:
+        raise ValueError(f"{what} checkpoint does not match the config: "
+                         + (f"unused keys {unused[:8]}{' ...' if len(unused) > 8 else ''}; " if unused else "")
+                         + (f"unfilled params {missing[:8]}{' ...' if len(missing) > 8 else ''}" if missing else ""))
+    tree: dict = {}
+    for path, arr in out.items():
+        node = tree
+        for p in path[:-1]:
+            node = node.setdefault(p, {})
+        node[path[-1]] = arr
+    return tree
