@@ -1,6 +1,7 @@
 """sjd-jax: Speculative Jacobi Decoding for auto-regressive text-to-image models in JAX/Flax."""
 
 from .cache import KVCache, init_cache
+from .checkpoint import load, save
 from .config import GPTConfig
 from .model import (Caption, abstract_params, embed_cond, embed_tokens, forward, init_params,
                     param_count, teacher_forced_logits)
@@ -11,5 +12,5 @@ __version__ = "0.1.0"
 __all__ = [
     "Caption", "GPTConfig", "GenerateOutput", "KVCache", "SamplerSpec", "abstract_params",
     "embed_cond", "embed_tokens", "forward", "generate", "init_cache", "init_params",
-    "param_count", "teacher_forced_logits",
+    "load", "param_count", "save", "teacher_forced_logits",
 ]

@@ -6,6 +6,7 @@ import sys
 
 COMMANDS = {
     "bench": "sjd_jax.bench",
+    "convert": "convert.cli",
 }
 
 
@@ -13,7 +14,8 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: sjd-jax {" + ",".join(COMMANDS) + "} [options]\n\n"
-              "  bench   AR vs Jacobi-family samplers: NFE, wall time, compile time (JSON)\n")
+              "  bench     AR vs Jacobi-family samplers: NFE, wall time, compile time (JSON)\n"
+              "  convert   PyTorch/safetensors checkpoints -> sjd-jax checkpoint directories\n")
         return 0 if argv else 2
     if argv[0] not in COMMANDS:
         print(f"sjd-jax: error: unknown command {argv[0]!r}; choose one of {', '.join(COMMANDS)}",

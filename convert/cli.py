@@ -1,0 +1,192 @@
+"""``sjd-jax convert``: checkpoint files users download -> sjd-jax checkpoint directories.
+
+Families and the files each accepts:
+  llamagen-c2i  LlamaGen class-to-image GPT: ``c2i_{B,L,XL}_{256,384}.pt`` ({"model": sd}) and
+                ``c2i_{XXL,3B}_384.pt`` (raw FSDP state dict); also .safetensors with the same keys.
+  llamagen-t2i  LlamaGen text-to-image GPT: ``t2i_XL_stage{1_256,2_512}.pt`` (may pickle ``args``).
+  llamagen-vq   LlamaGen VQ: ``vq_ds16_c2i.pt`` / ``vq_ds16_t2i.pt`` / ``vq_ds8_c2i.pt``
+                ({"model": sd, ...} with the ``codebook_used`` buffer) and ``model.safetensors``.
+The image grid is not stored in GPT weights: it is read from a ``_256``/``_384``/``_512`` file-name
+suffix or given with ``--image-size``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+FAMILIES = ("llamagen-c2i", "llamagen-t2i", "llamagen-vq")
+_CONTAINERS = ("model", "module", "state_dict")  # LlamaGen / DeepSpeed / Lightning
+_LLAMAGEN_DIM_TO_HEADS = {768: 12, 1024: 16, 1280: 20, 1536: 24, 3200: 32}
+
+
+def read_tensors(path: Path) -> dict:
+    """name -> array-like (torch tensors stay lazy/mmapped until converted one by one)."""
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            f = safe_open(str(path), framework="numpy")
+            return {k: _Lazy(f, k) for k in f.keys()}
+        except Exception as e:
+            raise ValueError(f"{path}: not a readable safetensors file ({e})") from e
+    import argparse as _argparse
+
+    import torch
+
+    try:
+        # weights_only: never run pickled code. LlamaGen training files also pickle their argparse
+        # Namespace; exactly that class is allow-listed.
+        with torch.serialization.safe_globals([_argparse.Namespace]):
+            obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:
+        raise ValueError(f"{path}: cannot be read as a PyTorch checkpoint with weights_only=True "
+                         f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+    if isinstance(obj, dict):
+        for key in _CONTAINERS:
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(hasattr(v, "shape") for v in obj.values()):
+        raise ValueError(f"{path}: expected a state dict (optionally under {_CONTAINERS})")
+    return obj
+
+
+class _Lazy:
+    """A safetensors entry read only when converted (shape from the header)."""
+
+    def __init__(self, f, key):
+        self.f, self.key = f, key
+        self.shape = tuple(f.get_slice(key).get_shape())
+
+    def numpy(self):
+        return self.f.get_tensor(self.key)
+
+
+def to_numpy(x) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach()
+        if str(x.dtype) == "torch.bfloat16":
+            x = x.float()
+    return np.asarray(x.numpy(), np.float32)
+
+
+def _grid(args, src: Path) -> int:
+    if args.image_size:
+        size = args.image_size
+    else:
+        m = re.search(r"_(\d{2,4})(?:\.\w+)?$", src.name)
+        if not m:
+            raise ValueError("cannot tell the image size from the file name; pass --image-size")
+        size = int(m.group(1))
+    if size % 16:
+        raise ValueError(f"image size {size} is not a multiple of the VQ-16 downsampling")
+    return size // 16
+
+
+def gpt_config(tensors: dict, family: str, args, src: Path):
+    from sjd_jax import GPTConfig
+
+    from .llamagen import strip_prefix
+
+    names = {strip_prefix(k): v for k, v in tensors.items()}
+    is_t2i = "cls_embedding.cap_proj.fc1.weight" in names
+    is_c2i = "cls_embedding.embedding_table.weight" in names
+    if "tok_embeddings.weight" not in names or not (is_t2i or is_c2i):
+        raise ValueError(f"{src.name} is not a LlamaGen GPT checkpoint (no tok_embeddings/cls_embedding)")
+    if family == "llamagen-c2i" and is_t2i or family == "llamagen-t2i" and is_c2i:
+        raise ValueError(f"{src.name} looks like {'llamagen-t2i' if is_t2i else 'llamagen-c2i'}, "
+                         f"not --family {family}")
+    vocab, dim = names["tok_embeddings.weight"].shape
+    n_layer = 1 + max(int(m.group(1)) for k in names if (m := re.match(r"layers\.(\d+)\.", k)))
+    n_head = args.n_head or _LLAMAGEN_DIM_TO_HEADS.get(dim)
+    if n_head is None:
+        raise ValueError(f"dim {dim} is not a released LlamaGen size; pass --n-head")
+    hd = dim // n_head
+    rows = names["layers.0.attention.wqkv.weight"].shape[0]
+    kv = (rows // hd - n_head) // 2
+    kw = dict(vocab_size=vocab, dim=dim, n_layer=n_layer, n_head=n_head,
+              n_kv_head=None if kv == n_head else kv, grid_size=_grid(args, src))
+    if is_t2i:
+        C, cap = names["cls_embedding.uncond_embedding"].shape
+        kw.update(caption_dim=cap, cls_token_num=C, num_classes=None)
+    else:
+        kw.update(num_classes=names["cls_embedding.embedding_table.weight"].shape[0] - 1)
+    return GPTConfig(**kw)
+
+
+def vq_config(tensors: dict, src: Path):
+    from sjd_jax.vq import VQConfig
+
+    if "quantize.embedding.weight" not in tensors or "decoder.conv_in.weight" not in tensors:
+        raise ValueError(f"{src.name} is not a LlamaGen VQ checkpoint (no quantize/decoder keys)")
+    levels = 1 + max(int(m.group(1)) for k in tensors if (m := re.match(r"encoder\.conv_blocks\.(\d+)\.", k)))
+    n_res = 1 + max(int(m.group(1)) for k in tensors
+                    if (m := re.match(r"encoder\.conv_blocks\.0\.res\.(\d+)\.", k)))
+    ch = tensors["encoder.conv_in.weight"].shape[0]
+    mults = tuple(tensors[f"encoder.conv_blocks.{i}.res.0.conv1.weight"].shape[0] // ch for i in range(levels))
+    K, D = tensors["quantize.embedding.weight"].shape
+    return VQConfig(codebook_size=K, codebook_embed_dim=D, ch=ch, ch_mult=mults, num_res_blocks=n_res,
+                    z_channels=tensors["quant_conv.weight"].shape[1])
+
+
+def convert(family: str, src: Path, out: Path, args) -> dict:
+    import jax
+    from tqdm import tqdm
+
+    from sjd_jax import checkpoint
+
+    from .llamagen import gpt_params_from_state_dict
+    from .vq import vq_params_from_state_dict
+
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
+    out = Path(out)
+    if out.exists() and not args.force:
+        raise ValueError(f"{out} exists; pass --force to overwrite it")
+    tensors = read_tensors(src)
+    if family == "llamagen-vq":
+        kind, config = "vq", vq_config(tensors, src)
+    else:
+        kind, config = "gpt", gpt_config(tensors, family, args, src)
+    arrays = {}
+    for name, t in tqdm(tensors.items(), desc=f"converting {src.name}", unit="tensor", file=sys.stderr,
+                        disable=args.quiet):
+        arrays[name] = to_numpy(t)  # one tensor at a time: the source stays memory-mapped
+    params = (vq_params_from_state_dict(arrays, config) if kind == "vq"
+              else gpt_params_from_state_dict(arrays, config))
+    del arrays
+    checkpoint.save(out, kind, config, params, force=args.force)
+    leaves = jax.tree.leaves(params)
+    return {"family": family, "out": str(out), "kind": kind, "params": int(sum(x.size for x in leaves)),
+            "dtype": "float32", "bytes": int(sum(x.nbytes for x in leaves)), "config": config}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="sjd-jax convert", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--family", required=True, help=" | ".join(FAMILIES))
+    ap.add_argument("src", type=Path, help="checkpoint file (.pt/.pth/.bin/.safetensors)")
+    ap.add_argument("--out", type=Path, required=True, help="output directory")
+    ap.add_argument("--image-size", type=int, default=None, help="GPT only: pixels (256/384/512)")
+    ap.add_argument("--n-head", type=int, default=None, help="GPT only: heads, for non-released sizes")
+    ap.add_argument("--force", action="store_true", help="overwrite --out")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    try:
+        args = ap.parse_args(argv)
+    except SystemExit as e:
+        return 2 if e.code else 0
+    try:
+        s = convert(args.family, args.src, args.out, args)
+    except (ValueError, KeyError) as e:
+        print(f"sjd-jax convert: error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {s['out']}: {s['kind']} {s['params'] / 1e6:.2f}M params, {s['dtype']}, "
+          f"{s['bytes'] / 2**20:.1f} MiB\n  {s['config']}")
+    return 0

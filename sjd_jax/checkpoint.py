@@ -1,0 +1,92 @@
+"""sjd-jax checkpoints: an orbax params directory plus a small JSON config, written atomically.
+
+Layout of ``DIR``: ``config.json`` ({"format", "version", "kind", "config"}) and ``params/`` (orbax).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from .config import GPTConfig
+from .model import abstract_params
+from .vq import VQConfig, init_vq_params
+
+FORMAT, VERSION = "sjd-jax", 1
+KINDS = {"gpt": GPTConfig, "vq": VQConfig}
+
+
+def _abstract(kind: str, config):
+    if kind == "gpt":
+        return abstract_params(config)
+    return jax.eval_shape(lambda k: init_vq_params(config, k), jax.random.key(0))
+
+
+def config_from_dict(kind: str, d: dict):
+    cls = KINDS[kind]
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - fields)
+    if unknown:
+        raise ValueError(f"unknown {kind} config field(s) {unknown}: written by a newer sjd-jax?")
+    d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+    return cls(**d)
+
+
+def save(path, kind: str, config, params, *, force: bool = False) -> Path:
+    """Write ``params`` (must match ``config``) to ``path``; refuses to overwrite unless ``force``.
+
+    Everything is written to a temporary sibling directory and renamed when complete, so a failed
+    or interrupted write leaves no half-written checkpoint.
+    """
+    from orbax.checkpoint import v1 as ocp
+
+    if kind not in KINDS:
+        raise ValueError(f"unknown checkpoint kind {kind!r}; choose one of {', '.join(KINDS)}")
+    path = Path(path).absolute()
+    if path.exists() and not force:
+        raise ValueError(f"{path} exists; pass --force (force=True) to overwrite it")
+    want = jax.tree_util.tree_structure(_abstract(kind, config))
+    if jax.tree_util.tree_structure(params) != want:
+        raise ValueError("params do not match the config's parameter tree")
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        ocp.save(tmp / "params", jax.tree.map(np.asarray, params))
+        meta = {"format": FORMAT, "version": VERSION, "kind": kind, "config": dataclasses.asdict(config)}
+        (tmp / "config.json").write_text(json.dumps(meta, indent=1))
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def load(path, sharding=None):
+    """``path`` -> ``(config, params)``. Params land on ``sharding`` (default: the first device)."""
+    from orbax.checkpoint import v1 as ocp
+
+    path = Path(path)
+    meta_file = path / "config.json"
+    if not meta_file.is_file() or not (path / "params").is_dir():
+        raise ValueError(f"{path} is not an sjd-jax checkpoint (needs config.json and params/)")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{meta_file} is not valid JSON: {e}") from e
+    if meta.get("format") != FORMAT or meta.get("kind") not in KINDS:
+        raise ValueError(f"{meta_file} is not an sjd-jax config (format/kind missing)")
+    if meta.get("version", 0) > VERSION:
+        raise ValueError(f"{path} has format version {meta['version']}; this sjd-jax reads <= {VERSION}")
+    config = config_from_dict(meta["kind"], meta["config"])
+    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                            _abstract(meta["kind"], config))
+    return config, ocp.load(path / "params", abstract)

@@ -1,0 +1,113 @@
+"""`sjd-jax convert` end to end on tiny LlamaGen-format files, and its error paths (exit 2, no
+output left behind)."""
+
+import argparse
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import save_file
+
+import sjd_jax as S
+from convert.cli import main
+from convert.llamagen import gpt_params_from_state_dict
+from convert.vq import janus_to_llamagen_key
+from test_llamagen_parity import CASES, llamagen_state_dict
+from test_vq import hf_model, state_dict
+
+C2I = S.GPTConfig(**CASES["c2i"])
+T2I = S.GPTConfig(**CASES["t2i-padded"])
+
+
+def _np(sd):
+    return {k: v.numpy() for k, v in sd.items()}
+
+
+def run(*argv):
+    return main([*map(str, argv), "--quiet"])
+
+
+def test_c2i_pt_with_pickled_args(tmp_path):
+    sd = llamagen_state_dict(C2I)
+    src = tmp_path / "c2i_T_64.pt"  # grid from the file name: 64 px / 16 = 4
+    torch.save({"model": sd, "args": argparse.Namespace(gpt_model="GPT-T", lr=1e-4)}, src)
+    out = tmp_path / "c2i"
+    assert run("--family", "llamagen-c2i", src, "--out", out, "--n-head", 4) == 0
+    config, params = S.load(out)
+    assert config == C2I
+    want = gpt_params_from_state_dict(_np(sd), C2I)
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(a, np.asarray(b))
+    tokens = jnp.zeros((1, 16), jnp.int32)
+    np.testing.assert_array_equal(
+        np.asarray(S.teacher_forced_logits(params, config, jnp.array([3]), tokens)),
+        np.asarray(S.teacher_forced_logits(want, C2I, jnp.array([3]), tokens)))
+    assert run("--family", "llamagen-c2i", src, "--out", out, "--n-head", 4) == 2  # no overwrite
+    assert run("--family", "llamagen-c2i", src, "--out", out, "--n-head", 4, "--force") == 0
+
+
+def test_t2i_raw_state_dict_and_safetensors(tmp_path):
+    sd = llamagen_state_dict(T2I)
+    torch.save(sd, tmp_path / "t2i.pt")  # FSDP-style raw state dict
+    assert run("--family", "llamagen-t2i", tmp_path / "t2i.pt", "--out", tmp_path / "a",
+               "--image-size", 64, "--n-head", 4) == 0
+    save_file({k: v.numpy() for k, v in sd.items() if k != "freqs_cis"}, tmp_path / "t2i.safetensors")
+    assert run("--family", "llamagen-t2i", tmp_path / "t2i.safetensors", "--out", tmp_path / "b",
+               "--image-size", 64, "--n-head", 4) == 0
+    (ca, pa), (cb, pb) = S.load(tmp_path / "a"), S.load(tmp_path / "b")
+    assert ca == cb == T2I
+    for a, b in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_vq_pt_and_safetensors(tmp_path):
+    model, config = hf_model((1, 1, 2), 1)
+    sd = {janus_to_llamagen_key(k): v for k, v in state_dict(model).items()}
+    full = {**sd, "quantize.codebook_used": np.zeros(65536, np.float32)}
+    torch.save({"model": {k: torch.from_numpy(v) for k, v in full.items()}, "steps": 10}, tmp_path / "vq.pt")
+    save_file(full, tmp_path / "model.safetensors")
+    assert run("--family", "llamagen-vq", tmp_path / "vq.pt", "--out", tmp_path / "a") == 0
+    assert run("--family", "llamagen-vq", tmp_path / "model.safetensors", "--out", tmp_path / "b") == 0
+    (ca, pa), (cb, pb) = S.load(tmp_path / "a"), S.load(tmp_path / "b")
+    assert ca == cb == config
+    idx = jnp.arange(16)[None] % 64
+    want = torch.from_numpy(np.array(idx))
+    with torch.no_grad():
+        ref = model.decode(want).numpy().transpose(0, 2, 3, 1)
+    got = np.asarray(S.vq.decode_tokens(pa, ca, idx, (4, 4)))
+    assert np.abs(got - ref).max() <= 1e-4
+
+
+def _bad_files(tmp_path):
+    sd = llamagen_state_dict(C2I)
+    cases = {}
+    cases["unused key"] = ({**sd, "layers.0.attention.extra": torch.zeros(2)}, "unused keys")
+    cases["missing key"] = ({k: v for k, v in sd.items() if k != "norm.weight"}, "unfilled params.*norm/weight")
+    cases["wrong shape"] = ({**sd, "output.weight": torch.zeros(64, 63)}, "shape mismatch for output.weight")
+    out = {}
+    for name, (d, match) in cases.items():
+        p = tmp_path / f"{name.replace(' ', '_')}_64.pt"
+        torch.save({"model": d}, p)
+        out[name] = (p, "llamagen-c2i", match)
+    good = tmp_path / "good_64.pt"
+    torch.save({"model": sd}, good)
+    trunc = tmp_path / "truncated_64.pt"
+    trunc.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    out["truncated file"] = (trunc, "llamagen-c2i", "cannot be read")
+    out["wrong family (vq flag)"] = (good, "llamagen-vq", "not a LlamaGen VQ checkpoint")
+    out["wrong family (t2i flag)"] = (good, "llamagen-t2i", "looks like llamagen-c2i")
+    out["unknown family"] = (good, "emu3", "unknown family")
+    out["missing file"] = (tmp_path / "nope_64.pt", "llamagen-c2i", "no such file")
+    return out
+
+
+def test_errors_exit_2_and_leave_nothing(tmp_path, capsys):
+    for name, (src, family, match) in _bad_files(tmp_path).items():
+        out = tmp_path / "out"
+        assert run("--family", family, src, "--out", out, "--n-head", 4) == 2, name
+        err = capsys.readouterr().err
+        assert "error:" in err and __import__("re").search(match, err), (name, err)
+        assert not out.exists(), name
+        assert not list(tmp_path.glob(".out.tmp*")), name
