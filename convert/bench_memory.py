@@ -54,6 +54,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args(argv)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="sjd-mem-"))
+    work.mkdir(parents=True, exist_ok=True)
     src = work / f"c2i_{args.preset.upper().removeprefix('GPT-')}_256.{args.format}"
     sd = synthetic_state_dict(args.preset)
     total = sum(v.nbytes for v in sd.values())
@@ -68,13 +69,26 @@ def main(argv=None) -> int:
         save_file(sd, src)
     del sd
     t0 = time.perf_counter()
-    rc = subprocess.call([sys.executable, "-m", "sjd_jax.cli", "convert", "--family", "llamagen-c2i",
-                          str(src), "--out", str(work / "out"), "--force", "--quiet"])
+    proc = subprocess.Popen([sys.executable, "-m", "sjd_jax.cli", "convert", "--family", "llamagen-c2i",
+                             str(src), "--out", str(work / "out"), "--force", "--quiet"])
+    peaks = {"RssAnon": 0, "RssFile": 0}  # anonymous memory vs reclaimable file-backed (mmap) pages
+    while proc.poll() is None:
+        try:
+            for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                k, _, v = line.partition(":")
+                if k in peaks:
+                    peaks[k] = max(peaks[k], int(v.split()[0]) * 1024)
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    rc = proc.returncode
     wall = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     report = {"preset": args.preset, "format": args.format, "rc": rc, "checkpoint_bytes": total,
-              "largest_tensor_bytes": largest, "peak_rss_bytes": peak, "wall_s": round(wall, 1),
+              "largest_tensor_bytes": largest, "peak_rss_bytes": peak, "peak_rss_anon_bytes": peaks["RssAnon"],
+              "peak_rss_file_bytes": peaks["RssFile"], "wall_s": round(wall, 1),
               "peak_over_checkpoint": round(peak / total, 3),
+              "peak_anon_over_checkpoint": round(peaks["RssAnon"] / total, 3),
               "budget_bytes(2*largest+output)": 2 * largest + total}
     print(json.dumps(report, indent=1))
     return rc

@@ -155,13 +155,14 @@ def convert(family: str, src: Path, out: Path, args) -> dict:
         kind, config = "vq", vq_config(tensors, src)
     else:
         kind, config = "gpt", gpt_config(tensors, family, args, src)
-    arrays = {}
-    for name, t in tqdm(tensors.items(), desc=f"converting {src.name}", unit="tensor", file=sys.stderr,
-                        disable=args.quiet):
-        arrays[name] = to_numpy(t)  # one tensor at a time: the source stays memory-mapped
-    params = (vq_params_from_state_dict(arrays, config) if kind == "vq"
-              else gpt_params_from_state_dict(arrays, config))
-    del arrays
+    # Stream: each source tensor is read, re-laid out into its final contiguous float32 array and
+    # released before the next one, so only the output accumulates (the source stays mmapped).
+    stream = ((name, to_numpy(tensors.pop(name)))
+              for name in tqdm(list(tensors), desc=f"converting {src.name}", unit="tensor",
+                               file=sys.stderr, disable=args.quiet))
+    params = (vq_params_from_state_dict(stream, config) if kind == "vq"
+              else gpt_params_from_state_dict(stream, config))
+    del tensors
     checkpoint.save(out, kind, config, params, force=args.force)
     leaves = jax.tree.leaves(params)
     return {"family": family, "out": str(out), "kind": kind, "params": int(sum(x.size for x in leaves)),

@@ -49,6 +49,7 @@ def gpt_path(name: str, arr: np.ndarray):
 
 
 def gpt_params_from_state_dict(state_dict: dict, config: GPTConfig):
-    """``{name: array}`` in LlamaGen's names -> ``{"params": ...}`` for ``config``."""
+    """``{name: array}`` (or an iterable of pairs) in LlamaGen's names -> ``{"params": ...}``."""
     target = jax.eval_shape(lambda k: init_params(config, k), jax.random.key(0))["params"]
-    return {"params": assign(state_dict.items(), target, gpt_path, "LlamaGen GPT")}
+    items = state_dict.items() if isinstance(state_dict, dict) else state_dict
+    return {"params": assign(items, target, gpt_path, "LlamaGen GPT")}

@@ -19,7 +19,7 @@ def assign(items: Iterable[tuple[str, np.ndarray]], abstract, to_path: Callable,
     """Place ``(checkpoint_name, array)`` pairs at ``to_path(name, array) -> (path | None, array)``.
 
     ``path=None`` means the tensor is deliberately ignored. Fails on unused names, params filled
-    twice or never, and shape mismatches. Returns a nested dict of numpy arrays.
+    twice or never, and shape mismatches. Returns a nested dict of jax arrays.
     """
     want = paths_of(abstract)
     out: dict[Path, np.ndarray] = {}
@@ -36,7 +36,9 @@ def assign(items: Iterable[tuple[str, np.ndarray]], abstract, to_path: Callable,
         if arr.shape != tuple(want[path].shape):
             raise ValueError(f"shape mismatch for {name}: checkpoint {arr.shape}, "
                              f"model {tuple(want[path].shape)} at {'/'.join(path)}")
-        out[path] = arr
+        # one tensor at a time: the re-laid-out copy goes straight to a jax array (orbax writes
+        # those without another host copy) and the numpy temporaries are freed
+        out[path] = jax.device_put(np.ascontiguousarray(arr))
     missing = sorted("/".join(p) for p in want if p not in out)
     if unused or missing:
         raise ValueError(f"{what} checkpoint does not match the config: "

@@ -67,4 +67,5 @@ def vq_params_from_state_dict(state_dict: dict, config: VQConfig, janus_names: b
         key = janus_to_llamagen_key(name) if janus_names else name
         return (None, arr) if key in IGNORED else _transform(flax_path(key), arr)
 
-    return {"params": assign(state_dict.items(), target, to_path, "VQ")}
+    items = state_dict.items() if isinstance(state_dict, dict) else state_dict
+    return {"params": assign(items, target, to_path, "VQ")}
