@@ -9,6 +9,18 @@ import numpy as np
 
 Path = tuple[str, ...]
 
+try:  # glibc keeps freed medium-sized blocks in its arenas; hand them back between tensors
+    import ctypes
+
+    _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+except (OSError, AttributeError):  # not glibc
+    _malloc_trim = None
+
+
+def _release_freed_memory() -> None:
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+
 
 def paths_of(abstract) -> dict[Path, jax.ShapeDtypeStruct]:
     return {tuple(str(p.key) for p in path): leaf
@@ -39,6 +51,8 @@ def assign(items: Iterable[tuple[str, np.ndarray]], abstract, to_path: Callable,
         # one tensor at a time: the re-laid-out copy goes straight to a jax array (orbax writes
         # those without another host copy) and the numpy temporaries are freed
         out[path] = jax.device_put(np.ascontiguousarray(arr))
+        del arr, value
+        _release_freed_memory()
     missing = sorted("/".join(p) for p in want if p not in out)
     if unused or missing:
         raise ValueError(f"{what} checkpoint does not match the config: "

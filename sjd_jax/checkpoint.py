@@ -57,8 +57,14 @@ def save(path, kind: str, config, params, *, force: bool = False) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
-        # jax arrays: orbax writes them with little extra host memory (numpy leaves cost ~2x more)
-        ocp.save(tmp / "params", jax.tree.map(jax.device_put, params))
+        # jax arrays: orbax writes them without another host copy (numpy leaves cost ~2x more),
+        # and bounded write concurrency keeps its buffers near 2x the largest leaf, not 1x the model.
+        params = jax.tree.map(jax.device_put, params)
+        budget = max(2 * max(x.nbytes for x in jax.tree.leaves(params)), 64 << 20)
+        ctx = ocp.Context(memory_options=ocp.options.MemoryOptions(
+            write_concurrent_bytes=budget, transfer_concurrent_bytes=budget))
+        with ctx:
+            ocp.save(tmp / "params", params)
         meta = {"format": FORMAT, "version": VERSION, "kind": kind, "config": dataclasses.asdict(config)}
         (tmp / "config.json").write_text(json.dumps(meta, indent=1))
         if path.exists():
