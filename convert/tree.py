@@ -34,7 +34,8 @@ def assign(items: Iterable[tuple[str, np.ndarray]], abstract, to_path: Callable,
     twice or never, and shape mismatches. Returns a nested dict of jax arrays.
     """
     want = paths_of(abstract)
-    out: dict[Path, np.ndarray] = {}
+    out: dict[Path, jax.Array] = {}
+    cpu = jax.devices("cpu")[0]  # host memory even where an accelerator is present
     unused = []
     for name, value in items:
         path, arr = to_path(name, np.asarray(value, np.float32))
@@ -50,7 +51,7 @@ def assign(items: Iterable[tuple[str, np.ndarray]], abstract, to_path: Callable,
                              f"model {tuple(want[path].shape)} at {'/'.join(path)}")
         # one tensor at a time: the re-laid-out copy goes straight to a jax array (orbax writes
         # those without another host copy) and the numpy temporaries are freed
-        out[path] = jax.device_put(np.ascontiguousarray(arr))
+        out[path] = jax.device_put(np.ascontiguousarray(arr), cpu)
         del arr, value
         _release_freed_memory()
     missing = sorted("/".join(p) for p in want if p not in out)
