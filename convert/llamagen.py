@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import re
 
-import jax
 import numpy as np
 
 from sjd_jax.config import GPTConfig
-from sjd_jax.model import init_params
+from sjd_jax.model import abstract_params
 
 from .tree import assign
 
@@ -50,6 +49,6 @@ def gpt_path(name: str, arr: np.ndarray):
 
 def gpt_params_from_state_dict(state_dict: dict, config: GPTConfig):
     """``{name: array}`` (or an iterable of pairs) in LlamaGen's names -> ``{"params": ...}``."""
-    target = jax.eval_shape(lambda k: init_params(config, k), jax.random.key(0))["params"]
+    target = abstract_params(config)["params"]
     items = state_dict.items() if isinstance(state_dict, dict) else state_dict
     return {"params": assign(items, target, gpt_path, "LlamaGen GPT")}

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import re
 
-import jax
 import numpy as np
 
-from sjd_jax.vq import VQConfig, init_vq_params
+from sjd_jax.vq import VQConfig, abstract_vq_params
 
 from .tree import assign
 
@@ -61,7 +60,7 @@ def _transform(path: tuple[str, ...], x: np.ndarray) -> tuple[tuple[str, ...], n
 
 def vq_params_from_state_dict(state_dict: dict, config: VQConfig, janus_names: bool = False):
     """``{name: array}`` (LlamaGen or, with ``janus_names``, HF Janus names) -> ``{"params": ...}``."""
-    target = jax.eval_shape(lambda k: init_vq_params(config, k), jax.random.key(0))["params"]
+    target = abstract_vq_params(config)["params"]
 
     def to_path(name, arr):
         key = janus_to_llamagen_key(name) if janus_names else name

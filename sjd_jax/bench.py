@@ -21,7 +21,7 @@ import numpy as np
 from .config import GPTConfig
 from .model import init_params, param_count, split_cond
 from .sampling import keys as K
-from .sampling.loop import SamplerSpec, _generate_jit
+from .sampling.loop import SamplerSpec, _generate_jit, make_knobs
 from .validate import check_sampling
 
 
@@ -36,8 +36,7 @@ def run_one(params, config: GPTConfig, method: str, window: int, batch: int, kno
     spec = SamplerSpec(config=config, method=method, window=window, cfg=True)
     cond, prefix_mask = split_cond(config, jnp.arange(batch, dtype=jnp.int32) % config.num_classes)
     rows = K.row_keys(K.as_key(seed), jnp.arange(batch, dtype=jnp.uint32))
-    kn = dict(cfg_scale=jnp.float32(knobs["cfg_scale"]), temperature=jnp.float32(knobs["temperature"]),
-              top_k=jnp.int32(knobs["top_k"]), top_p=jnp.float32(knobs["top_p"]))
+    kn = make_knobs(**knobs)
     t0 = time.perf_counter()
     compiled = _generate_jit.lower(spec, params, cond, prefix_mask, rows, kn).compile()
     compile_s = time.perf_counter() - t0

@@ -15,7 +15,7 @@ import jax
 
 from .config import GPTConfig
 from .model import abstract_params
-from .vq import VQConfig, init_vq_params
+from .vq import VQConfig, abstract_vq_params
 
 FORMAT, VERSION = "sjd-jax", 1
 KINDS = {"gpt": GPTConfig, "vq": VQConfig}
@@ -24,7 +24,7 @@ KINDS = {"gpt": GPTConfig, "vq": VQConfig}
 def _abstract(kind: str, config):
     if kind == "gpt":
         return abstract_params(config)
-    return jax.eval_shape(lambda k: init_vq_params(config, k), jax.random.key(0))
+    return abstract_vq_params(config)
 
 
 def config_from_dict(kind: str, d: dict):

@@ -6,7 +6,6 @@ import argparse
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 import torch
 from safetensors.numpy import save_file
 
@@ -72,6 +71,8 @@ def test_vq_pt_and_safetensors(tmp_path):
     assert run("--family", "llamagen-vq", tmp_path / "model.safetensors", "--out", tmp_path / "b") == 0
     (ca, pa), (cb, pb) = S.load(tmp_path / "a"), S.load(tmp_path / "b")
     assert ca == cb == config
+    for a, b in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     idx = jnp.arange(16)[None] % 64
     want = torch.from_numpy(np.array(idx))
     with torch.no_grad():

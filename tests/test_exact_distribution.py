@@ -21,7 +21,7 @@ from scipy import stats
 
 import sjd_jax as S
 from sjd_jax.sampling.generate import generate
-from sjd_jax.sampling.loop import SamplerSpec, _generate_jit
+from sjd_jax.sampling.loop import SamplerSpec, _generate_jit, make_knobs
 from sjd_jax.sampling import keys as K
 from tiny import np_target, scaled_params, tiny_config
 
@@ -122,8 +122,7 @@ def test_exact_distribution(params, name):
 
 def test_negative_control_broken_residual_fails(params):
     """Drawing the rejected token from p instead of max(0, p - q) is not lossless: must fail."""
-    knobs = dict(cfg_scale=jnp.float32(1.0), temperature=jnp.float32(1.0), top_k=jnp.int32(0),
-                 top_p=jnp.float32(1.0))
+    knobs = make_knobs(cfg_scale=1.0, temperature=1.0, top_k=0, top_p=1.0)
     spec = SamplerSpec(config=CONFIG, method="sjd", window=3, cfg=False, _broken="resample_from_p")
     cond = jnp.zeros((M,), jnp.int32)
     rows = K.row_keys(jax.random.key(2024), jnp.arange(M, dtype=jnp.uint32))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -10,7 +9,7 @@ from ..config import GPTConfig
 from ..model import split_cond
 from ..validate import check_cond, check_sampling
 from . import keys as K
-from .loop import GenerateOutput, SamplerSpec, _generate_jit
+from .loop import GenerateOutput, SamplerSpec, _generate_jit, make_knobs
 
 
 def generate(params, config: GPTConfig, cond, key, *, method: str = "sjd", window: int = 16,
@@ -43,7 +42,6 @@ def generate(params, config: GPTConfig, cond, key, *, method: str = "sjd", windo
             raise ValueError(f"example_ids must be {B} non-negative integers, got {ids!r}")
     rows = key if key.ndim == 1 else K.row_keys(
         key, jnp.asarray(np.arange(B) if example_ids is None else example_ids, jnp.uint32))
-    knobs = dict(cfg_scale=jnp.float32(cfg_scale), temperature=jnp.float32(temperature),
-                 top_k=jnp.int32(top_k), top_p=jnp.float32(top_p))
+    knobs = make_knobs(cfg_scale, temperature, top_k, top_p)
     spec = SamplerSpec(config=config, method=method, window=int(window), cfg=bool(cfg))
     return _generate_jit(spec, params, cond_arr, prefix_mask, rows, knobs)

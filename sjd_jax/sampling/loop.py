@@ -48,6 +48,12 @@ class SamplerSpec:
         return 1 if self.method == "ar" else self.window
 
 
+def make_knobs(cfg_scale, temperature, top_k, top_p) -> dict:
+    """The traced numeric sampling arguments, with fixed dtypes (so values never retrace)."""
+    return dict(cfg_scale=jnp.float32(cfg_scale), temperature=jnp.float32(temperature),
+                top_k=jnp.int32(top_k), top_p=jnp.float32(top_p))
+
+
 @flax.struct.dataclass
 class GenerateOutput:
     tokens: jax.Array  # [B, N] int32 image tokens

@@ -1,5 +1,6 @@
 """VQ image tokenizers."""
 
-from .model import VQConfig, VQModel, decode_tokens, encode_images, init_vq_params, to_uint8
+from .model import (VQConfig, VQModel, abstract_vq_params, decode_tokens, encode_images, init_vq_params,
+                    to_uint8)
 
-__all__ = ["VQConfig", "VQModel", "decode_tokens", "encode_images", "init_vq_params", "to_uint8"]
+__all__ = ["VQConfig", "VQModel", "abstract_vq_params", "decode_tokens", "encode_images", "init_vq_params", "to_uint8"]

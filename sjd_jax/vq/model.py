@@ -173,6 +173,11 @@ def init_vq_params(config: VQConfig, key, image_size: int = 32):
     return jax.jit(lambda k: VQModel(config).init(k, x))(key)
 
 
+def abstract_vq_params(config: VQConfig):
+    """Param shapes/dtypes without allocating (``jax.ShapeDtypeStruct`` pytree)."""
+    return jax.eval_shape(lambda k: init_vq_params(config, k), jax.random.key(0))
+
+
 @functools.partial(jax.jit, static_argnums=(1, 3))
 def decode_tokens(params, config: VQConfig, indices, grid):
     """Image tokens ``[B, h*w]`` -> pixels ``[B, H, W, 3]`` float32 in about [-1, 1]."""
