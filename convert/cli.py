@@ -6,6 +6,10 @@ Families and the files each accepts:
   llamagen-t2i  LlamaGen text-to-image GPT: ``t2i_XL_stage{1_256,2_512}.pt`` (may pickle ``args``).
   llamagen-vq   LlamaGen VQ: ``vq_ds16_c2i.pt`` / ``vq_ds16_t2i.pt`` / ``vq_ds8_c2i.pt``
                 ({"model": sd, ...} with the ``codebook_used`` buffer) and ``model.safetensors``.
+  janus-pro     Janus-Pro in HF format (``deepseek-community/Janus-Pro-1B`` / ``-7B``): the snapshot
+                directory, or its files: ``config.json``, ``model.safetensors`` or
+                ``model-0000i-of-0000n.safetensors`` (+ ``model.safetensors.index.json``),
+                optional ``generation_config.json`` and ``tokenizer.json`` (copied into --out).
 The image grid is not stored in GPT weights: it is read from a ``_256``/``_384``/``_512`` file-name
 suffix or given with ``--image-size``.
 """
@@ -19,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-FAMILIES = ("llamagen-c2i", "llamagen-t2i", "llamagen-vq")
+FAMILIES = ("llamagen-c2i", "llamagen-t2i", "llamagen-vq", "janus-pro")
 _CONTAINERS = ("model", "module", "state_dict")  # LlamaGen / DeepSpeed / Lightning
 _LLAMAGEN_DIM_TO_HEADS = {768: 12, 1024: 16, 1280: 20, 1536: 24, 3200: 32}
 
@@ -136,7 +140,86 @@ def vq_config(tensors: dict, src: Path):
                     z_channels=tensors["quant_conv.weight"].shape[1])
 
 
-def convert(family: str, src: Path, out: Path, args) -> dict:
+def _read_json(path: Path) -> dict:
+    import json
+
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not readable JSON ({e})") from e
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return d
+
+
+def hf_files(srcs: list[Path]) -> dict:
+    """An HF snapshot directory or its listed files -> {"config", "generation", "tokenizer", "weights"}."""
+    if len(srcs) == 1 and srcs[0].is_dir():
+        d = srcs[0]
+        weights = sorted(d.glob("*.safetensors")) or sorted(d.glob("pytorch_model*.bin"))
+        files = [p for p in (d / "config.json", d / "generation_config.json", d / "tokenizer.json",
+                             d / "model.safetensors.index.json") if p.is_file()] + weights
+    else:
+        files = list(srcs)
+    for p in files:
+        if not p.is_file():
+            raise ValueError(f"{p}: no such file")
+    named = {p.name: p for p in files}
+    weights = [p for p in files if p.suffix in (".safetensors", ".bin", ".pt", ".pth")]
+    if "config.json" not in named:
+        raise ValueError("janus-pro needs the checkpoint's config.json (give the snapshot directory)")
+    if not weights:
+        raise ValueError("no weight files (*.safetensors / pytorch_model*.bin) given")
+    index = named.get("model.safetensors.index.json") or named.get("pytorch_model.bin.index.json")
+    if index is not None:
+        want = set(_read_json(index).get("weight_map", {}).values())
+        missing = sorted(want - {p.name for p in weights})
+        if missing:
+            raise ValueError(f"shards listed in {index.name} are missing: {missing}")
+    return {"config": named["config.json"], "generation": named.get("generation_config.json"),
+            "tokenizer": named.get("tokenizer.json"), "weights": weights}
+
+
+def read_all(paths: list[Path]) -> dict:
+    tensors: dict = {}
+    for p in paths:
+        part = read_tensors(p)
+        dup = sorted(set(part) & set(tensors))
+        if dup:
+            raise ValueError(f"{p.name} repeats tensors from another shard: {dup[:4]}")
+        tensors.update(part)
+    return tensors
+
+
+def convert_janus(srcs: list[Path], out: Path, args) -> dict:
+    from tqdm import tqdm
+
+    from sjd_jax import checkpoint
+
+    from .janus import janus_config, janus_params, skipped
+
+    files = hf_files(srcs)
+    vocab = None
+    if files["tokenizer"] is not None:  # special tokens live in "added_tokens", the rest in the model vocab
+        tj = _read_json(files["tokenizer"])
+        vocab = (tj.get("model") or {}).get("vocab")
+        vocab = dict(vocab) if isinstance(vocab, dict) else {}
+        vocab.update({t["content"]: t["id"] for t in tj.get("added_tokens") or []
+                      if isinstance(t, dict) and "content" in t and "id" in t})
+    config = janus_config(_read_json(files["config"]),
+                          _read_json(files["generation"]) if files["generation"] else {}, vocab)
+    tensors = read_all(files["weights"])
+    n_skipped = sum(map(skipped, tensors))
+    with tqdm(total=len(tensors) - n_skipped, desc="converting janus-pro", unit="tensor",
+              file=sys.stderr, disable=args.quiet) as bar:
+        params = janus_params(tensors, config, to_numpy, bar)
+    del tensors
+    extra = {"tokenizer.json": files["tokenizer"]} if files["tokenizer"] else {}
+    checkpoint.save(out, "janus", config, params, force=args.force, extra_files=extra)
+    return params, config, n_skipped
+
+
+def convert(family: str, srcs, out: Path, args) -> dict:
     import jax
     from tqdm import tqdm
 
@@ -150,6 +233,16 @@ def convert(family: str, src: Path, out: Path, args) -> dict:
     out = Path(out)
     if out.exists() and not args.force:
         raise ValueError(f"{out} exists; pass --force to overwrite it")
+    srcs = [Path(s) for s in (srcs if isinstance(srcs, (list, tuple)) else [srcs])]
+    if family == "janus-pro":
+        params, config, n_skipped = convert_janus(srcs, out, args)
+        leaves = jax.tree.leaves(params)
+        return {"family": family, "out": str(out), "kind": "janus", "params": int(sum(x.size for x in leaves)),
+                "dtype": "float32", "bytes": int(sum(x.nbytes for x in leaves)), "config": config,
+                "note": f"skipped {n_skipped} image-understanding / text-head tensors"}
+    if len(srcs) != 1:
+        raise ValueError(f"--family {family} takes exactly one checkpoint file, got {len(srcs)}")
+    src = srcs[0]
     tensors = read_tensors(src)
     if family == "llamagen-vq":
         kind, config = "vq", vq_config(tensors, src)
@@ -173,7 +266,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="sjd-jax convert", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--family", required=True, help=" | ".join(FAMILIES))
-    ap.add_argument("src", type=Path, help="checkpoint file (.pt/.pth/.bin/.safetensors)")
+    ap.add_argument("src", type=Path, nargs="+",
+                    help="checkpoint file (.pt/.pth/.bin/.safetensors); janus-pro: snapshot dir or files")
     ap.add_argument("--out", type=Path, required=True, help="output directory")
     ap.add_argument("--image-size", type=int, default=None, help="GPT only: pixels (256/384/512)")
     ap.add_argument("--n-head", type=int, default=None, help="GPT only: heads, for non-released sizes")
@@ -189,5 +283,5 @@ def main(argv=None) -> int:
         print(f"sjd-jax convert: error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {s['out']}: {s['kind']} {s['params'] / 1e6:.2f}M params, {s['dtype']}, "
-          f"{s['bytes'] / 2**20:.1f} MiB\n  {s['config']}")
+          f"{s['bytes'] / 2**20:.1f} MiB\n  {s['config']}" + (f"\n  {s['note']}" if "note" in s else ""))
     return 0

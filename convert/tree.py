@@ -38,9 +38,10 @@ def assign(items: Iterable[tuple[str, np.ndarray]], abstract, to_path: Callable,
     cpu = jax.devices("cpu")[0]  # host memory even where an accelerator is present
     unused = []
     for name, value in items:
-        path, arr = to_path(name, np.asarray(value, np.float32))
+        path, arr = to_path(name, value)
         if path is None:
             continue
+        arr = np.asarray(arr, np.float32)
         if path not in want:
             unused.append(name)
             continue

@@ -3,14 +3,14 @@
 from .cache import KVCache, init_cache
 from .checkpoint import load, save
 from .config import GPTConfig
-from .model import (Caption, abstract_params, embed_cond, embed_tokens, forward, init_params,
+from .model import (Caption, Prompt, abstract_params, embed_cond, embed_tokens, forward, init_params,
                     param_count, teacher_forced_logits)
 from .sampling import GenerateOutput, SamplerSpec, generate
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Caption", "GPTConfig", "GenerateOutput", "KVCache", "SamplerSpec", "abstract_params",
+    "Caption", "GPTConfig", "Prompt", "GenerateOutput", "KVCache", "SamplerSpec", "abstract_params",
     "embed_cond", "embed_tokens", "forward", "generate", "init_cache", "init_params",
     "load", "param_count", "save", "teacher_forced_logits",
 ]

@@ -1,6 +1,7 @@
 """sjd-jax checkpoints: an orbax params directory plus a small JSON config, written atomically.
 
-Layout of ``DIR``: ``config.json`` ({"format", "version", "kind", "config"}) and ``params/`` (orbax).
+Layout of ``DIR``: ``config.json`` ({"format", "version", "kind", "config"}) and ``params/`` (orbax);
+kind "janus" also holds the source checkpoint's ``tokenizer.json``.
 """
 
 from __future__ import annotations
@@ -18,17 +19,25 @@ from .model import abstract_params
 from .vq import VQConfig, abstract_vq_params
 
 FORMAT, VERSION = "sjd-jax", 1
-KINDS = {"gpt": GPTConfig, "vq": VQConfig}
+KINDS = ("gpt", "vq", "janus")
 
 
 def _abstract(kind: str, config):
     if kind == "gpt":
         return abstract_params(config)
+    if kind == "janus":
+        from .janus import abstract_janus_params
+
+        return abstract_janus_params(config)
     return abstract_vq_params(config)
 
 
 def config_from_dict(kind: str, d: dict):
-    cls = KINDS[kind]
+    if kind == "janus":
+        from .janus import JanusConfig
+
+        return JanusConfig.from_dict(d)
+    cls = {"gpt": GPTConfig, "vq": VQConfig}[kind]
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - fields)
     if unknown:
@@ -37,9 +46,10 @@ def config_from_dict(kind: str, d: dict):
     return cls(**d)
 
 
-def save(path, kind: str, config, params, *, force: bool = False) -> Path:
+def save(path, kind: str, config, params, *, force: bool = False, extra_files=None) -> Path:
     """Write ``params`` (must match ``config``) to ``path``; refuses to overwrite unless ``force``.
 
+    ``extra_files``: ``{name: source path}`` copied into the directory (e.g. ``tokenizer.json``).
     Everything is written to a temporary sibling directory and renamed when complete, so a failed
     or interrupted write leaves no half-written checkpoint.
     """
@@ -67,6 +77,8 @@ def save(path, kind: str, config, params, *, force: bool = False) -> Path:
             ocp.save(tmp / "params", params)
         meta = {"format": FORMAT, "version": VERSION, "kind": kind, "config": dataclasses.asdict(config)}
         (tmp / "config.json").write_text(json.dumps(meta, indent=1))
+        for name, src in (extra_files or {}).items():
+            shutil.copyfile(src, tmp / name)
         if path.exists():
             shutil.rmtree(path)
         tmp.rename(path)

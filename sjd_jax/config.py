@@ -25,9 +25,9 @@ _LLAMAGEN_SIZES = {
 class GPTConfig:
     """A Llama-family decoder over a prefix of condition positions and an image-token grid.
 
-    Sequence layout (absolute positions): ``[0, C)`` condition positions (class embedding or
-    caption features), then ``[C, C + N)`` image tokens, ``N = grid_size[0] * grid_size[1]``.
-    The output at position ``C - 1 + i`` predicts image token ``i``.
+    Sequence layout (absolute positions): ``[0, C)`` condition positions (class embedding, caption
+    features or, for Janus-style models, prompt text tokens), then ``[C, C + N)`` image tokens,
+    ``N = grid_size[0] * grid_size[1]``. The output at position ``C - 1 + i`` predicts image token i.
     """
 
     vocab_size: int = 16384
@@ -40,8 +40,15 @@ class GPTConfig:
     # (ignored when caption_dim is set)
     cls_token_num: int = 1
     caption_dim: int | None = None  # text-conditional (caption features) when set
+    # Prompt-token-conditional (Janus): the condition is C text-token ids embedded by a text table of
+    # this size. The unconditional CFG prompt replaces every token except `cfg_keep_ids` by `cfg_pad_id`.
+    text_vocab_size: int | None = None
+    cfg_pad_id: int = 0
+    cfg_keep_ids: tuple[int, ...] = ()
     multiple_of: int = 256
     ffn_dim_multiplier: float | None = None
+    intermediate_size: int | None = None  # explicit SwiGLU width (HF Llama); overrides the rule above
+    head_hidden: int | None = None  # Janus generation head: Linear(dim->head_hidden)+GELU+Linear, biased
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
     rope_type: Literal["2d", "1d"] = "2d"
@@ -55,9 +62,12 @@ class GPTConfig:
             object.__setattr__(self, "grid_size", (self.grid_size, self.grid_size))
         else:
             object.__setattr__(self, "grid_size", tuple(int(g) for g in self.grid_size))
-        if self.caption_dim is not None:  # text-conditional: no class table (null = uncond embedding)
-            object.__setattr__(self, "num_classes", None)
+        object.__setattr__(self, "cfg_keep_ids", tuple(int(i) for i in self.cfg_keep_ids))
+        if self.caption_dim is not None or self.text_vocab_size is not None:
+            object.__setattr__(self, "num_classes", None)  # no class table (null = uncond condition)
         problems = []
+        if self.caption_dim is not None and self.text_vocab_size is not None:
+            problems.append("set at most one of caption_dim and text_vocab_size")
         if self.dim % self.n_head:
             problems.append(f"dim {self.dim} is not divisible by n_head {self.n_head}")
         if self.n_head % self.kv_heads:
@@ -65,9 +75,10 @@ class GPTConfig:
         if (self.dim // max(self.n_head, 1)) % (4 if self.rope_type == "2d" else 2):
             problems.append(f"head_dim {self.dim // self.n_head} must be divisible by "
                             f"{4 if self.rope_type == '2d' else 2} for {self.rope_type} RoPE")
-        if self.caption_dim is None and self.num_classes is None:
-            problems.append("set num_classes (class-conditional) or caption_dim (text-conditional)")
-        if self.caption_dim is None and self.cls_token_num != 1:
+        if self.cond_kind == "class" and self.num_classes is None:
+            problems.append("set num_classes (class-conditional), caption_dim (caption features) "
+                            "or text_vocab_size (prompt tokens)")
+        if self.cond_kind == "class" and self.cls_token_num != 1:
             problems.append("class-conditional models use exactly one condition token (cls_token_num=1)")
         if min(self.grid_size) < 1 or self.vocab_size < 2 or self.cls_token_num < 1:
             problems.append("grid_size, vocab_size and cls_token_num must be positive")
@@ -97,6 +108,8 @@ class GPTConfig:
     @property
     def ffn_hidden(self) -> int:
         """LlamaGen's SwiGLU rule: int(2 * 4 * dim / 3), optionally scaled, rounded up to multiple_of."""
+        if self.intermediate_size is not None:
+            return self.intermediate_size
         hidden = int(2 * (4 * self.dim) / 3)
         if self.ffn_dim_multiplier is not None:
             hidden = int(self.ffn_dim_multiplier * hidden)
@@ -104,7 +117,15 @@ class GPTConfig:
 
     @property
     def text_conditional(self) -> bool:
+        """Conditioned on caption features (LlamaGen T2I)."""
         return self.caption_dim is not None
+
+    @property
+    def cond_kind(self) -> str:
+        """"class" (ids [B]), "caption" (features [B, C, caption_dim]) or "tokens" (ids [B, C])."""
+        if self.caption_dim is not None:
+            return "caption"
+        return "tokens" if self.text_vocab_size is not None else "class"
 
     # ---- presets -------------------------------------------------------------------------
     @classmethod

@@ -29,6 +29,18 @@ class Caption(NamedTuple):
     mask: jax.Array
 
 
+class Prompt(NamedTuple):
+    """Prompt-token condition (Janus): token ids ``[B, C]`` and their validity mask ``[B, C]``.
+
+    Pad on the left: real tokens end at position ``C - 1`` (the image-start token), so the image
+    follows the prompt directly. With 1D RoPE, positions count real tokens only, so a prompt gives
+    the same logits whatever it is padded to.
+    """
+
+    ids: jax.Array
+    mask: jax.Array
+
+
 class RMSNorm(nn.Module):
     eps: float = 1e-5
 
@@ -129,18 +141,26 @@ class GPT(nn.Module):
                 "uncond_embedding",
                 lambda k, s: jax.random.normal(k, s) / np.sqrt(c.caption_dim),
                 (c.cls_token_num, c.caption_dim))
+        elif c.cond_kind == "tokens":
+            self.text_embeddings = nn.Embed(c.text_vocab_size, c.dim, dtype=dtype, embedding_init=_init)
         else:
             self.cls_embedding = nn.Embed(c.num_classes + 1, c.dim, dtype=dtype, embedding_init=_init)
         self.layers = [Block(c, name=f"layers_{i}") for i in range(c.n_layer)]
         self.norm = RMSNorm(c.norm_eps)
-        self.output = nn.Dense(c.vocab_size, use_bias=False, dtype=dtype, kernel_init=_init)
+        biased = c.head_hidden is not None
+        if biased:
+            self.head_proj = nn.Dense(c.head_hidden, dtype=dtype, kernel_init=_init)
+        self.output = nn.Dense(c.vocab_size, use_bias=biased, dtype=dtype, kernel_init=_init)
 
     def embed_cond(self, cond, null):
         """Condition embeddings ``[B, C, D]``; rows with ``null: [B] bool`` get the CFG null condition.
 
-        cond: class ids ``[B]`` (class-conditional) or caption features ``[B, C, caption_dim]``.
+        cond: class ids ``[B]``, caption features ``[B, C, caption_dim]`` or prompt ids ``[B, C]``.
         """
         c = self.config
+        if c.cond_kind == "tokens":  # Janus: null prompt = every token but BOS/BOI replaced by pad
+            keep = jnp.isin(cond, jnp.asarray(c.cfg_keep_ids, jnp.int32)) if c.cfg_keep_ids else False
+            return self.text_embeddings(jnp.where(null[:, None] & ~keep, c.cfg_pad_id, cond))
         if c.text_conditional:
             feats = jnp.where(null[:, None, None], self.uncond_embedding[None].astype(cond.dtype), cond)
             h = self.cap_fc1(feats.astype(jnp.dtype(c.dtype)))
@@ -157,7 +177,8 @@ class GPT(nn.Module):
         T = x.shape[1]
         q_pos = cache.length[:, None] + jnp.arange(T, dtype=jnp.int32)[None, :]  # [B, T]
         cos_t, sin_t = rope_table(c)
-        idx = jnp.minimum(q_pos, cos_t.shape[0] - 1)  # past-the-end positions: written nowhere, unused
+        rope_pos = q_pos if c.rope_type == "2d" else q_pos - _pads_before(cache.prefix_mask, q_pos)
+        idx = jnp.minimum(rope_pos, cos_t.shape[0] - 1)  # past-the-end positions: written nowhere, unused
         cos, sin = jnp.asarray(cos_t)[idx], jnp.asarray(sin_t)[idx]
         mask = kv.attention_mask(cache, q_pos)
         h = x.astype(jnp.dtype(c.dtype))
@@ -166,7 +187,10 @@ class GPT(nn.Module):
             h, k_i, v_i = layer(h, cos, sin, cache.k[i], cache.v[i], q_pos, mask)
             ks.append(k_i)
             vs.append(v_i)
-        logits = self.output(self.norm(h)).astype(jnp.float32)
+        h = self.norm(h)
+        if c.head_hidden is not None:
+            h = nn.gelu(self.head_proj(h), approximate=False)
+        logits = self.output(h).astype(jnp.float32)
         return logits, cache.replace(k=tuple(ks), v=tuple(vs), length=cache.length + T)
 
     def init_all(self, cond, tokens):
@@ -176,9 +200,19 @@ class GPT(nn.Module):
         return self(x, init_cache(self.config, B))
 
 
+def _pads_before(prefix_mask: jax.Array, q_pos: jax.Array) -> jax.Array:
+    """Padded condition slots before each query position: ``prefix_mask [B, C]``, ``q_pos [B, T]``."""
+    C = prefix_mask.shape[1]
+    pads = jnp.cumsum(~prefix_mask, axis=1, dtype=jnp.int32)  # [B, C] pads in [0, s]
+    before = jnp.take_along_axis(pads, jnp.clip(q_pos - 1, 0, C - 1), axis=1)
+    return jnp.where(q_pos > 0, before, 0)
+
+
 # ---- pure functional API -----------------------------------------------------------------------
 
 def _dummy_cond(config: GPTConfig, batch: int):
+    if config.cond_kind == "tokens":
+        return jnp.zeros((batch, config.cls_token_num), jnp.int32)
     if config.text_conditional:
         return jnp.zeros((batch, config.cls_token_num, config.caption_dim), jnp.float32)
     return jnp.zeros((batch,), jnp.int32)
@@ -203,9 +237,23 @@ def param_count(params) -> int:
 def split_cond(config: GPTConfig, cond):
     """Normalise ``cond`` to (array, prefix_mask [B, C] bool).
 
-    Text models take features ``[B, C, caption_dim]``, ``Caption(features, mask)``, a
-    ``(features, mask)`` tuple or ``{"features": ..., "mask": ...}``; class models take ids ``[B]``.
+    Caption models take features ``[B, C, caption_dim]``, ``Caption(features, mask)``, a
+    ``(features, mask)`` tuple or ``{"features": ..., "mask": ...}``; prompt-token models take ids
+    ``[B, C]``, ``Prompt(ids, mask)``, a tuple or ``{"ids": ..., "mask": ...}``; class models ids ``[B]``.
     """
+    if config.cond_kind == "tokens":
+        if isinstance(cond, dict):
+            ids, mask = cond["ids"], cond.get("mask")
+        elif isinstance(cond, (tuple, list)):
+            ids, mask = cond
+        else:
+            ids, mask = cond, None
+        ids = jnp.asarray(ids)
+        if not jnp.issubdtype(ids.dtype, jnp.integer):
+            raise ValueError(f"prompt token ids must be integers, got dtype {ids.dtype}")
+        if mask is None:
+            mask = jnp.ones(ids.shape[:2], bool)
+        return ids.astype(jnp.int32), jnp.asarray(mask, bool)
     if config.text_conditional:
         if isinstance(cond, dict):
             feats, mask = cond["features"], cond.get("mask")

@@ -17,8 +17,24 @@ def _concrete(x, name):
 
 
 def check_cond(config: GPTConfig, cond, prefix_mask, batch: int | None, allow_null: bool) -> None:
-    """Class ids in range / caption features of the right shape; batch sizes consistent."""
-    if config.text_conditional:
+    """Class ids / prompt ids in range, caption features of the right shape; batch sizes consistent."""
+    if config.cond_kind == "tokens":
+        ids = _concrete(cond, "prompt ids")
+        C, V = config.cls_token_num, config.text_vocab_size
+        if ids.ndim != 2 or ids.shape[1] != C:
+            raise ValueError(f"prompt ids must have shape [B, {C}] (this config's prompt length; "
+                             f"pad on the left), got {tuple(ids.shape)}")
+        if tuple(prefix_mask.shape) != tuple(ids.shape):
+            raise ValueError(f"prompt mask must have shape [B, {C}] matching the ids, "
+                             f"got {tuple(prefix_mask.shape)}")
+        bad = ids[(ids < 0) | (ids >= V)]
+        if bad.size:
+            raise ValueError(f"prompt token id {int(bad[0])} out of range: text vocabulary is 0..{V - 1}")
+        mask = _concrete(prefix_mask, "prompt mask")
+        if not mask[:, -1].all():
+            raise ValueError("prompt rows must end with a real token (pad on the left)")
+        n = ids.shape[0]
+    elif config.text_conditional:
         feats = cond
         C, D = config.cls_token_num, config.caption_dim
         if feats.ndim != 3 or feats.shape[1:] != (C, D):

@@ -1,0 +1,141 @@
+"""Janus-Pro text-to-image generation: prompt text -> image tokens (SJD or any sampler) -> pixels.
+
+A converted Janus-Pro checkpoint (``sjd-jax convert --family janus-pro``) holds the generation path
+only: the Llama LLM with its text embeddings, the image-token embedding (``generation_embeddings``
+followed by ``generation_aligner``, folded into one ``[K, dim]`` table at conversion: the aligner is
+a per-token function of the id), the generation head and the VQ-16 decoder, plus the checkpoint's
+``tokenizer.json``. CFG is Janus': raw-logit guidance against the same prompt with every token but
+BOS and the image-start token replaced by the pad token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+
+from .config import GPTConfig
+from .model import Prompt
+from .vq import VQConfig
+
+# DeepSeek's chat format for image generation (Janus-Pro, empty system prompt); the image-start
+# token is appended by id, BOS by the tokenizer (or here, if its post-processor does not add it).
+PROMPT_TEMPLATE = "<|User|>: {prompt}\n\n<|Assistant|>:"
+
+
+@dataclasses.dataclass(frozen=True)
+class JanusConfig:
+    gpt: GPTConfig  # cls_token_num is the prompt length of the last call (set per call)
+    vq: VQConfig
+    bos_id: int
+    boi_id: int  # <begin_of_image>
+    pad_id: int
+    max_positions: int  # LLM context: prompt + image tokens must fit
+
+    @property
+    def image_size(self) -> int:
+        return self.gpt.grid_size[0] * self.vq.downsample
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "JanusConfig":
+        from .checkpoint import config_from_dict
+
+        d = dict(d)
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown janus config field(s) {unknown}: written by a newer sjd-jax?")
+        return cls(gpt=config_from_dict("gpt", d.pop("gpt")), vq=config_from_dict("vq", d.pop("vq")), **d)
+
+    def with_prompt_length(self, length: int) -> GPTConfig:
+        """The GPT config for prompts padded to ``length`` tokens (one compile per length)."""
+        return self.gpt.replace(cls_token_num=int(length))
+
+
+def load_tokenizer(path):
+    """The ``tokenizers.Tokenizer`` of a converted checkpoint directory (or a tokenizer.json file)."""
+    from tokenizers import Tokenizer
+
+    path = Path(path)
+    file = path / "tokenizer.json" if path.is_dir() else path
+    if not file.is_file():
+        raise ValueError(f"{file}: no tokenizer.json (convert with the checkpoint's tokenizer.json "
+                         "beside its weights, or tokenize yourself and pass ids)")
+    try:
+        return Tokenizer.from_file(str(file))
+    except Exception as e:
+        raise ValueError(f"{file}: not a valid tokenizers file ({e})") from e
+
+
+def prompt_ids(tokenizer, config: JanusConfig, text: str, template: bool = True) -> list[int]:
+    """Token ids of one prompt: [BOS] + tokens of the (templated) text + [BOI]."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"prompt must be a non-empty string, got {text!r}")
+    ids = tokenizer.encode(PROMPT_TEMPLATE.format(prompt=text) if template else text).ids
+    if not ids or ids[0] != config.bos_id:
+        ids = [config.bos_id, *ids]
+    return [*ids, config.boi_id]
+
+
+def pad_prompts(config: JanusConfig, rows: list[list[int]], length: int | None = None,
+                multiple: int = 16) -> Prompt:
+    """Left-pad token rows to ``length`` (default: the longest, rounded up to ``multiple`` so that
+    nearby prompt lengths share one compile). Padding never changes the result (masked keys, RoPE
+    positions that count real tokens only)."""
+    if not rows:
+        raise ValueError("no prompts given")
+    longest = max(len(r) for r in rows)
+    if length is None:
+        length = -(-longest // multiple) * multiple
+    N = config.gpt.num_image_tokens
+    if longest > length or longest + N > config.max_positions:
+        raise ValueError(f"prompt too long: {longest} tokens + {N} image tokens exceed "
+                         f"{'the padded length ' + str(length) if longest > length else 'the model context ' + str(config.max_positions)}")
+    length = min(length, config.max_positions - N)
+    ids = np.full((len(rows), length), config.pad_id, np.int32)
+    mask = np.zeros((len(rows), length), bool)
+    for b, r in enumerate(rows):
+        ids[b, length - len(r):] = r
+        mask[b, length - len(r):] = True
+    return Prompt(jnp.asarray(ids), jnp.asarray(mask))
+
+
+def generate_tokens(params, config: JanusConfig, prompts: Prompt, key, **sampling):
+    """Image tokens for padded prompts; ``sampling`` as in ``sjd_jax.generate`` (method, window,
+    cfg_scale (Janus default 5), temperature, top_k, top_p)."""
+    from .sampling import generate
+
+    sampling.setdefault("cfg_scale", 5.0)
+    gpt = config.with_prompt_length(prompts.ids.shape[1])
+    return generate(params["gpt"], gpt, prompts, key, **sampling)
+
+
+def decode_images(params, config: JanusConfig, tokens) -> np.ndarray:
+    """``tokens [B, N]`` -> uint8 images ``[B, H, W, 3]``."""
+    from .vq import decode_tokens, to_uint8
+
+    return np.asarray(to_uint8(decode_tokens(params["vq"], config.vq, jnp.asarray(tokens),
+                                             config.gpt.grid_size)))
+
+
+def text_to_image(params, config: JanusConfig, tokenizer, texts: list[str], key, *,
+                  template: bool = True, **sampling):
+    """Prompts -> (uint8 images ``[B, H, W, 3]``, the sampler's ``GenerateOutput``)."""
+    prompts = pad_prompts(config, [prompt_ids(tokenizer, config, t, template) for t in texts])
+    out = generate_tokens(params, config, prompts, key, **sampling)
+    return decode_images(params, config, out.tokens), out
+
+
+def abstract_janus_params(config: JanusConfig):
+    from .model import abstract_params
+    from .vq import abstract_vq_params
+
+    return {"gpt": abstract_params(config.gpt), "vq": abstract_vq_params(config.vq)}
+
+
+__all__ = ["JanusConfig", "PROMPT_TEMPLATE", "abstract_janus_params", "decode_images",
+           "generate_tokens", "load_tokenizer", "pad_prompts", "prompt_ids", "text_to_image"]
