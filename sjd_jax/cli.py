@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import sys
 
-COMMANDS = {
-    "bench": "sjd_jax.bench",
-    "convert": "convert.cli",
+COMMANDS = {  # name -> (module, function)
+    "bench": ("sjd_jax.bench", "main"),
+    "convert": ("convert.cli", "main"),
+    "train-vq": ("sjd_jax.fashion", "main_train_vq"),
+    "train-ar": ("sjd_jax.fashion", "main_train_ar"),
 }
 
 
@@ -15,7 +17,9 @@ def main(argv=None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: sjd-jax {" + ",".join(COMMANDS) + "} [options]\n\n"
               "  bench     AR vs Jacobi-family samplers: NFE, wall time, compile time (JSON)\n"
-              "  convert   PyTorch/safetensors checkpoints -> sjd-jax checkpoint directories\n")
+              "  convert   PyTorch/safetensors checkpoints -> sjd-jax checkpoint directories\n"
+              "  train-vq  train the Fashion-MNIST VQ tokenizer\n"
+              "  train-ar  train the Fashion-MNIST class-conditional GPT over its tokens\n")
         return 0 if argv else 2
     if argv[0] not in COMMANDS:
         print(f"sjd-jax: error: unknown command {argv[0]!r}; choose one of {', '.join(COMMANDS)}",
@@ -23,7 +27,8 @@ def main(argv=None) -> int:
         return 2
     import importlib
 
-    return importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
+    module, fn = COMMANDS[argv[0]]
+    return getattr(importlib.import_module(module), fn)(argv[1:])
 
 
 if __name__ == "__main__":

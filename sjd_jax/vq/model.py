@@ -157,6 +157,26 @@ class VQModel(nn.Module):
         d = jnp.sum(z ** 2, -1, keepdims=True) + jnp.sum(e ** 2, -1) - 2 * z @ e.T
         return jnp.argmin(d, axis=-1).astype(jnp.int32)
 
+    def quantize_train(self, x):
+        """Training forward: (reconstruction, codebook loss, commitment loss, indices [B, h*w]).
+
+        Straight-through quantisation on l2-normalised latents and codes (LlamaGen's VQ losses:
+        ``|sg(z) - e|^2`` moves the codes, ``|z - sg(e)|^2`` the encoder; the caller weights them).
+        """
+        z = self.quant_conv(self.encoder(x))
+        B, h, w, D = z.shape
+        if self.config.codebook_l2_norm:
+            z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
+        e = self._codebook()
+        d = jnp.sum(z ** 2, -1, keepdims=True) + jnp.sum(e ** 2, -1) - 2 * jnp.einsum("bhwd,kd->bhwk", z, e)
+        idx = jnp.argmin(d, axis=-1)
+        zq = e[idx]
+        codebook_loss = jnp.mean((zq - jax.lax.stop_gradient(z)) ** 2)
+        commit_loss = jnp.mean((jax.lax.stop_gradient(zq) - z) ** 2)
+        zq = z + jax.lax.stop_gradient(zq - z)
+        recon = self.decoder(self.post_quant_conv(zq))
+        return recon, codebook_loss, commit_loss, idx.reshape(B, h * w).astype(jnp.int32)
+
     def decode(self, indices, grid):
         """indices: [B, h*w] -> pixels [B, h*f, w*f, out_channels] (f = downsample factor)."""
         h, w = grid

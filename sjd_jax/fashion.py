@@ -1,0 +1,99 @@
+"""The bundled ``fashion-mnist`` model: its configs, training recipe, and the train CLIs.
+
+Reproduce the shipped weights (2 CPU cores; see README for times):
+
+    sjd-jax train-vq --out runs/fm-vq
+    sjd-jax train-ar --vq runs/fm-vq/model --out runs/fm-ar
+    sjd-jax train-classifier --out runs/fm-cls
+
+then copy ``runs/fm-vq/model``, ``runs/fm-ar/model`` and ``runs/fm-cls/model`` to
+``sjd_jax/assets/fashion_mnist/{vq,gpt,classifier}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .config import GPTConfig
+from .train import TrainConfig
+from .vq import VQConfig
+
+ASSETS = Path(__file__).parent / "assets" / "fashion_mnist"
+
+# Grayscale VQ-16-family tokenizer, downsampling 2: 32x32 (28x28 zero-padded) -> 16x16 = 256 tokens.
+VQ_CONFIG = VQConfig(codebook_size=256, codebook_embed_dim=8, ch=32, ch_mult=(1, 2), num_res_blocks=1,
+                     z_channels=32, in_channels=1, out_channels=1, norm_groups=32)
+# LlamaGen-architecture class-conditional GPT (2D RoPE, SwiGLU, 1 class token + null class for CFG).
+GPT_CONFIG = GPTConfig(vocab_size=256, grid_size=(16, 16), dim=192, n_layer=6, n_head=3, num_classes=10)
+VQ_TRAIN = TrainConfig(steps=1200, batch=64, lr=1e-3, warmup=100, ckpt_every=100)
+AR_TRAIN = TrainConfig(steps=1875, batch=32, lr=1e-3, warmup=100, weight_decay=0.05, ckpt_every=100)
+
+
+def _common(ap):
+    ap.add_argument("--out", type=Path, required=True, help="run directory (resumes if it holds a train state)")
+    ap.add_argument("--steps", type=int, default=None, help="override the recipe's step count")
+    ap.add_argument("--data-dir", type=Path, default=None, help="Fashion-MNIST idx files (default: Debian path)")
+    ap.add_argument("--quiet", action="store_true")
+
+
+def _recipe(base: TrainConfig, steps):
+    if steps is not None and steps < 1:
+        raise ValueError(f"--steps must be positive, got {steps}")
+    return base if steps is None else TrainConfig(**{**base.__dict__, "steps": steps})
+
+
+def main_train_vq(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="sjd-jax train-vq", description="Train the Fashion-MNIST VQ tokenizer.")
+    _common(ap)
+    args = ap.parse_args(argv)
+    from . import data
+    from .train import psnr, train_vq
+
+    try:
+        t = _recipe(VQ_TRAIN, args.steps)
+        train, _ = data.load("train", args.data_dir)
+        test, _ = data.load("test", args.data_dir)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"sjd-jax train-vq: error: {e}", file=sys.stderr)
+        return 2
+    params = train_vq(args.out, VQ_CONFIG, t, data.to_model_range(train), quiet=args.quiet)
+    print(f"VQ test PSNR {psnr(params, VQ_CONFIG, data.to_model_range(test)):.2f} dB -> {args.out / 'model'}")
+    return 0
+
+
+def main_train_ar(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="sjd-jax train-ar",
+                                 description="Train the class-conditional GPT over the VQ's tokens.")
+    _common(ap)
+    ap.add_argument("--vq", type=Path, required=True, help="trained VQ checkpoint (train-vq's out/model)")
+    args = ap.parse_args(argv)
+    import numpy as np
+
+    from . import checkpoint, data
+    from .train import encode_dataset, nll_bits_per_token, train_gpt
+
+    try:
+        t = _recipe(AR_TRAIN, args.steps)
+        vq_config, vq_params = checkpoint.load(args.vq)
+        train, y_train = data.load("train", args.data_dir)
+        test, y_test = data.load("test", args.data_dir)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"sjd-jax train-ar: error: {e}", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    cache = args.out / "tokens.npz"
+    if cache.exists():
+        z = np.load(cache)
+        tok_train, tok_test = z["train"], z["test"]
+    else:  # tokenize once (deterministic), reused on resume
+        tok_train = encode_dataset(vq_params, vq_config, data.to_model_range(train))
+        tok_test = encode_dataset(vq_params, vq_config, data.to_model_range(test))
+        tmp = args.out / "tokens.tmp.npz"
+        np.savez(tmp, train=tok_train, test=tok_test)
+        tmp.rename(cache)
+    params = train_gpt(args.out, GPT_CONFIG, t, tok_train, y_train, quiet=args.quiet)
+    bits = nll_bits_per_token(params, GPT_CONFIG, tok_test, y_test)
+    print(f"AR validation NLL {bits:.4f} bits/token -> {args.out / 'model'}")
+    return 0
