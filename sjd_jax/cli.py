@@ -5,10 +5,13 @@ from __future__ import annotations
 import sys
 
 COMMANDS = {  # name -> (module, function)
+    "generate": ("sjd_jax.generate_cli", "main"),
+    "eval": ("sjd_jax.evaluate", "main"),
     "bench": ("sjd_jax.bench", "main"),
     "convert": ("convert.cli", "main"),
     "train-vq": ("sjd_jax.fashion", "main_train_vq"),
     "train-ar": ("sjd_jax.fashion", "main_train_ar"),
+    "train-classifier": ("sjd_jax.fashion", "main_train_classifier"),
 }
 
 
@@ -16,10 +19,13 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: sjd-jax {" + ",".join(COMMANDS) + "} [options]\n\n"
+              "  generate  sample a class grid from the bundled fashion-mnist model (PNG)\n"
+              "  eval      quality metrics of the bundled model: PSNR, NLL, class accuracy, Frechet distance\n"
               "  bench     AR vs Jacobi-family samplers: NFE, wall time, compile time (JSON)\n"
               "  convert   PyTorch/safetensors checkpoints -> sjd-jax checkpoint directories\n"
               "  train-vq  train the Fashion-MNIST VQ tokenizer\n"
-              "  train-ar  train the Fashion-MNIST class-conditional GPT over its tokens\n")
+              "  train-ar  train the Fashion-MNIST class-conditional GPT over its tokens\n"
+              "  train-classifier  train the evaluation CNN on real Fashion-MNIST\n")
         return 0 if argv else 2
     if argv[0] not in COMMANDS:
         print(f"sjd-jax: error: unknown command {argv[0]!r}; choose one of {', '.join(COMMANDS)}",

@@ -28,13 +28,15 @@ VQ_CONFIG = VQConfig(codebook_size=256, codebook_embed_dim=8, ch=32, ch_mult=(1,
 # LlamaGen-architecture class-conditional GPT (2D RoPE, SwiGLU, 1 class token + null class for CFG).
 GPT_CONFIG = GPTConfig(vocab_size=256, grid_size=(16, 16), dim=192, n_layer=6, n_head=3, num_classes=10)
 VQ_TRAIN = TrainConfig(steps=1200, batch=64, lr=1e-3, warmup=100, ckpt_every=100)
-AR_TRAIN = TrainConfig(steps=1875, batch=32, lr=1e-3, warmup=100, weight_decay=0.05, ckpt_every=100)
+AR_TRAIN = TrainConfig(steps=1500, batch=32, lr=1e-3, warmup=100, weight_decay=0.05, ckpt_every=100)
 
 
 def _common(ap):
     ap.add_argument("--out", type=Path, required=True, help="run directory (resumes if it holds a train state)")
     ap.add_argument("--steps", type=int, default=None, help="override the recipe's step count")
     ap.add_argument("--data-dir", type=Path, default=None, help="Fashion-MNIST idx files (default: Debian path)")
+    ap.add_argument("--stop-after", type=int, default=None,
+                    help="run at most this many steps now, then checkpoint (rerun to resume)")
     ap.add_argument("--quiet", action="store_true")
 
 
@@ -58,7 +60,11 @@ def main_train_vq(argv=None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"sjd-jax train-vq: error: {e}", file=sys.stderr)
         return 2
-    params = train_vq(args.out, VQ_CONFIG, t, data.to_model_range(train), quiet=args.quiet)
+    params, done = train_vq(args.out, VQ_CONFIG, t, data.to_model_range(train), quiet=args.quiet,
+                            stop_after=args.stop_after)
+    if not done:
+        print(f"stopped before step {t.steps}; rerun the same command to resume")
+        return 0
     print(f"VQ test PSNR {psnr(params, VQ_CONFIG, data.to_model_range(test)):.2f} dB -> {args.out / 'model'}")
     return 0
 
@@ -93,7 +99,36 @@ def main_train_ar(argv=None) -> int:
         tmp = args.out / "tokens.tmp.npz"
         np.savez(tmp, train=tok_train, test=tok_test)
         tmp.rename(cache)
-    params = train_gpt(args.out, GPT_CONFIG, t, tok_train, y_train, quiet=args.quiet)
+    params, done = train_gpt(args.out, GPT_CONFIG, t, tok_train, y_train, quiet=args.quiet,
+                             stop_after=args.stop_after)
+    if not done:
+        print(f"stopped before step {t.steps}; rerun the same command to resume")
+        return 0
     bits = nll_bits_per_token(params, GPT_CONFIG, tok_test, y_test)
     print(f"AR validation NLL {bits:.4f} bits/token -> {args.out / 'model'}")
+    return 0
+
+
+def main_train_classifier(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="sjd-jax train-classifier",
+                                 description="Train the evaluation CNN on real Fashion-MNIST.")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--data-dir", type=Path, default=None)
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args(argv)
+    from . import classifier, data
+
+    try:
+        if args.epochs < 1:
+            raise ValueError(f"--epochs must be positive, got {args.epochs}")
+        x, y = data.load("train", args.data_dir)
+        xt, yt = data.load("test", args.data_dir)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"sjd-jax train-classifier: error: {e}", file=sys.stderr)
+        return 2
+    params = classifier.train(x, y, epochs=args.epochs, quiet=args.quiet)
+    acc = float((classifier.predict(params, xt) == yt).mean())
+    classifier.save(args.out / "model", params)
+    print(f"classifier test accuracy {acc:.4f} -> {args.out / 'model'}")
     return 0

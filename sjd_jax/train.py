@@ -83,8 +83,12 @@ def _load_state(path: Path, like):
     return ocp.load(path, abstract)
 
 
-def _loop(out: Path, t: TrainConfig, state, step_fn, make_batch, n_examples: int, what: str, quiet: bool):
-    """Shared driver: resume, run ``step_fn(state, batch, step) -> (state, metrics)``, log, checkpoint."""
+def _loop(out: Path, t: TrainConfig, state, step_fn, make_batch, n_examples: int, what: str, quiet: bool,
+          stop_after: int | None = None):
+    """Shared driver: resume, run ``step_fn(state, batch, step) -> (state, metrics)``, log, checkpoint.
+
+    ``stop_after``: run at most this many steps now (then checkpoint); a rerun resumes.
+    """
     from tqdm import tqdm
 
     out.mkdir(parents=True, exist_ok=True)
@@ -94,11 +98,12 @@ def _loop(out: Path, t: TrainConfig, state, step_fn, make_batch, n_examples: int
         state = _load_state(state_dir, jax.eval_shape(lambda: state))
         print(f"{what}: resumed at step {int(state['step'])}", file=sys.stderr)
     start = int(state["step"])
+    end = t.steps if stop_after is None else min(t.steps, start + stop_after)
     log = open(out / "log.jsonl", "a")
     acc: dict[str, list] = {}
     t0 = time.perf_counter()
     with tqdm(total=t.steps, initial=start, desc=what, unit="step", file=sys.stderr, disable=quiet) as bar:
-        for step in range(start, t.steps):
+        for step in range(start, end):
             state, metrics = step_fn(state, make_batch(batch_indices(n_examples, t, step), step), step)
             for k, v in metrics.items():
                 acc.setdefault(k, []).append(v)
@@ -109,7 +114,7 @@ def _loop(out: Path, t: TrainConfig, state, step_fn, make_batch, n_examples: int
                 log.write(json.dumps(row) + "\n")
                 log.flush()
                 bar.set_postfix({k: v for k, v in row.items() if k not in ("step", "time_s")})
-            if (step + 1) % t.ckpt_every == 0 or step + 1 == t.steps:
+            if (step + 1) % t.ckpt_every == 0 or step + 1 == end:
                 _save_state(state_dir, state)
             bar.update(1)
     log.close()
@@ -118,8 +123,10 @@ def _loop(out: Path, t: TrainConfig, state, step_fn, make_batch, n_examples: int
 
 # ---- VQ ------------------------------------------------------------------------------------------
 
-def train_vq(out, config: VQConfig, t: TrainConfig, images: np.ndarray, quiet: bool = False):
-    """images: float32 ``[n, H, W, C]`` in [-1, 1]. Returns params; writes ``out/model``."""
+def train_vq(out, config: VQConfig, t: TrainConfig, images: np.ndarray, quiet: bool = False,
+             stop_after: int | None = None):
+    """images: float32 ``[n, H, W, C]`` in [-1, 1]. Returns (params, finished); when finished,
+    writes ``out/model``."""
     out = Path(out)
     opt = optimizer(t)
     params = init_vq_params(config, jax.random.key(t.seed), image_size=images.shape[1])
@@ -141,9 +148,11 @@ def train_vq(out, config: VQConfig, t: TrainConfig, images: np.ndarray, quiet: b
                 "step": state["step"] + 1}, m
 
     state = _loop(out, t, state, lambda s, x, _: step_fn(s, x), lambda idx, _: jnp.asarray(images[idx]),
-                  len(images), "train-vq", quiet)
-    checkpoint.save(out / "model", "vq", config, state["params"], force=True)
-    return state["params"]
+                  len(images), "train-vq", quiet, stop_after)
+    finished = int(state["step"]) >= t.steps
+    if finished:
+        checkpoint.save(out / "model", "vq", config, state["params"], force=True)
+    return state["params"], finished
 
 
 def psnr(params, config: VQConfig, images: np.ndarray, batch: int = 500) -> float:
@@ -177,8 +186,9 @@ def gpt_loss(params, config: GPTConfig, labels, tokens):
 
 
 def train_gpt(out, config: GPTConfig, t: TrainConfig, tokens: np.ndarray, labels: np.ndarray,
-              quiet: bool = False):
-    """tokens: int32 ``[n, N]``, labels: int32 ``[n]``. Returns params; writes ``out/model``."""
+              quiet: bool = False, stop_after: int | None = None):
+    """tokens: int32 ``[n, N]``, labels: int32 ``[n]``. Returns (params, finished); when finished,
+    writes ``out/model``."""
     from .model import init_params
 
     out = Path(out)
@@ -199,9 +209,11 @@ def train_gpt(out, config: GPTConfig, t: TrainConfig, tokens: np.ndarray, labels
 
     state = _loop(out, t, state, step_fn,
                   lambda idx, _: (jnp.asarray(labels[idx]), jnp.asarray(tokens[idx])),
-                  len(tokens), "train-ar", quiet)
-    checkpoint.save(out / "model", "gpt", config, state["params"], force=True)
-    return state["params"]
+                  len(tokens), "train-ar", quiet, stop_after)
+    finished = int(state["step"]) >= t.steps
+    if finished:
+        checkpoint.save(out / "model", "gpt", config, state["params"], force=True)
+    return state["params"], finished
 
 
 def nll_bits_per_token(params, config: GPTConfig, tokens: np.ndarray, labels: np.ndarray,

@@ -14,7 +14,7 @@ from .loop import GenerateOutput, SamplerSpec, _generate_jit, make_knobs
 
 def generate(params, config: GPTConfig, cond, key, *, method: str = "sjd", window: int = 16,
              cfg_scale: float = 1.0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-             cfg: bool = True, example_ids=None) -> GenerateOutput:
+             cfg: bool = True, example_ids=None, progress=None) -> GenerateOutput:
     """Sample image tokens ``[B, N]`` with ``method`` in {"ar", "jacobi", "sjd"}.
 
     cond: class ids ``[B]`` or (text models) caption features ``[B, C, caption_dim]`` or
@@ -23,6 +23,8 @@ def generate(params, config: GPTConfig, cond, key, *, method: str = "sjd", windo
     ``cfg=True`` computes the unconditional rows in the same forward, so every ``cfg_scale``
     (1.0 included) shares one compile; ``cfg=False`` skips them (then ``cfg_scale`` must be 1).
     temperature 0 is greedy; ``jacobi`` is always greedy; ``ar`` ignores ``window``.
+    ``progress``: optional host callback ``f(committed_tokens_in_batch, iteration)`` called after
+    every loop iteration (a separate compile; the call blocks until the result is ready).
     """
     check_sampling(config, method, window, cfg_scale, temperature, top_k, top_p, cfg)
     cond_arr, prefix_mask = split_cond(config, cond)
@@ -43,5 +45,16 @@ def generate(params, config: GPTConfig, cond, key, *, method: str = "sjd", windo
     rows = key if key.ndim == 1 else K.row_keys(
         key, jnp.asarray(np.arange(B) if example_ids is None else example_ids, jnp.uint32))
     knobs = make_knobs(cfg_scale, temperature, top_k, top_p)
-    spec = SamplerSpec(config=config, method=method, window=int(window), cfg=bool(cfg))
-    return _generate_jit(spec, params, cond_arr, prefix_mask, rows, knobs)
+    spec = SamplerSpec(config=config, method=method, window=int(window), cfg=bool(cfg),
+                       progress=progress is not None)
+    if progress is None:
+        return _generate_jit(spec, params, cond_arr, prefix_mask, rows, knobs)
+    import jax
+
+    from .loop import PROGRESS_HOOKS
+
+    PROGRESS_HOOKS.append(progress)
+    try:
+        return jax.block_until_ready(_generate_jit(spec, params, cond_arr, prefix_mask, rows, knobs))
+    finally:
+        PROGRESS_HOOKS.remove(progress)

@@ -29,6 +29,12 @@ from . import keys as K
 from .processors import target_probs
 
 TRACE_COUNT = 0  # incremented each time the sampler is traced (tests assert no recompiles)
+PROGRESS_HOOKS: list = []  # host callbacks f(committed_tokens, iteration); the last one is called
+
+
+def _report_progress(done, it):
+    if PROGRESS_HOOKS:
+        PROGRESS_HOOKS[-1](int(done), int(it))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +45,7 @@ class SamplerSpec:
     method: str = "sjd"
     window: int = 16
     cfg: bool = True  # compute unconditional rows (cfg_scale itself is traced)
+    progress: bool = False  # report (committed tokens, iteration) to the host after each iteration
     # Test hook for the negative control only: a deliberately wrong rule must fail the
     # exact-distribution test. "resample_from_p": draw the rejected token from p, not the residual.
     _broken: str = ""
@@ -171,6 +178,8 @@ def _generate_impl(spec: SamplerSpec, params, cond, prefix_mask, rows, knobs):
         q_new = jnp.where(active[:, None, None], q_new, s.q)
         committed = s.committed.at[:, jnp.minimum(it, N - 1)].set(
             jnp.where(active, a, s.committed[:, jnp.minimum(it, N - 1)]))
+        if spec.progress:
+            jax.debug.callback(_report_progress, jnp.sum(jnp.minimum(n_new, N)), it)
         return _State(it=it, n=n_new, buf=buf, q=q_new, cache=cache, nfe=s.nfe + active,
                       committed=committed)
 

@@ -1,0 +1,72 @@
+"""The shipped fashion-mnist model: checkpoints load, the VQ reconstructs real test images above
+the PSNR target, and ``sjd-jax generate`` works end to end with clear errors on bad input."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sjd_jax import data, presets
+from sjd_jax.cli import main
+from sjd_jax.train import psnr
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return presets.load("fashion-mnist")
+
+
+def test_shipped_checkpoints_load_and_vq_psnr(bundle):
+    assert bundle.gpt_config.num_classes == 10 and bundle.gpt_config.num_image_tokens == 256
+    assert bundle.vq_config.codebook_size == bundle.gpt_config.vocab_size
+    x, _ = data.load("test")
+    value = psnr(bundle.vq_params, bundle.vq_config, data.to_model_range(x[:1000]))
+    print(f"VQ PSNR on 1000 test images: {value:.2f} dB")
+    assert value >= 24.0
+    size = sum(p.stat().st_size for p in presets.ASSETS.rglob("*") if p.is_file())
+    assert size < 20 * 2**20, f"bundled assets are {size / 2**20:.1f} MiB"
+
+
+def test_generate_cli_writes_png_and_stats(tmp_path, capsys):
+    out, stats = tmp_path / "grid.png", tmp_path / "stats.json"
+    rc = main(["generate", "--class", "0", "7", "--n", "2", "--seed", "1", "--out", str(out),
+               "--stats-json", str(stats)])  # progress bar on: exercises the in-loop callback
+    assert rc == 0, capsys.readouterr().err
+    img = Image.open(out)
+    img.verify()
+    img = Image.open(out)
+    assert img.size == (2 * (56 + 2) + 2, 2 * (56 + 2) + 2)  # 2 columns x 2 rows of 2x-scaled 28x28
+    st = json.loads(stats.read_text())
+    assert st["images"] == 4 and st["image_tokens"] == 256 and st["method"] == "sjd"
+    assert st["step_compression"] == pytest.approx(256 / st["nfe_mean"])
+    assert st["nfe_mean"] < 256 and sum(st["accepted_histogram"]) > 0
+    cap = capsys.readouterr()
+    assert "step compression" in cap.out and "1024/1024" in cap.err  # bar reached 4 x 256 tokens
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--model", "imagenet-xl"], "unknown model"),
+    (["--class", "10"], "class 10 out of range"),
+    (["--n", "0"], "--n must be >= 1"),
+    (["--method", "beam"], "unknown method"),
+    (["--window", "0"], "window must be"),
+    (["--top-k", "999"], "top_k must be"),
+])
+def test_generate_cli_errors(tmp_path, capsys, argv, msg):
+    out = tmp_path / "x.png"
+    assert main(["generate", *argv, "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert msg in err and err.count("\n") == 1, err
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_generate_cli_unwritable_out(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    targets = [tmp_path / "missing" / "x.png", tmp_path / "file" / "x.png", tmp_path,
+               __import__("pathlib").Path("/proc/sjd-x.png")]  # /proc refuses new files, even to root
+    for target in targets:
+        assert main(["generate", "--out", str(target), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert "cannot write" in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
