@@ -27,7 +27,7 @@ VQ_CONFIG = VQConfig(codebook_size=256, codebook_embed_dim=8, ch=32, ch_mult=(1,
                      z_channels=32, in_channels=1, out_channels=1, norm_groups=32)
 # LlamaGen-architecture class-conditional GPT (2D RoPE, SwiGLU, 1 class token + null class for CFG).
 GPT_CONFIG = GPTConfig(vocab_size=256, grid_size=(16, 16), dim=192, n_layer=6, n_head=3, num_classes=10)
-VQ_TRAIN = TrainConfig(steps=1200, batch=64, lr=1e-3, warmup=100, ckpt_every=100)
+VQ_TRAIN = TrainConfig(steps=600, batch=64, lr=1e-3, warmup=100, ckpt_every=100)
 AR_TRAIN = TrainConfig(steps=1500, batch=32, lr=1e-3, warmup=100, weight_decay=0.05, ckpt_every=100)
 
 

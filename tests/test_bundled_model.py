@@ -70,3 +70,25 @@ def test_generate_cli_unwritable_out(tmp_path, capsys):
         err = capsys.readouterr().err
         assert "cannot write" in err and err.count("\n") == 1, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_eval_cli_small(tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--n-per-class", "3", "--methods", "ar,sjd", "--skip-nll", "--batch", "30",
+                 "--json", str(out), "--quiet"]) == 0, capsys.readouterr().err
+    r = json.loads(out.read_text())
+    assert r["classifier_test_accuracy"] > 0.85
+    for m in ("ar", "sjd"):
+        e = r["methods"][m]
+        lo, hi = e["class_accuracy_ci95"]
+        assert e["n"] == 30 and lo <= e["class_accuracy"] <= hi and e["frechet_distance"] > 0
+    assert r["methods"]["ar"]["nfe_mean"] == 256 and r["methods"]["sjd"]["nfe_mean"] < 256
+    assert main(["eval", "--n-per-class", "1", "--json", str(tmp_path / "x.json")]) == 2
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_wilson_interval():
+    from sjd_jax.evaluate import wilson
+
+    lo, hi = wilson(80, 100)
+    assert lo == pytest.approx(0.7112, abs=1e-3) and hi == pytest.approx(0.8666, abs=1e-3)
