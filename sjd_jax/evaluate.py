@@ -59,8 +59,36 @@ def sample_images(bundle, labels: np.ndarray, method: str, window: int, knobs: d
         "accepted_histogram": np.bincount(per_iter, minlength=w + 1).tolist()}
 
 
+def agreement(a: dict, b: dict, real_feats: np.ndarray, n_perm: int = 200, seed: int = 0) -> dict:
+    """Do two methods' samples agree within sampling noise? Two-sided p-values of (i) a two-proportion
+    z-test on class accuracy and (ii) a permutation test on the Fréchet-distance difference (pool both
+    feature sets, split at random, recompute FD_a - FD_b)."""
+    from math import erfc, sqrt
+
+    from .classifier import frechet_distance
+
+    ka, kb, na, nb = a["_correct"], b["_correct"], a["n"], b["n"]
+    p = (ka + kb) / (na + nb)
+    se = sqrt(max(p * (1 - p) * (1 / na + 1 / nb), 1e-300))
+    z = (ka / na - kb / nb) / se
+    fa, fb = a["_feats"], b["_feats"]
+    obs = frechet_distance(fa, real_feats) - frechet_distance(fb, real_feats)
+    pool = np.concatenate([fa, fb])
+    rng = np.random.default_rng(seed)
+    null = []
+    for _ in range(n_perm):
+        idx = rng.permutation(len(pool))
+        null.append(frechet_distance(pool[idx[:len(fa)]], real_feats)
+                    - frechet_distance(pool[idx[len(fa):]], real_feats))
+    p_fd = (1 + np.sum(np.abs(null) >= abs(obs))) / (n_perm + 1)
+    return {"accuracy_diff": ka / na - kb / nb, "accuracy_p_value": float(erfc(abs(z) / sqrt(2))),
+            "fd_diff": float(obs), "fd_permutation_p_value": float(p_fd)}
+
+
 def evaluate_samples(cls_params, images: np.ndarray, labels: np.ndarray, real_feats: np.ndarray,
                      n_boot: int = 200, seed: int = 0) -> dict:
+    """Accuracy with a Wilson 95% interval; FD with a bootstrap 95% interval (resampling the
+    generated set; the bootstrap FD is biased upward, so use ``agreement`` to compare methods)."""
     from . import classifier
 
     pred = classifier.predict(cls_params, images)
@@ -72,7 +100,8 @@ def evaluate_samples(cls_params, images: np.ndarray, labels: np.ndarray, real_fe
              for _ in range(n_boot)]
     return {"n": len(labels), "class_accuracy": k / len(labels), "class_accuracy_ci95": wilson(k, len(labels)),
             "frechet_distance": fd, "frechet_distance_ci95": [float(np.percentile(boots, 2.5)),
-                                                             float(np.percentile(boots, 97.5))]}
+                                                             float(np.percentile(boots, 97.5))],
+            "_correct": k, "_feats": feats}
 
 
 def main(argv=None) -> int:
@@ -132,6 +161,13 @@ def main(argv=None) -> int:
         print(f"{m}: accuracy {r['class_accuracy']:.3f} {np.round(r['class_accuracy_ci95'], 3).tolist()}, "
               f"FD {r['frechet_distance']:.2f} {np.round(r['frechet_distance_ci95'], 2).tolist()}, "
               f"step compression {r['step_compression']:.2f}x", file=sys.stderr)
+    base = report["methods"].get("ar")
+    for m, r in report["methods"].items():
+        if base is not None and m != "ar":
+            r["agreement_with_ar"] = agreement(base, r, real)
+            print(f"{m} vs ar: {r['agreement_with_ar']}", file=sys.stderr)
+    for r in report["methods"].values():
+        r.pop("_correct"), r.pop("_feats")
     tmp = args.json.with_name(f".{args.json.name}.tmp")
     tmp.write_text(json.dumps(report, indent=1))
     os.replace(tmp, args.json)

@@ -92,3 +92,16 @@ def test_wilson_interval():
 
     lo, hi = wilson(80, 100)
     assert lo == pytest.approx(0.7112, abs=1e-3) and hi == pytest.approx(0.8666, abs=1e-3)
+
+
+def test_agreement_test_has_power():
+    """The permutation test on FD rejects clearly different feature sets and accepts equal ones."""
+    from sjd_jax.evaluate import agreement
+
+    rng = np.random.default_rng(0)
+    real = rng.standard_normal((2000, 4))
+    same = [{"_correct": 80, "n": 100, "_feats": rng.standard_normal((300, 4))} for _ in range(2)]
+    diff = {"_correct": 50, "n": 100, "_feats": rng.standard_normal((300, 4)) * 1.5 + 0.5}
+    assert agreement(same[0], same[1], real, n_perm=100)["fd_permutation_p_value"] > 0.01
+    r = agreement(same[0], diff, real, n_perm=100)
+    assert r["fd_permutation_p_value"] < 0.02 and r["accuracy_p_value"] < 1e-4
