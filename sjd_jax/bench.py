@@ -21,7 +21,7 @@ import numpy as np
 from .config import GPTConfig
 from .model import init_params, param_count, split_cond
 from .sampling import keys as K
-from .sampling.loop import SamplerSpec, _generate_jit, make_knobs
+from .sampling.loop import SamplerSpec, _generate_jit, acceptance_stats, make_knobs
 from .validate import check_sampling
 
 
@@ -45,16 +45,10 @@ def run_one(params, config: GPTConfig, method: str, window: int, batch: int, kno
         t0 = time.perf_counter()
         out = jax.block_until_ready(compiled(params, cond, prefix_mask, rows, kn))
         times.append(time.perf_counter() - t0)
-    N = config.num_image_tokens
-    nfe = np.asarray(out.nfe)
-    committed = np.asarray(out.committed)[:, 1:]
-    per_iter = committed[committed > 0]
     return {
         "method": method, "window": spec.effective_window, "batch": batch,
-        "nfe_per_row": nfe.tolist(), "nfe_mean": float(nfe.mean()), "forwards": int(out.iterations) + 1,
-        "step_compression": float(N / nfe.mean()),
-        "mean_accepted_per_iteration": float(per_iter.mean()) if per_iter.size else 0.0,
-        "accepted_histogram": np.bincount(per_iter, minlength=spec.effective_window + 1).tolist(),
+        "nfe_per_row": np.asarray(out.nfe).tolist(), "forwards": int(out.iterations) + 1,
+        **acceptance_stats(out.nfe, out.committed, config.num_image_tokens, spec.effective_window),
         "compile_s": compile_s, "wall_s": min(times), "wall_s_per_image": min(times) / batch,
     }
 

@@ -39,7 +39,7 @@ def sample_images(bundle, labels: np.ndarray, method: str, window: int, knobs: d
     from .vq import decode_tokens
 
     c = bundle.gpt_config
-    imgs, nfe, committed, iters = [], [], [], 0
+    imgs, nfe, committed = [], [], []
     for i in tqdm(range(0, len(labels), batch), desc=f"eval {method}", file=sys.stderr, disable=quiet):
         y = labels[i:i + batch]
         out = generate(bundle.gpt_params, c, jnp.asarray(y), seed, method=method,
@@ -47,16 +47,12 @@ def sample_images(bundle, labels: np.ndarray, method: str, window: int, knobs: d
         x = decode_tokens(bundle.vq_params, bundle.vq_config, out.tokens, c.grid_size)
         imgs.append(from_model_range(np.asarray(x)))
         nfe.append(np.asarray(out.nfe))
-        committed.append(np.asarray(out.committed)[:, 1:])
-        iters += int(out.iterations)
-    nfe = np.concatenate(nfe)
-    per_iter = np.concatenate([c_[c_ > 0] for c_ in committed])
-    N = c.num_image_tokens
+        committed.append(np.asarray(out.committed))
+    from .sampling.loop import acceptance_stats
+
     w = window if method != "ar" else 1
-    return np.concatenate(imgs), {
-        "nfe_mean": float(nfe.mean()), "step_compression": float(N / nfe.mean()),
-        "mean_accepted_per_iteration": float(per_iter.mean()),
-        "accepted_histogram": np.bincount(per_iter, minlength=w + 1).tolist()}
+    return np.concatenate(imgs), acceptance_stats(np.concatenate(nfe), np.concatenate(committed),
+                                                  c.num_image_tokens, w)
 
 
 def agreement(a: dict, b: dict, real_feats: np.ndarray, n_perm: int = 200, seed: int = 0) -> dict:
@@ -127,9 +123,7 @@ def main(argv=None) -> int:
     try:
         preset = presets.get(args.model)
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-        knobs = dict(cfg_scale=preset.cfg_scale if args.cfg_scale is None else args.cfg_scale,
-                     temperature=preset.temperature if args.temperature is None else args.temperature,
-                     top_k=preset.top_k if args.top_k is None else args.top_k, top_p=preset.top_p)
+        knobs = preset.knobs(cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k)
         if args.n_per_class < 2 or args.batch < 1:
             raise ValueError("--n-per-class must be >= 2 and --batch >= 1")
         bundle = presets.load(args.model)

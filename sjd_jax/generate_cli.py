@@ -54,14 +54,11 @@ def _writable(path: Path) -> None:
 
 
 def stats_of(out, N: int, window: int) -> dict:
-    nfe = np.asarray(out.nfe)
-    committed = np.asarray(out.committed)[:, 1:]
-    per_iter = committed[committed > 0]
-    return {"images": int(nfe.size), "image_tokens": N, "nfe_mean": float(nfe.mean()),
-            "nfe_per_image": nfe.tolist(), "ar_nfe": N, "step_compression": float(N / nfe.mean()),
-            "loop_iterations": int(out.iterations),
-            "mean_accepted_per_iteration": float(per_iter.mean()) if per_iter.size else 0.0,
-            "accepted_histogram": np.bincount(per_iter, minlength=window + 1).tolist()}
+    from .sampling.loop import acceptance_stats
+
+    return {"images": int(out.nfe.shape[0]), "image_tokens": N, "nfe_per_image": np.asarray(out.nfe).tolist(),
+            "ar_nfe": N, "loop_iterations": int(out.iterations),
+            **acceptance_stats(out.nfe, out.committed, N, window)}
 
 
 def main(argv=None) -> int:
@@ -73,10 +70,8 @@ def main(argv=None) -> int:
         preset = presets.get(args.model)
         method = args.method or preset.method
         window = args.window if args.window is not None else preset.window
-        knobs = dict(cfg_scale=preset.cfg_scale if args.cfg_scale is None else args.cfg_scale,
-                     temperature=preset.temperature if args.temperature is None else args.temperature,
-                     top_k=preset.top_k if args.top_k is None else args.top_k,
-                     top_p=preset.top_p if args.top_p is None else args.top_p)
+        knobs = preset.knobs(cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k,
+                             top_p=args.top_p)
         n_cls = len(preset.class_names)
         classes = list(range(n_cls)) if args.classes is None else args.classes
         bad = [c for c in classes if not 0 <= c < n_cls]

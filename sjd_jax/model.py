@@ -234,6 +234,18 @@ def param_count(params) -> int:
     return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params))
 
 
+def _with_mask(cond, key: str):
+    """``x``, ``(x, mask)``, a NamedTuple or ``{key: x, "mask": mask}`` -> (x, mask [B, C] bool; all True if absent)."""
+    if isinstance(cond, dict):
+        x, mask = cond[key], cond.get("mask")
+    elif isinstance(cond, (tuple, list)):
+        x, mask = cond
+    else:
+        x, mask = cond, None
+    x = jnp.asarray(x)
+    return x, jnp.ones(x.shape[:2], bool) if mask is None else jnp.asarray(mask, bool)
+
+
 def split_cond(config: GPTConfig, cond):
     """Normalise ``cond`` to (array, prefix_mask [B, C] bool).
 
@@ -242,29 +254,12 @@ def split_cond(config: GPTConfig, cond):
     ``[B, C]``, ``Prompt(ids, mask)``, a tuple or ``{"ids": ..., "mask": ...}``; class models ids ``[B]``.
     """
     if config.cond_kind == "tokens":
-        if isinstance(cond, dict):
-            ids, mask = cond["ids"], cond.get("mask")
-        elif isinstance(cond, (tuple, list)):
-            ids, mask = cond
-        else:
-            ids, mask = cond, None
-        ids = jnp.asarray(ids)
+        ids, mask = _with_mask(cond, "ids")
         if not jnp.issubdtype(ids.dtype, jnp.integer):
             raise ValueError(f"prompt token ids must be integers, got dtype {ids.dtype}")
-        if mask is None:
-            mask = jnp.ones(ids.shape[:2], bool)
-        return ids.astype(jnp.int32), jnp.asarray(mask, bool)
+        return ids.astype(jnp.int32), mask
     if config.text_conditional:
-        if isinstance(cond, dict):
-            feats, mask = cond["features"], cond.get("mask")
-        elif isinstance(cond, (tuple, list)):
-            feats, mask = cond
-        else:
-            feats, mask = cond, None
-        feats = jnp.asarray(feats)
-        if mask is None:
-            mask = jnp.ones(feats.shape[:2], bool)
-        return feats, jnp.asarray(mask, bool)
+        return _with_mask(cond, "features")
     ids = jnp.asarray(cond)
     if not jnp.issubdtype(ids.dtype, jnp.integer):
         raise ValueError(f"class ids must be integers, got dtype {ids.dtype}")

@@ -26,6 +26,12 @@ class Preset:
     top_p: float = 1.0
     crop: int | None = None  # center crop of decoded images (Fashion-MNIST: 32 -> 28)
 
+    def knobs(self, **overrides) -> dict:
+        """Sampling knobs: this preset's defaults, replaced by every override that is not None."""
+        d = dict(cfg_scale=self.cfg_scale, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+        d.update({k: v for k, v in overrides.items() if v is not None})
+        return d
+
 
 def _fashion() -> Preset:
     from .data import CLASSES

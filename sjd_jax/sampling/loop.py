@@ -73,6 +73,20 @@ class GenerateOutput:
         return self.iterations + 1
 
 
+def acceptance_stats(nfe, committed, num_tokens: int, window: int) -> dict:
+    """Host-side summary of ``GenerateOutput`` rows (``nfe [B]``, ``committed [B, N]``, rows may be
+    concatenated across batches): mean NFE, step compression vs AR, tokens committed per loop
+    iteration (prefill excluded) and their histogram over 0..window."""
+    import numpy as np
+
+    nfe = np.asarray(nfe)
+    committed = np.asarray(committed)[:, 1:]
+    per_iter = committed[committed > 0]
+    return {"nfe_mean": float(nfe.mean()), "step_compression": float(num_tokens / nfe.mean()),
+            "mean_accepted_per_iteration": float(per_iter.mean()) if per_iter.size else 0.0,
+            "accepted_histogram": np.bincount(per_iter, minlength=window + 1).tolist()}
+
+
 @flax.struct.dataclass
 class _State:
     it: jax.Array  # [] int32 iteration id (prefill = 0)
