@@ -33,10 +33,13 @@ class KVCache:
 
 
 def init_cache(config: GPTConfig, batch: int, prefix_mask: jax.Array | None = None,
-               dtype=None) -> KVCache:
-    """Zero-filled cache of capacity ``config.seq_len`` for ``batch`` rows (allocated once)."""
+               dtype=None, extra: int = 0) -> KVCache:
+    """Zero-filled cache of capacity ``config.seq_len + extra`` for ``batch`` rows (allocated once).
+
+    ``extra`` slots let a token-tree window near the end of the image keep all its K/V (a tree's
+    side branches sit after its chain in the cache, past the last sequence position)."""
     dtype = jnp.dtype(dtype or config.dtype)
-    shape = (batch, config.seq_len, config.kv_heads, config.head_dim)
+    shape = (batch, config.seq_len + extra, config.kv_heads, config.head_dim)
     zeros = tuple(jnp.zeros(shape, dtype) for _ in range(config.n_layer))
     if prefix_mask is None:
         prefix_mask = jnp.ones((batch, config.cls_token_num), bool)

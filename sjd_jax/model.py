@@ -171,16 +171,27 @@ class GPT(nn.Module):
     def embed_tokens(self, tokens):
         return self.tok_embeddings(tokens)
 
-    def __call__(self, x, cache: KVCache):
-        """x: [B, T, D] input embeddings at positions cache.length + [0, T) -> (logits [B, T, V] f32, cache)."""
+    def __call__(self, x, cache: KVCache, offsets=None, tree_mask=None):
+        """x: [B, T, D] input embeddings written at cache slots cache.length + [0, T) -> (logits [B, T, V] f32, cache).
+
+        Token trees (static structure): ``offsets: [T]`` gives each slot's sequence position relative
+        to ``cache.length`` (default ``arange(T)``, a chain) and ``tree_mask: [T, T]`` which earlier
+        window slots each slot attends to (its ancestors and itself; slots are in topological order).
+        """
         c = self.config
         T = x.shape[1]
-        q_pos = cache.length[:, None] + jnp.arange(T, dtype=jnp.int32)[None, :]  # [B, T]
+        q_pos = cache.length[:, None] + jnp.arange(T, dtype=jnp.int32)[None, :]  # [B, T] cache slots
+        seq_pos = q_pos if offsets is None else cache.length[:, None] + jnp.asarray(offsets, jnp.int32)[None]
         cos_t, sin_t = rope_table(c)
-        rope_pos = q_pos if c.rope_type == "2d" else q_pos - _pads_before(cache.prefix_mask, q_pos)
+        rope_pos = seq_pos if c.rope_type == "2d" else seq_pos - _pads_before(cache.prefix_mask, seq_pos)
         idx = jnp.minimum(rope_pos, cos_t.shape[0] - 1)  # past-the-end positions: written nowhere, unused
         cos, sin = jnp.asarray(cos_t)[idx], jnp.asarray(sin_t)[idx]
         mask = kv.attention_mask(cache, q_pos)
+        if tree_mask is not None:  # inside the window, only tree ancestors are visible
+            rel = jnp.arange(cache.capacity)[None, :] - cache.length[:, None]  # [B, S]
+            inside = (rel >= 0) & (rel < T)
+            tm = jnp.asarray(tree_mask, bool)[:, jnp.clip(rel, 0, T - 1)]  # [T, B, S]
+            mask = mask & (~inside[:, None, :] | jnp.moveaxis(tm, 1, 0))
         h = x.astype(jnp.dtype(c.dtype))
         ks, vs = [], []
         for i, layer in enumerate(self.layers):
@@ -276,9 +287,12 @@ def embed_tokens(params, config: GPTConfig, tokens):
     return GPT(config).apply(params, tokens, method=GPT.embed_tokens)
 
 
-def forward(params, config: GPTConfig, x, cache: KVCache):
-    """One cached forward over ``x: [B, T, D]`` at each row's ``cache.length`` -> (logits, cache)."""
-    return GPT(config).apply(params, x, cache)
+def forward(params, config: GPTConfig, x, cache: KVCache, offsets=None, tree_mask=None):
+    """One cached forward over ``x: [B, T, D]`` at each row's ``cache.length`` -> (logits, cache).
+
+    ``offsets``/``tree_mask`` (static numpy arrays) turn the window into a token tree (see ``GPT``).
+    """
+    return GPT(config).apply(params, x, cache, offsets, tree_mask)
 
 
 @functools.partial(jax.jit, static_argnums=1)

@@ -7,6 +7,8 @@ import numpy as np
 from .config import GPTConfig
 
 METHODS = ("ar", "jacobi", "sjd")
+COUPLINGS = ("none", "gumbel", "maximal")
+INITS = ("uniform", "horizon-repeat", "horizon-sample", "vertical-repeat", "vertical-sample")
 
 
 def _concrete(x, name):
@@ -80,3 +82,37 @@ def check_sampling(config: GPTConfig, method: str, window: int, cfg_scale: float
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if not cfg and cfg_scale != 1.0:
         raise ValueError(f"cfg=False computes no unconditional rows, so cfg_scale must be 1.0, got {cfg_scale}")
+
+
+def _int(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def check_drafting(config: GPTConfig, method: str, window: int, coupling: str = "none",
+                   init: str = "uniform", tree_width: int = 1, tree_depth: int = 0,
+                   lantern_k: int = 0, lantern_delta: float = 0.0) -> None:
+    """Draft options of the Jacobi-family samplers (see ``sampling.loop``)."""
+    V = config.vocab_size
+    if coupling not in COUPLINGS:
+        raise ValueError(f"unknown coupling {coupling!r}; choose one of {', '.join(COUPLINGS)}")
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
+    if not (_int(tree_width) and _int(tree_depth)) or tree_width < 1 or tree_depth < 0:
+        raise ValueError(f"tree must be width >= 1 and depth >= 0 integers, got {tree_width!r}x{tree_depth!r}")
+    if (tree_width > 1) != (tree_depth > 0):
+        raise ValueError(f"a draft tree needs both width > 1 and depth > 0, got {tree_width}x{tree_depth}")
+    if not _int(lantern_k) or not 0 <= lantern_k < V:
+        raise ValueError(f"lantern_k must be an integer in [0, {V - 1}] (0 = off), got {lantern_k!r}")
+    if not np.isfinite(lantern_delta) or lantern_delta < 0:
+        raise ValueError(f"lantern_delta must be a finite number >= 0, got {lantern_delta!r}")
+    if method == "ar":
+        if (coupling, init, tree_width, lantern_k) != ("none", "uniform", 1, 0):
+            raise ValueError("ar drafts nothing: coupling, init, tree and lantern apply to jacobi and sjd")
+        return
+    if tree_width > V:
+        raise ValueError(f"tree width {tree_width} exceeds the vocabulary ({V})")
+    if tree_width > 1 and window < 1 + tree_width * tree_depth:
+        raise ValueError(f"a {tree_width}x{tree_depth} tree needs window >= {1 + tree_width * tree_depth} "
+                         f"(its chain must reach the tree depth), got {window}")
+    if lantern_k and tree_width > 1:
+        raise ValueError("lantern (lossy relaxed acceptance) is not combined with draft trees")

@@ -7,8 +7,13 @@ Decision rule for every case, with M samples per class:
   * total variation to the exact joint must be below TV_BOUND, the 99.9% quantile of the TV of
     exact multinomial samples of the same size (simulated, 2000 draws).
 Seeds are fixed, so the outcome is deterministic; ALPHA = 1e-3 is the chance that a correct sampler
-would fail on an arbitrary seed. Power: the negative control (rejected token redrawn from p instead
-of the residual max(0, p - q)) must fail both criteria by a wide margin (p-value < 1e-12).
+would fail on an arbitrary seed. Power: three negative controls — the rejected token redrawn from p
+instead of the residual max(0, p - q); maximal coupling keeping an accepted draft's old q (the
+released SCD code's bookkeeping, TV 0.03 in a toy study); tree siblings each tested against p
+instead of the running residual — must fail both criteria by a wide margin (p-value < 1e-12).
+
+Two test models: A (V=4, 2x2 grid, 256 sequences) for chains; B (V=3, 2x3 grid, 729 sequences)
+so that draft trees with depth 2 or width 3 fit in a window shorter than the image.
 """
 
 import itertools
@@ -25,25 +30,35 @@ from sjd_jax.sampling.loop import SamplerSpec, _generate_jit, make_knobs
 from sjd_jax.sampling import keys as K
 from tiny import np_target, scaled_params, tiny_config
 
-V, GRID = 4, (2, 2)
-N = GRID[0] * GRID[1]
 M = 50_000  # samples per class
 ALPHA = 1e-3
 
-CONFIG = tiny_config(vocab_size=V, grid_size=GRID, dim=16, n_layer=2, n_head=2, num_classes=2)
-ALL_SEQ = np.array(list(itertools.product(range(V), repeat=N)), np.int32)  # [V^N, N]
+CONFIG = tiny_config(vocab_size=4, grid_size=(2, 2), dim=16, n_layer=2, n_head=2, num_classes=2)
+CONFIG_B = tiny_config(vocab_size=3, grid_size=(2, 3), dim=16, n_layer=2, n_head=2, num_classes=2)
+CONFIGS = {"A": CONFIG, "B": CONFIG_B}
+
+
+def all_seq(config):
+    """Every image token sequence of the config, ``[V^N, N]``."""
+    return np.array(list(itertools.product(range(config.vocab_size), repeat=config.num_image_tokens)), np.int32)
 
 
 @pytest.fixture(scope="module")
-def params():
-    return scaled_params(CONFIG, seed=7, scale=6.0, head_scale=2.0)
+def models():
+    return {name: scaled_params(c, seed=7, scale=6.0, head_scale=2.0) for name, c in CONFIGS.items()}
 
 
-def exact_joint(params, cls, cfg_scale=1.0, temperature=1.0, top_k=0, top_p=1.0, cfg=False):
+@pytest.fixture(scope="module")
+def params(models):
+    return models["A"]
+
+
+def exact_joint(params, cls, cfg_scale=1.0, temperature=1.0, top_k=0, top_p=1.0, cfg=False, config=CONFIG):
     """Probability of each of the V^N sequences, [V^N]."""
+    ALL_SEQ = all_seq(config)
     seqs = jnp.asarray(ALL_SEQ)
-    lc = np.asarray(S.teacher_forced_logits(params, CONFIG, jnp.full((len(seqs),), cls), seqs))
-    lu = np.asarray(S.teacher_forced_logits(params, CONFIG, jnp.full((len(seqs),), CONFIG.num_classes),
+    lc = np.asarray(S.teacher_forced_logits(params, config, jnp.full((len(seqs),), cls), seqs))
+    lu = np.asarray(S.teacher_forced_logits(params, config, jnp.full((len(seqs),), config.num_classes),
                                             seqs)) if cfg else None
     p = np_target(lc, lu, cfg_scale, temperature, top_k, top_p)  # [V^N, N, V]
     probs = np.take_along_axis(p, ALL_SEQ[..., None], -1)[..., 0]
@@ -58,12 +73,13 @@ def tv_bound(joint, m, q=0.999, draws=2000):
     return float(np.quantile(0.5 * np.abs(sims - joint).sum(-1), q))
 
 
-def index_of(tokens):
+def index_of(tokens, V):
+    N = tokens.shape[1]
     return (np.asarray(tokens) * V ** np.arange(N - 1, -1, -1)).sum(-1)
 
 
-def fit(samples, joint):
-    counts = np.bincount(index_of(samples), minlength=len(joint)).astype(float)
+def fit(samples, joint, V=4):
+    counts = np.bincount(index_of(samples, V), minlength=len(joint)).astype(float)
     m = counts.sum()
     exp = joint * m
     big = exp >= 5
@@ -79,6 +95,7 @@ def fit(samples, joint):
 
 def test_model_is_peaked_and_context_dependent(params):
     """The test model must make the tests meaningful: peaked, varied conditionals."""
+    ALL_SEQ = all_seq(CONFIG)
     lc = np.asarray(S.teacher_forced_logits(params, CONFIG, jnp.zeros((len(ALL_SEQ),), jnp.int32),
                                             jnp.asarray(ALL_SEQ)))
     p = np_target(lc, None, 1.0, 1.0, 0, 1.0)
@@ -90,43 +107,70 @@ def test_model_is_peaked_and_context_dependent(params):
 
 
 CASES = {
-    # name: (method, window, classes, knobs)
-    "sjd-window3": ("sjd", 3, (0,), dict()),
-    "sjd-window2-temp-topp": ("sjd", 2, (0,), dict(temperature=1.3, top_p=0.9)),
-    "sjd-window3-temp0.8": ("sjd", 3, (1,), dict(temperature=0.8)),
-    "sjd-cfg-topk-batched-mixed-classes": ("sjd", 4, (0, 1), dict(cfg_scale=2.5, top_k=3)),
-    "sjd-cfg-topk-topp-window3": ("sjd", 3, (1,), dict(cfg_scale=1.7, top_k=3, top_p=0.9, temperature=1.3)),
-    "ar-cfg-topk (harness control)": ("ar", 1, (0,), dict(cfg_scale=2.5, top_k=3)),
+    # name: (model, method, window, classes, knobs, drafting options)
+    "sjd-window3": ("A", "sjd", 3, (0,), dict(), {}),
+    "sjd-window2-temp-topp": ("A", "sjd", 2, (0,), dict(temperature=1.3, top_p=0.9), {}),
+    "sjd-window3-temp0.8": ("A", "sjd", 3, (1,), dict(temperature=0.8), {}),
+    "sjd-cfg-topk-batched-mixed-classes": ("A", "sjd", 4, (0, 1), dict(cfg_scale=2.5, top_k=3), {}),
+    "sjd-cfg-topk-topp-window3": ("A", "sjd", 3, (1,), dict(cfg_scale=1.7, top_k=3, top_p=0.9, temperature=1.3), {}),
+    "ar-cfg-topk (harness control)": ("A", "ar", 1, (0,), dict(cfg_scale=2.5, top_k=3), {}),
+    "gumbel-cfg-topk-batched": ("A", "sjd", 3, (0, 1), dict(cfg_scale=2.5, top_k=3), dict(coupling="gumbel")),
+    "maximal-cfg-topk-batched": ("A", "sjd", 3, (0, 1), dict(cfg_scale=2.5, top_k=3), dict(coupling="maximal")),
+    "maximal-temp-topp": ("A", "sjd", 3, (1,), dict(temperature=1.3, top_p=0.9), dict(coupling="maximal")),
+    "horizon-repeat-cfg-topk": ("A", "sjd", 3, (0,), dict(cfg_scale=2.5, top_k=3), dict(init="horizon-repeat")),
+    "horizon-sample": ("A", "sjd", 3, (1,), dict(), dict(init="horizon-sample")),
+    "vertical-repeat-maximal": ("A", "sjd", 3, (0,), dict(temperature=1.3), dict(init="vertical-repeat", coupling="maximal")),
+    "vertical-sample-gumbel-cfg": ("A", "sjd", 3, (1,), dict(cfg_scale=2.0), dict(init="vertical-sample", coupling="gumbel")),
+    "tree2x1-cfg-topk-batched": ("A", "sjd", 3, (0, 1), dict(cfg_scale=2.5, top_k=3), dict(tree=(2, 1))),
+    "tree2x2-cfg-topk-batched": ("B", "sjd", 5, (0, 1), dict(cfg_scale=2.0, top_k=2), dict(tree=(2, 2))),
+    "tree3x1-maximal-cfg-batched": ("B", "sjd", 4, (0, 1), dict(cfg_scale=2.0), dict(tree=(3, 1), coupling="maximal")),
+    "tree2x2-gumbel-vertical-temp": ("B", "sjd", 5, (1,), dict(temperature=1.3), dict(tree=(2, 2), coupling="gumbel",
+                                                                                    init="vertical-repeat")),
 }
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_exact_distribution(params, name):
-    method, window, classes, knobs = CASES[name]
+def test_exact_distribution(models, name):
+    model, method, window, classes, knobs, options = CASES[name]
+    config, params = CONFIGS[model], models[model]
     cfg = "cfg_scale" in knobs
     # rows interleave the classes: a batch of len(classes) * M with each row's own acceptance
     cond = jnp.asarray(np.tile(np.asarray(classes, np.int32), M))
-    out = generate(params, CONFIG, cond, jax.random.key(2024), method=method, window=window,
-                   cfg=cfg, **knobs)
+    out = generate(params, config, cond, jax.random.key(2024), method=method, window=window,
+                   cfg=cfg, **knobs, **options)
     tokens = np.asarray(out.tokens)
+    N = config.num_image_tokens
     assert np.asarray(out.committed).sum(1).tolist() == [N] * len(cond)
     if method == "sjd":
         assert np.asarray(out.nfe).mean() < N  # drafts were accepted: the path under test ran
+    if "tree" in options:
+        assert np.asarray(out.branch_hits).mean() > 0.1  # side branches were accepted too
     for i, cls in enumerate(classes):
-        joint = exact_joint(params, cls, cfg=cfg, **knobs)
-        pval, tv, bound = fit(tokens[i::len(classes)], joint)
+        joint = exact_joint(params, cls, cfg=cfg, config=config, **knobs)
+        pval, tv, bound = fit(tokens[i::len(classes)], joint, config.vocab_size)
         print(f"{name} class {cls}: chi2 p={pval:.3g} TV={tv:.4f} bound={bound:.4f}")
         assert pval > ALPHA, (pval, tv, bound)
         assert tv < bound, (pval, tv, bound)
 
 
-def test_negative_control_broken_residual_fails(params):
-    """Drawing the rejected token from p instead of max(0, p - q) is not lossless: must fail."""
+NEGATIVE = {
+    # name: (model, spec options) — each a plausible-looking but wrong rule
+    "resample_from_p": ("A", dict(window=3)),
+    "keep_old_q": ("A", dict(window=3, coupling="maximal")),
+    "sibling_vs_p": ("B", dict(window=4, tree_width=3, tree_depth=1)),
+}
+
+
+@pytest.mark.parametrize("broken", sorted(NEGATIVE))
+def test_negative_control_fails(models, broken):
+    """A deliberately wrong rule is not lossless: the test must detect it."""
+    model, options = NEGATIVE[broken]
+    config, params = CONFIGS[model], models[model]
     knobs = make_knobs(cfg_scale=1.0, temperature=1.0, top_k=0, top_p=1.0)
-    spec = SamplerSpec(config=CONFIG, method="sjd", window=3, cfg=False, _broken="resample_from_p")
+    spec = SamplerSpec(config=config, method="sjd", cfg=False, _broken=broken, **options)
     cond = jnp.zeros((M,), jnp.int32)
     rows = K.row_keys(jax.random.key(2024), jnp.arange(M, dtype=jnp.uint32))
     out = _generate_jit(spec, params, cond, jnp.ones((M, 1), bool), rows, knobs)
-    pval, tv, bound = fit(np.asarray(out.tokens), exact_joint(params, 0))
-    print(f"negative control: chi2 p={pval:.3g} TV={tv:.4f} bound={bound:.4f}")
-    assert pval < 1e-12 and tv > 2 * bound, (pval, tv, bound)
+    pval, tv, bound = fit(np.asarray(out.tokens), exact_joint(params, 0, config=config), config.vocab_size)
+    print(f"negative control {broken}: chi2 p={pval:.3g} TV={tv:.4f} bound={bound:.4f}")
+    assert pval < 1e-12 and tv > 1.3 * bound, (pval, tv, bound)

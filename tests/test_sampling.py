@@ -43,6 +43,60 @@ def test_sjd_at_temperature_zero_equals_greedy_ar(params, greedy_ar, window):
     np.testing.assert_array_equal(np.asarray(out.tokens), want)
 
 
+DRAFTING = [  # lossless drafting options (window, options)
+    (6, dict(coupling="gumbel")),
+    (6, dict(coupling="maximal")),
+    (6, dict(init="horizon-repeat")),
+    (6, dict(init="horizon-sample")),
+    (7, dict(init="vertical-repeat", coupling="maximal")),
+    (7, dict(init="vertical-sample")),
+    (7, dict(tree=(3, 2))),
+    (N - 1, dict(tree=(4, 3), coupling="maximal", init="vertical-repeat")),
+    (9, dict(tree=(2, 4), coupling="gumbel", init="horizon-sample")),
+]
+DRAFT_IDS = [f"w{w}-" + "-".join(f"{v}" for v in o.values()) for w, o in DRAFTING]
+
+
+@pytest.mark.parametrize("method,window,options", [("sjd", w, o) for w, o in DRAFTING]
+                         + [("jacobi", w, o) for w, o in DRAFTING[-2:]],
+                         ids=[f"sjd-{i}" for i in DRAFT_IDS] + [f"jacobi-{i}" for i in DRAFT_IDS[-2:]])
+def test_drafting_options_at_temperature_zero_equal_greedy_ar(params, greedy_ar, window, options, method):
+    cond, want = greedy_ar
+    out = S.generate(params, CONFIG, cond, 9, method=method, window=window, temperature=0.0,
+                     cfg_scale=2.0, top_k=7, **options)
+    np.testing.assert_array_equal(np.asarray(out.tokens), want)
+    np.testing.assert_array_equal(np.asarray(out.committed).sum(1), N)
+
+
+@pytest.mark.parametrize("window,options", DRAFTING, ids=DRAFT_IDS)
+def test_drafting_options_batch_invariance_and_statistics(params, window, options):
+    """Each row's tokens, NFE and branch hits do not depend on its batch neighbours; every row
+    commits N tokens, at most ``window`` per forward."""
+    cond = class_cond(2, 0, 1)
+    kw = dict(window=window, cfg_scale=3.0, top_k=10, temperature=1.1, **options)
+    batch = S.generate(params, CONFIG, cond, 11, **kw)
+    alone = S.generate(params, CONFIG, cond[1:2], 11, example_ids=[1], **kw)
+    np.testing.assert_array_equal(np.asarray(alone.tokens)[0], np.asarray(batch.tokens)[1])
+    assert int(alone.nfe[0]) == int(batch.nfe[1])
+    assert int(alone.branch_hits[0]) == int(batch.branch_hits[1])
+    committed = np.asarray(batch.committed)
+    np.testing.assert_array_equal(committed.sum(1), N)
+    np.testing.assert_array_equal(np.asarray(batch.nfe), (committed > 0).sum(1))
+    assert committed.max() <= window
+    if "tree" not in options:
+        assert np.asarray(batch.branch_hits).sum() == 0
+
+
+def test_gumbel_coupling_keeps_drafts_where_p_is_unchanged(params):
+    """Gumbel coupling redraws a position's draft with the same noise, so it commits more tokens
+    per forward than independent redraws (same seeds, 12 rows)."""
+    cond = class_cond(*([0, 1, 2] * 4))
+    kw = dict(window=N, cfg_scale=2.0, temperature=1.0)
+    plain = np.asarray(S.generate(params, CONFIG, cond, 3, **kw).nfe).mean()
+    coupled = np.asarray(S.generate(params, CONFIG, cond, 3, coupling="gumbel", **kw).nfe).mean()
+    assert coupled < plain, (coupled, plain)
+
+
 def test_greedy_ar_is_argmax_of_teacher_forced(params, greedy_ar):
     """Greedy AR tokens are the argmax of the guided teacher-forced logits at every position."""
     cond, want = greedy_ar
@@ -126,6 +180,17 @@ BAD = [
     (dict(cond=jnp.zeros((2,), jnp.float32)), "integers"),
     (dict(key=jax.random.split(jax.random.key(0), 3)), "per-row keys for a cond batch of 2"),
     (dict(example_ids=[0]), "example_ids"),
+    (dict(coupling="optimal"), "unknown coupling"),
+    (dict(init="diagonal"), "unknown init"),
+    (dict(tree=(3, 0)), "needs both width > 1 and depth > 0"),
+    (dict(tree=(1, 2)), "needs both width > 1 and depth > 0"),
+    (dict(tree=(4,)), "tree must be a \\(width, depth\\) pair"),
+    (dict(tree=(4, 3), window=12), "needs window >= 13"),
+    (dict(tree=(CONFIG.vocab_size + 1, 1), window=N), "exceeds the vocabulary"),
+    (dict(method="ar", coupling="gumbel"), "ar drafts nothing"),
+    (dict(lantern=(np.zeros((CONFIG.vocab_size, 2), np.int32), -0.1)), "lantern_delta must be"),
+    (dict(lantern=(np.zeros((3, 2), np.int32), 0.1)), "lantern neighbours must be"),
+    (dict(lantern=(np.zeros((CONFIG.vocab_size, 2), np.int32), 0.1), tree=(2, 1)), "not combined"),
 ]
 
 

@@ -7,15 +7,23 @@ import numpy as np
 
 from ..config import GPTConfig
 from ..model import split_cond
-from ..validate import check_cond, check_sampling
+from ..validate import check_cond, check_drafting, check_sampling
 from . import keys as K
 from .loop import GenerateOutput, SamplerSpec, _generate_jit, make_knobs
 
 
 def generate(params, config: GPTConfig, cond, key, *, method: str = "sjd", window: int = 16,
              cfg_scale: float = 1.0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-             cfg: bool = True, example_ids=None, progress=None) -> GenerateOutput:
+             cfg: bool = True, example_ids=None, progress=None, coupling: str = "none",
+             init: str = "uniform", tree: tuple[int, int] = (1, 0), lantern=None) -> GenerateOutput:
     """Sample image tokens ``[B, N]`` with ``method`` in {"ar", "jacobi", "sjd"}.
+
+    Drafting options of jacobi/sjd (``sampling.loop`` explains each): ``coupling`` "none" (SJD),
+    "gumbel" or "maximal" (= adaptive continuation); ``init`` "uniform", "horizon-repeat",
+    "horizon-sample", "vertical-repeat" or "vertical-sample"; ``tree=(K, D)`` a draft tree with K
+    candidates for the first draft and side branches D deep (``window`` counts every tree slot).
+    All of these are lossless. ``lantern=(neighbours [V, k] int, delta)`` turns on LANTERN's relaxed
+    acceptance, which is NOT lossless (see ``sampling.lantern.codebook_neighbours``).
 
     cond: class ids ``[B]`` or (text models) caption features ``[B, C, caption_dim]`` or
     ``Caption(features, mask)``. key: int seed or PRNG key; row b uses ``fold_in(key, example_ids[b])``
@@ -27,6 +35,22 @@ def generate(params, config: GPTConfig, cond, key, *, method: str = "sjd", windo
     every loop iteration (a separate compile; the call blocks until the result is ready).
     """
     check_sampling(config, method, window, cfg_scale, temperature, top_k, top_p, cfg)
+    if not (isinstance(tree, (tuple, list)) and len(tree) == 2):
+        raise ValueError(f"tree must be a (width, depth) pair, got {tree!r}")
+    neighbours, delta = (None, 0.0) if lantern is None else lantern
+    lantern_k = 0
+    if neighbours is not None:
+        neighbours = np.asarray(neighbours)
+        if neighbours.ndim != 2 or neighbours.shape[0] != config.vocab_size or \
+                not np.issubdtype(neighbours.dtype, np.integer) or neighbours.min() < 0 or \
+                neighbours.max() >= config.vocab_size:
+            raise ValueError(f"lantern neighbours must be token ids of shape [{config.vocab_size}, k], "
+                             f"got {neighbours.dtype} {neighbours.shape}")
+        lantern_k = neighbours.shape[1]
+        if lantern_k == 0:
+            raise ValueError("lantern neighbours table has k = 0 columns")
+        neighbours = jnp.asarray(neighbours, jnp.int32)
+    check_drafting(config, method, window, coupling, init, int(tree[0]), int(tree[1]), lantern_k, float(delta))
     cond_arr, prefix_mask = split_cond(config, cond)
     B = cond_arr.shape[0]
     key = K.as_key(key)
@@ -44,17 +68,19 @@ def generate(params, config: GPTConfig, cond, key, *, method: str = "sjd", windo
             raise ValueError(f"example_ids must be {B} non-negative integers, got {ids!r}")
     rows = key if key.ndim == 1 else K.row_keys(
         key, jnp.asarray(np.arange(B) if example_ids is None else example_ids, jnp.uint32))
-    knobs = make_knobs(cfg_scale, temperature, top_k, top_p)
+    knobs = make_knobs(cfg_scale, temperature, top_k, top_p, delta)
     spec = SamplerSpec(config=config, method=method, window=int(window), cfg=bool(cfg),
-                       progress=progress is not None)
+                       progress=progress is not None, coupling=coupling, init=init,
+                       tree_width=int(tree[0]), tree_depth=int(tree[1]), lantern_k=lantern_k)
     if progress is None:
-        return _generate_jit(spec, params, cond_arr, prefix_mask, rows, knobs)
+        return _generate_jit(spec, params, cond_arr, prefix_mask, rows, knobs, neighbours)
     import jax
 
     from .loop import PROGRESS_HOOKS
 
     PROGRESS_HOOKS.append(progress)
     try:
-        return jax.block_until_ready(_generate_jit(spec, params, cond_arr, prefix_mask, rows, knobs))
+        return jax.block_until_ready(_generate_jit(spec, params, cond_arr, prefix_mask, rows, knobs,
+                                                   neighbours))
     finally:
         PROGRESS_HOOKS.remove(progress)

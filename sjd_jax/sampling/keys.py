@@ -11,8 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 
 # Purposes: independent streams so that acceptance uniforms, draws from p, residual draws and
-# random draft initialisations never share randomness.
-ACCEPT, SAMPLE, RESIDUAL, INIT = 1, 2, 3, 4
+# random draft initialisations never share randomness. GUMBEL keys ignore the iteration (one Gumbel
+# vector per absolute position: Gumbel-coupled drafting). TREE draws a tree's side-branch candidates;
+# ACCEPT_BRANCH + k tests side branch k (k < 64).
+ACCEPT, SAMPLE, RESIDUAL, INIT, GUMBEL, TREE = 1, 2, 3, 4, 5, 6
+ACCEPT_BRANCH = 64
 
 
 def as_key(key) -> jax.Array:
@@ -52,3 +55,8 @@ def uniform(keys: jax.Array) -> jax.Array:
 
 def randint(keys: jax.Array, high: int) -> jax.Array:
     return jax.vmap(jax.vmap(lambda k: jax.random.randint(k, (), 0, high)))(keys).astype(jnp.int32)
+
+
+def gumbel(keys: jax.Array, num: int) -> jax.Array:
+    """Standard Gumbel noise ``[B, T, num]`` float32, one vector per key ``[B, T]``."""
+    return jax.vmap(jax.vmap(lambda k: jax.random.gumbel(k, (num,), jnp.float32)))(keys)

@@ -1,17 +1,39 @@
-"""AR / greedy-Jacobi / SJD in one jit-compiled ``lax.while_loop`` with per-row committed lengths.
+"""AR / greedy Jacobi / SJD and its lossless successors in one jit-compiled ``lax.while_loop``.
 
 Notation (per row): ``n`` image tokens are committed; the KV cache holds the condition and tokens
-``< n - 1``. A window of W positions feeds token ``n - 1`` and drafts for tokens ``n .. n + W - 2``;
-output slot j is p for token ``n + j``. The draft in slot ``i >= 1`` (token ``n + i - 1``, drawn from
-q_i) is verified against output slot ``i - 1``: accept iff ``u < p(x) / q(x)``. The first rejected
-draft is replaced by a draw from ``norm(max(0, p - q))``; if every draft passes, a bonus token is
-drawn from the last slot's p. Later slots' draws from their (current) p become the next drafts with
-q = that p; positions beyond the window get uniform random drafts with q = 1/V.
+``< n - 1``. The window's *chain* of Wc slots feeds token ``n - 1`` and drafts for tokens
+``n .. n + Wc - 2``; chain output slot j is p for token ``n + j``. The draft in slot ``i >= 1``
+(token ``n + i - 1``, drawn from q_i) is verified against output slot ``i - 1``: accept iff
+``u < p(x) / q(x)``. The first rejected draft is replaced by a draw from ``norm(max(0, p - q))``; if
+every draft passes, a bonus token is drawn from the last p. Each row keeps its own n, drafts and
+acceptance (lossless batching); the loop ends when all rows are done. Rows that are done still ride
+along in the (static-shape) forward but change nothing.
 
-``ar`` is this loop with W = 1 (no drafts: one token per forward). ``jacobi`` is this loop with a
-one-hot argmax p: it accepts a draft iff it equals the argmax, so it reproduces greedy AR exactly.
-Each row keeps its own n, drafts and acceptance (lossless batching); the loop ends when all rows
-are done. Rows that are done still ride along in the (static-shape) forward but change nothing.
+What every static option changes (``SamplerSpec``):
+
+* ``coupling`` — how the next drafts for not-yet-committed positions are made from this iteration's
+  targets p_j (q := p_j in every case, so the next verification is exact):
+  ``none`` (SJD) independent draws; ``gumbel`` (SCD pi_GS) ``argmax(log p_j + g_j)`` with one Gumbel
+  vector per absolute position (regenerated from the key, never stored), so drafts change only when
+  p does; ``maximal`` (SCD pi_MC, paper version; the same rule as SJD-PAC's *adaptive
+  continuation*) verifies every drafted slot, keeps accepted drafts and replaces rejected ones by a
+  residual draw — a maximal coupling of the old draft with p_j.
+* ``init`` — drafts for positions that have no target yet: ``uniform`` random with q = 1/V;
+  ``horizon-repeat`` / ``vertical-repeat`` copy the token to the left / above (q = one-hot: valid
+  for any draft that does not use its own position's verification randomness); ``horizon-sample``
+  / ``vertical-sample`` draw from that neighbour's latest target distribution (q = that p).
+* ``tree_width`` K, ``tree_depth`` D — a proactive draft tree (SJD-PAC): K - 1 side branches of D
+  tokens each hang off the window's first token, after the chain in the window. Level d of branch k
+  is drawn without replacement from the primary draft's q at that level (Gumbel top-k), so its q is
+  q with the earlier candidates zeroed and renormalised. Level 1 is verified by recursive rejection
+  (primary, then each sibling against the residual of the previous); an accepted side branch
+  continues down its own levels, and its K/V are moved into place in the cache.
+* ``lantern_k`` — NOT LOSSLESS (off by default): LANTERN-style relaxed acceptance
+  ``u < (p(x) + p(latent neighbours of x within mass delta)) / q(x)``.
+
+``ar`` is this loop with W = 1 (one token per forward). ``jacobi`` is this loop with a one-hot
+argmax p: it accepts a draft iff it equals the argmax, so it reproduces greedy AR exactly (so do
+all options at temperature 0).
 """
 
 from __future__ import annotations
@@ -21,15 +43,18 @@ import dataclasses
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .. import model as gpt
 from ..cache import KVCache, init_cache
 from ..config import GPTConfig
+from ..validate import COUPLINGS, INITS  # noqa: F401  (re-exported)
 from . import keys as K
 from .processors import target_probs
 
 TRACE_COUNT = 0  # incremented each time the sampler is traced (tests assert no recompiles)
 PROGRESS_HOOKS: list = []  # host callbacks f(committed_tokens, iteration); the last one is called
+
 
 
 def _report_progress(done, it):
@@ -43,22 +68,54 @@ class SamplerSpec:
 
     config: GPTConfig
     method: str = "sjd"
-    window: int = 16
+    window: int = 16  # forward positions per iteration (chain + tree side branches)
     cfg: bool = True  # compute unconditional rows (cfg_scale itself is traced)
     progress: bool = False  # report (committed tokens, iteration) to the host after each iteration
-    # Test hook for the negative control only: a deliberately wrong rule must fail the
-    # exact-distribution test. "resample_from_p": draw the rejected token from p, not the residual.
+    coupling: str = "none"
+    init: str = "uniform"
+    tree_width: int = 1  # K candidates for the window's first draft (1 = no tree)
+    tree_depth: int = 0  # D tokens per side branch
+    lantern_k: int = 0  # LOSSY relaxed acceptance over k latent neighbours (0 = off)
+    # Test hooks for negative controls only: deliberately wrong rules must fail the
+    # exact-distribution test. "resample_from_p": draw the rejected token from p, not the residual;
+    # "keep_old_q": maximal coupling keeps an accepted draft's old q (SCD's released code);
+    # "sibling_vs_p": tree siblings are each tested against p instead of the running residual.
     _broken: str = ""
 
     @property
     def effective_window(self) -> int:
         return 1 if self.method == "ar" else self.window
 
+    @property
+    def branches(self) -> int:
+        """Side branches of the draft tree (0 = plain chain)."""
+        return self.tree_width - 1 if self.method != "ar" and self.tree_depth > 0 else 0
 
-def make_knobs(cfg_scale, temperature, top_k, top_p) -> dict:
+    @property
+    def chain(self) -> int:
+        """Chain slots of the window (the rest are tree side branches)."""
+        return self.effective_window - self.branches * self.tree_depth
+
+    def tree_structure(self):
+        """(offsets [W], ancestor mask [W, W]) of the window, or (None, None) for a plain chain."""
+        if not self.branches:
+            return None, None
+        W, Wc, D = self.effective_window, self.chain, self.tree_depth
+        offsets = np.concatenate([np.arange(Wc), np.tile(np.arange(1, D + 1), self.branches)])
+        mask = np.zeros((W, W), bool)
+        mask[:Wc, :Wc] = np.tril(np.ones((Wc, Wc), bool))
+        for k in range(self.branches):
+            for d in range(D):
+                s = Wc + k * D + d
+                mask[s, 0] = True
+                mask[s, Wc + k * D: s + 1] = True
+        return offsets.astype(np.int32), mask
+
+
+def make_knobs(cfg_scale, temperature, top_k, top_p, lantern_delta=0.0) -> dict:
     """The traced numeric sampling arguments, with fixed dtypes (so values never retrace)."""
     return dict(cfg_scale=jnp.float32(cfg_scale), temperature=jnp.float32(temperature),
-                top_k=jnp.int32(top_k), top_p=jnp.float32(top_p))
+                top_k=jnp.int32(top_k), top_p=jnp.float32(top_p), lantern_delta=jnp.float32(lantern_delta))
 
 
 @flax.struct.dataclass
@@ -67,6 +124,7 @@ class GenerateOutput:
     nfe: jax.Array  # [B] int32 model forwards while the row was active (prefill included)
     iterations: jax.Array  # [] int32 loop iterations run (total forwards = iterations + 1)
     committed: jax.Array  # [B, N] int32: tokens committed by forward k (k = 0 is the prefill)
+    branch_hits: jax.Array  # [B] int32 iterations in which a tree side branch was accepted
 
     @property
     def total_nfe(self):
@@ -77,8 +135,6 @@ def acceptance_stats(nfe, committed, num_tokens: int, window: int) -> dict:
     """Host-side summary of ``GenerateOutput`` rows (``nfe [B]``, ``committed [B, N]``, rows may be
     concatenated across batches): mean NFE, step compression vs AR, tokens committed per loop
     iteration (prefill excluded) and their histogram over 0..window."""
-    import numpy as np
-
     nfe = np.asarray(nfe)
     committed = np.asarray(committed)[:, 1:]
     per_iter = committed[committed > 0]
@@ -91,11 +147,16 @@ def acceptance_stats(nfe, committed, num_tokens: int, window: int) -> dict:
 class _State:
     it: jax.Array  # [] int32 iteration id (prefill = 0)
     n: jax.Array  # [B] committed image tokens
-    buf: jax.Array  # [B, N + 2W] committed tokens at [0, n), current drafts at [n, n + W - 1)
-    q: jax.Array  # [B, W, V] draft distributions by window slot (slot 0 unused)
+    buf: jax.Array  # [B, N + 2W] committed tokens at [0, n), current chain drafts at [n, n + Wc - 1)
+    q: jax.Array  # [B, Wc, V] chain draft distributions by window slot (slot 0 unused)
+    alt: jax.Array  # [B, A] side-branch tokens (A = branches * depth; branch-major)
+    alt_q: jax.Array  # [B, A, V] their draft distributions
+    alt_ok: jax.Array  # [B, A] candidate exists (a q with mass left) and lies inside the image
+    hist: jax.Array  # [B, R, V] latest p per position mod R (vertical-sample only; else [B, 1, 1])
     cache: KVCache  # rows [cond; uncond] when cfg
     nfe: jax.Array  # [B]
     committed: jax.Array  # [B, N]
+    branch_hits: jax.Array  # [B]
 
 
 def _gather_rows(x: jax.Array, idx: jax.Array) -> jax.Array:
@@ -111,14 +172,35 @@ def _update_rows(buf: jax.Array, vals: jax.Array, start: jax.Array) -> jax.Array
     return jax.vmap(lambda b, v, s: jax.lax.dynamic_update_slice(b, v, (s,)))(buf, vals, start)
 
 
-def _generate_impl(spec: SamplerSpec, params, cond, prefix_mask, rows, knobs):
+def _take(p: jax.Array, x: jax.Array) -> jax.Array:
+    """p: [..., V], x: [...] -> p[..., x]."""
+    return jnp.take_along_axis(p, x[..., None], axis=-1)[..., 0]
+
+
+def _log(p):
+    return jnp.log(jnp.maximum(p, 0.0))  # zeros -> -inf: never drawn
+
+
+def _residual(p, q):
+    """norm(max(0, p - q)); p itself where nothing is left (p == q up to rounding: rejection had
+    probability 0)."""
+    r = jnp.maximum(p - q, 0.0)
+    s = jnp.sum(r, axis=-1, keepdims=True)
+    return jnp.where(s > 0, r / jnp.where(s > 0, s, 1.0), p)
+
+
+def _generate_impl(spec: SamplerSpec, params, cond, prefix_mask, rows, knobs, neighbours=None):
     global TRACE_COUNT
     TRACE_COUNT += 1
     c: GPTConfig = spec.config
     W, N, V, C = spec.effective_window, c.num_image_tokens, c.vocab_size, c.cls_token_num
+    Wc, Kb, D = spec.chain, spec.branches, spec.tree_depth
+    A = Kb * D
+    gw = c.grid_size[1]
     B = rows.shape[0]
-    greedy_method = spec.method == "jacobi"
-    temperature = jnp.where(greedy_method, 0.0, knobs["temperature"])
+    offsets, tree_mask = spec.tree_structure()
+    temperature = jnp.where(spec.method == "jacobi", 0.0, knobs["temperature"])
+    R = gw + Wc if spec.init == "vertical-sample" else 1
 
     def double(x):  # cond rows then uncond rows, sharing tokens and lengths
         return jnp.concatenate([x, x], axis=0) if spec.cfg else x
@@ -127,81 +209,221 @@ def _generate_impl(spec: SamplerSpec, params, cond, prefix_mask, rows, knobs):
         l_c, l_u = (logits[:B], logits[B:]) if spec.cfg else (logits, None)
         return target_probs(l_c, l_u, knobs["cfg_scale"], temperature, knobs["top_k"], knobs["top_p"])
 
-    def log(p):
-        return jnp.log(jnp.maximum(p, 0.0))  # zeros -> -inf: never drawn
+    def target_draw(tok, it, p):  # a draw from p for tokens tok [B, T] (p [B, T, V])
+        if spec.coupling == "gumbel":  # the same Gumbel vector at a position in every iteration
+            return K.categorical(K.slot_keys(rows, K.GUMBEL, tok, 0), _log(p))
+        return K.categorical(K.slot_keys(rows, K.SAMPLE, tok, it), _log(p))
+
+    def accept_mass(p, x):  # p(x), or LANTERN's relaxed p(x) + nearby latent-neighbour mass
+        px = _take(p, x)
+        if not spec.lantern_k:
+            return px
+        pn = jnp.take_along_axis(p, neighbours[x], axis=-1)  # [..., k] nearest first
+        return px + jnp.sum(jnp.where(jnp.cumsum(pn, -1) <= knobs["lantern_delta"], pn, 0.0), -1)
+
+    def fresh(tok, known_end, buf, p_last, hist, it):
+        """Drafts (values [B, F], q [B, F, V]) for tokens ``tok [B, F]`` that have no target yet;
+        tokens ``<= known_end [B]`` hold committed tokens or current drafts in ``buf``."""
+        uni = K.randint(K.slot_keys(rows, K.INIT, tok, it), V)
+        uni_q = jnp.full(tok.shape + (V,), 1.0 / V, jnp.float32)
+        if spec.init == "uniform":
+            return uni, uni_q
+        if spec.init.startswith("horizon"):  # raster left neighbour (column 0: last of the row above)
+            src = jnp.broadcast_to(known_end[:, None], tok.shape)
+        else:  # the token above; as many rows up as needed to reach a known position
+            src = tok - gw * ((tok - known_end[:, None] + gw - 1) // gw)
+        has = src >= 0
+        if spec.init.endswith("repeat"):
+            vals = jnp.take_along_axis(buf, jnp.maximum(src, 0), axis=1)
+            q = jax.nn.one_hot(vals, V, dtype=jnp.float32)
+        else:
+            if spec.init == "horizon-sample":
+                dist = jnp.broadcast_to(p_last[:, None], tok.shape + (V,))
+            else:
+                dist = jax.vmap(lambda h, i: h[i])(hist, jnp.maximum(src, 0) % R)
+            vals, q = K.categorical(K.slot_keys(rows, K.INIT, tok, it), _log(dist)), dist
+        return jnp.where(has, vals, uni), jnp.where(has[..., None], q, uni_q)
+
+    def branches(primary, qp, tok, it):
+        """Side-branch candidates for window levels 1..D: ``primary [B, D]`` with ``qp [B, D, V]``.
+        Returns tokens [B, A], q [B, A, V], ok [B, A] (branch-major)."""
+        g = K.gumbel(K.slot_keys(rows, K.TREE, tok, it), V)
+        first = jax.nn.one_hot(primary, V, dtype=bool)
+        score = jnp.where(first, -jnp.inf, _log(qp) + g)
+        top, idx = jax.lax.top_k(score, Kb)  # Gumbel top-k = sequential draws without replacement
+        excl, qs = first, []
+        for k in range(Kb):
+            rest = jnp.where(excl, 0.0, qp)
+            qs.append(rest / jnp.maximum(jnp.sum(rest, -1, keepdims=True), 1e-30))
+            excl = excl | jax.nn.one_hot(idx[..., k], V, dtype=bool)
+        ok = jnp.isfinite(top) & (tok < N)[..., None]  # [B, D, Kb]
+        alt = jnp.moveaxis(idx, -1, 1).reshape(B, A).astype(jnp.int32)
+        return alt, jnp.stack(qs, 1).reshape(B, A, V), jnp.moveaxis(ok, -1, 1).reshape(B, A)
 
     # ---- prefill: condition positions, then token 0 from the last condition output ----------
     null = jnp.concatenate([jnp.zeros((B,), bool), jnp.ones((B,), bool)]) if spec.cfg else \
         jnp.zeros((B,), bool)
     x = gpt.embed_cond(params, c, double(cond), null)
-    cache = init_cache(c, x.shape[0], double(prefix_mask))
+    cache = init_cache(c, x.shape[0], double(prefix_mask), extra=W if A else 0)
     logits, cache = gpt.forward(params, c, x, cache)
     p0 = probs(logits[:, -1:])  # [B, 1, V]
     zeros_b = jnp.zeros((B, 1), jnp.int32)
-    tok0 = K.categorical(K.slot_keys(rows, K.SAMPLE, zeros_b, 0), log(p0))  # [B, 1]
-    init_idx = jnp.arange(1, N + 2 * W, dtype=jnp.int32)[None, :].repeat(B, 0)
-    buf = jnp.concatenate([tok0, K.randint(K.slot_keys(rows, K.INIT, init_idx, 0), V)], axis=1)
-    state = _State(it=jnp.int32(0), n=jnp.ones((B,), jnp.int32), buf=buf,
-                   q=jnp.full((B, W, V), 1.0 / V, jnp.float32), cache=cache,
-                   nfe=jnp.ones((B,), jnp.int32),
-                   committed=jnp.zeros((B, N), jnp.int32).at[:, 0].set(1))
+    tok0 = target_draw(zeros_b, 0, p0)  # [B, 1]
+    hist = jnp.zeros((B, R, V if R > 1 else 1), jnp.float32)
+    if R > 1:
+        hist = hist.at[:, 0].set(p0[:, 0])
+    buf = jnp.concatenate([tok0, jnp.zeros((B, N + 2 * W - 1), jnp.int32)], axis=1)
+    init_tok = jnp.arange(1, N + 2 * W, dtype=jnp.int32)[None, :].repeat(B, 0)
+    vals, q0 = fresh(init_tok, jnp.zeros((B,), jnp.int32), buf, p0[:, 0], hist, 0)  # only token 0 known
+    buf = buf.at[:, 1:].set(vals)
+    q = jnp.concatenate([jnp.full((B, 1, V), 1.0 / V, jnp.float32), q0[:, :Wc - 1]], axis=1)
+    if A:
+        alt, alt_q, alt_ok = branches(buf[:, 1:D + 1], q[:, 1:D + 1], init_tok[:, :D], 0)
+    else:
+        alt, alt_q, alt_ok = (jnp.zeros((B, 0), jnp.int32), jnp.zeros((B, 0, V), jnp.float32),
+                              jnp.zeros((B, 0), bool))
+    state = _State(it=jnp.int32(0), n=jnp.ones((B,), jnp.int32), buf=buf, q=q, alt=alt, alt_q=alt_q,
+                   alt_ok=alt_ok, hist=hist, cache=cache, nfe=jnp.ones((B,), jnp.int32),
+                   committed=jnp.zeros((B, N), jnp.int32).at[:, 0].set(1),
+                   branch_hits=jnp.zeros((B,), jnp.int32))
 
-    slots = jnp.arange(W, dtype=jnp.int32)
+    slots = jnp.arange(Wc, dtype=jnp.int32)
 
     def body(s: _State) -> _State:
         it = s.it + 1
         n = s.n
         active = n < N
-        win = _slice_rows(s.buf, n - 1, W)  # [B, W]: token n-1, then drafts for n .. n+W-2
-        cache = s.cache.with_length(double(C + n - 1))
-        logits, cache = gpt.forward(params, c, gpt.embed_tokens(params, c, double(win)), cache)
-        p = probs(logits)  # [B, W, V]: slot j is p for token n + j
-        tok = n[:, None] + slots[None, :]  # [B, W] token index of each output slot
+        win = _slice_rows(s.buf, n - 1, Wc)  # [B, Wc]: token n-1, then drafts for n .. n+Wc-2
+        root = C + n - 1  # cache slot of the window's first token
+        cache = s.cache.with_length(double(root))
+        inputs = jnp.concatenate([win, s.alt], axis=1) if A else win
+        logits, cache = gpt.forward(params, c, gpt.embed_tokens(params, c, double(inputs)), cache,
+                                    offsets, tree_mask)
+        p = probs(logits)  # [B, W, V]
+        pc = p[:, :Wc]  # chain slot j: p for token n + j
+        tok = n[:, None] + slots[None, :]  # [B, Wc] token index of each chain output slot
 
-        # Verify drafts (slot i >= 1) against slot i - 1: accept iff u < p(x) / q(x).
-        d = win[:, 1:]  # [B, W-1]
-        p_d = jnp.take_along_axis(p[:, :-1], d[..., None], axis=-1)[..., 0]
-        q_d = jnp.take_along_axis(s.q[:, 1:], d[..., None], axis=-1)[..., 0]
+        # Verify the chain drafts (slot i >= 1) against slot i - 1: accept iff u < p(x) / q(x).
+        d = win[:, 1:]  # [B, Wc-1]
+        q_d = _take(s.q[:, 1:], d)
         u = K.uniform(K.slot_keys(rows, K.ACCEPT, tok[:, :-1], it))
-        acc = (u * q_d < p_d) & (tok[:, :-1] < N)
+        inside = tok[:, :-1] < N
+        acc_exact = (u * q_d < _take(pc[:, :-1], d)) & inside
+        acc = (u * q_d < accept_mass(pc[:, :-1], d)) & inside if spec.lantern_k else acc_exact
+        chain_len = jnp.clip(N - n, 0, Wc - 1)  # drafts inside the image
         L = jnp.sum(jnp.cumprod(acc.astype(jnp.int32), axis=1), axis=1)  # leading accepted drafts
-        n_valid = jnp.clip(N - n, 0, W - 1)
-        rejected = L < n_valid  # the draft in slot L + 1 was rejected
+        p_L = _gather_rows(pc, L)  # p for token n + L along the accepted path
+        q_L1 = _gather_rows(s.q, jnp.minimum(L + 1, Wc - 1))  # q of the path's draft there
+        path = d
+        path_len = chain_len
 
-        draws = K.categorical(K.slot_keys(rows, K.SAMPLE, tok, it), log(p))  # [B, W] x_j ~ p_j
-        p_L = _gather_rows(p, L)
-        q_L1 = _gather_rows(s.q, jnp.minimum(L + 1, W - 1))
-        resid = jnp.maximum(p_L - q_L1, 0.0)
+        if A:  # level 1: recursive rejection over the primary draft and the side-branch siblings
+            alt = s.alt.reshape(B, Kb, D)
+            alt_q = s.alt_q.reshape(B, Kb, D, V)
+            alt_ok = s.alt_ok.reshape(B, Kb, D)
+            pa = p[:, Wc:].reshape(B, Kb, D, V)  # branch k, level d: p for token n + d
+            first = acc[:, 0] if Wc > 1 else jnp.zeros((B,), bool)
+            chosen = jnp.where(first, 0, -1)
+            p_cur = pc[:, 0]
+            if spec._broken != "sibling_vs_p":
+                p_cur = jnp.where((~first & inside[:, 0])[:, None], _residual(p_cur, s.q[:, 1]), p_cur)
+            for k in range(Kb):
+                xk, qk = alt[:, k, 0], alt_q[:, k, 0]
+                uk = K.uniform(K.slot_keys(rows, K.ACCEPT_BRANCH + k, n[:, None], it))[:, 0]
+                ok = alt_ok[:, k, 0] & (chosen < 0)
+                chosen = jnp.where(ok & (uk * _take(qk, xk) < accept_mass(p_cur, xk)), k + 1, chosen)
+                if spec._broken != "sibling_vs_p":
+                    p_cur = jnp.where((ok & (chosen < 0))[:, None], _residual(p_cur, qk), p_cur)
+            # deeper levels of each branch against its own parent's output
+            lvl_tok = n[:, None] + jnp.arange(1, D, dtype=jnp.int32)[None]  # [B, D-1]
+            accs = []
+            for k in range(Kb):
+                uk = K.uniform(K.slot_keys(rows, K.ACCEPT_BRANCH + k, lvl_tok, it))
+                xk = alt[:, k, 1:]
+                accs.append(alt_ok[:, k, 1:] & (uk * _take(alt_q[:, k, 1:], xk) < accept_mass(pa[:, k, :-1], xk)))
+            acc_b = jnp.stack(accs, 1) if D > 1 else jnp.zeros((B, Kb, 0), bool)  # [B, Kb, D-1]
+            kk = jnp.clip(chosen - 1, 0, Kb - 1)
+            on_branch = chosen >= 1
+            L_b = 1 + jnp.sum(jnp.cumprod(_gather_rows(acc_b, kk).astype(jnp.int32), axis=1), axis=1)
+            len_b = jnp.sum(jnp.cumprod(_gather_rows(alt_ok, kk).astype(jnp.int32), axis=1), axis=1)
+            L = jnp.where(chosen < 0, 0, jnp.where(on_branch, L_b, L))
+            path_len = jnp.where(on_branch, jnp.minimum(len_b, N - n), chain_len)
+            pa_k, qa_k = _gather_rows(pa, kk), _gather_rows(alt_q, kk)  # [B, D, V]
+            p_L = jnp.where(on_branch[:, None], _gather_rows(pa_k, jnp.clip(L - 1, 0, D - 1)), p_L)
+            q_L1 = jnp.where(on_branch[:, None], _gather_rows(qa_k, jnp.clip(L, 0, D - 1)), q_L1)
+            b_tok = jnp.pad(_gather_rows(alt, kk), ((0, 0), (0, max(Wc - 1 - D, 0))))[:, :Wc - 1]
+            path = jnp.where(on_branch[:, None], b_tok, d)
+
+        rejected = L < path_len  # the path's draft for token n + L was rejected
+        resid = _residual(p_L, q_L1)
+        if A:
+            resid = jnp.where((chosen < 0)[:, None], p_cur, resid)  # every level-1 candidate failed
         if spec._broken == "resample_from_p":
             resid = p_L
-        resid = jnp.where(jnp.sum(resid, -1, keepdims=True) > 0, resid, p_L)  # fp guard
-        fix = K.categorical(K.slot_keys(rows, K.RESIDUAL, (n + L)[:, None], it), log(resid)[:, None])[:, 0]
-        draft_next = jnp.concatenate([d, jnp.zeros((B, 1), jnp.int32)], axis=1)  # draft for token n+j
-        y = jnp.where(slots[None] < L[:, None], draft_next,
-                      jnp.where((slots[None] == L[:, None]) & rejected[:, None], fix[:, None], draws))
+        fix = K.categorical(K.slot_keys(rows, K.RESIDUAL, (n + L)[:, None], it), _log(resid)[:, None])[:, 0]
+        bonus = target_draw((n + L)[:, None], it, p_L[:, None])[:, 0]
+        last = jnp.where(rejected, fix, bonus)
+
+        # Next drafts for the chain's later tokens (q := this iteration's p there).
+        if spec.coupling == "maximal":
+            redraw = K.categorical(K.slot_keys(rows, K.RESIDUAL, tok[:, :-1], it),
+                                   _log(_residual(pc[:, :-1], s.q[:, 1:])))
+            nxt = jnp.concatenate([jnp.where(acc_exact, d, redraw),
+                                   target_draw(tok[:, -1:], it, pc[:, -1:])], axis=1)
+        else:
+            nxt = target_draw(tok, it, pc)  # [B, Wc]
+        path_next = jnp.concatenate([path, jnp.zeros((B, 1), jnp.int32)], axis=1)  # token n + j
+        y = jnp.where(slots[None] < L[:, None], path_next, jnp.where(slots[None] == L[:, None], last[:, None], nxt))
         a = jnp.where(active, L + (n + L < N), 0)  # accepted drafts + corrected/bonus token
         n_new = n + a
 
-        # Next drafts: window slot i is token n_new + i - 1 = output slot a + i - 1 of this window.
-        # Covered slots keep this iteration's draw with q = p; the rest are uniform random drafts.
-        init = K.randint(K.slot_keys(rows, K.INIT, tok + W, it), V)  # tokens n+W .. n+2W-1
-        buf = jnp.where(active[:, None], _update_rows(s.buf, jnp.concatenate([y, init], 1), n), s.buf)
+        hist = s.hist
+        if R > 1:  # latest p of each position, for vertical-sample drafts
+            hist = jax.vmap(lambda h, t, pr, on: jnp.where(on, h.at[t % R].set(pr), h))(hist, tok, pc, active)
+        buf = _update_rows(s.buf, y, n)
+        known_end = n + Wc - 1
+        fresh_tok = known_end[:, None] + 1 + jnp.arange(W, dtype=jnp.int32)[None]
+        f_vals, f_q = fresh(fresh_tok, known_end, buf, pc[:, -1], hist, it)
+        buf = jnp.where(active[:, None], _update_rows(buf, f_vals, n + Wc), s.buf)
+
+        # Chain slot i of the next window is token n_new + i - 1 = output slot a + i - 1 of this one.
         src = a[:, None] + slots[None, :] - 1
-        q_new = jnp.take_along_axis(p, jnp.clip(src, 0, W - 1)[..., None], axis=1)
-        q_new = jnp.where((src <= W - 1)[..., None], q_new, 1.0 / V)
+        q_targets = pc
+        if spec._broken == "keep_old_q" and spec.coupling == "maximal":  # kept draft keeps its old q
+            kept = jnp.concatenate([acc_exact, jnp.zeros((B, 1), bool)], axis=1)
+            q_targets = jnp.where(kept[..., None], jnp.concatenate([s.q[:, 1:], s.q[:, -1:]], 1), pc)
+        q_pool = jnp.concatenate([q_targets, f_q[:, :Wc]], axis=1)  # targets, then fresh drafts' q
+        q_new = jnp.take_along_axis(q_pool, jnp.clip(src, 0, 2 * Wc - 1)[..., None], axis=1)
         q_new = jnp.where(active[:, None, None], q_new, s.q)
+
+        new = dict(alt=s.alt, alt_q=s.alt_q, alt_ok=s.alt_ok, branch_hits=s.branch_hits)
+        if A:
+            # an accepted side branch: move its K/V from the branch's cache slots onto the chain's
+            lv = jnp.arange(1, D + 1, dtype=jnp.int32)[None]
+            src_slot = jnp.where(on_branch[:, None], root[:, None] + Wc + (chosen[:, None] - 1) * D + lv - 1,
+                                 root[:, None] + lv)
+            dst_slot, src_slot = double(root[:, None] + lv), double(src_slot)
+            r_idx = jnp.arange(dst_slot.shape[0])[:, None]
+            cache = cache.replace(k=tuple(x.at[r_idx, dst_slot].set(x[r_idx, src_slot], mode="drop") for x in cache.k),
+                                  v=tuple(x.at[r_idx, dst_slot].set(x[r_idx, src_slot], mode="drop") for x in cache.v))
+            nb_tok = n_new[:, None] + jnp.arange(D, dtype=jnp.int32)[None]
+            b_alt, b_q, b_ok = branches(_slice_rows(buf, n_new, D), q_new[:, 1:D + 1], nb_tok, it)
+            keep = active[:, None]
+            new = dict(alt=jnp.where(keep, b_alt, s.alt), alt_q=jnp.where(keep[..., None], b_q, s.alt_q),
+                       alt_ok=jnp.where(keep, b_ok, s.alt_ok), branch_hits=s.branch_hits + (active & on_branch))
         committed = s.committed.at[:, jnp.minimum(it, N - 1)].set(
             jnp.where(active, a, s.committed[:, jnp.minimum(it, N - 1)]))
         if spec.progress:
             jax.debug.callback(_report_progress, jnp.sum(jnp.minimum(n_new, N)), it)
-        return _State(it=it, n=n_new, buf=buf, q=q_new, cache=cache, nfe=s.nfe + active,
-                      committed=committed)
+        return _State(it=it, n=n_new, buf=buf, q=q_new, hist=hist, cache=cache, nfe=s.nfe + active,
+                      committed=committed, **new)
 
     def cond_fn(s: _State):
         return jnp.any(s.n < N) & (s.it < N)
 
     s = jax.lax.while_loop(cond_fn, body, state)
-    return GenerateOutput(tokens=s.buf[:, :N], nfe=s.nfe, iterations=s.it, committed=s.committed)
+    return GenerateOutput(tokens=s.buf[:, :N], nfe=s.nfe, iterations=s.it, committed=s.committed,
+                          branch_hits=s.branch_hits)
 
 
 _generate_jit = jax.jit(_generate_impl, static_argnums=0)

@@ -204,6 +204,14 @@ def decode_tokens(params, config: VQConfig, indices, grid):
     return VQModel(config).apply(params, indices, tuple(grid), method=VQModel.decode)
 
 
+def codebook_vectors(params, config: VQConfig) -> np.ndarray:
+    """The code vectors the decoder sees, ``[codebook_size, embed_dim]`` (l2-normalised if the VQ is)."""
+    e = np.asarray(params["params"]["codebook"], np.float32)
+    if config.codebook_l2_norm:
+        e = e / np.maximum(np.linalg.norm(e, axis=-1, keepdims=True), 1e-12)
+    return e
+
+
 @functools.partial(jax.jit, static_argnums=1)
 def encode_images(params, config: VQConfig, images):
     """Pixels ``[B, H, W, 3]`` in [-1, 1] -> image tokens ``[B, h*w]`` int32."""
