@@ -1,7 +1,16 @@
-"""Benchmark: AR vs Jacobi-family samplers on one model, in one process (JSON output).
+"""Benchmark: AR vs the Jacobi-family samplers on one model, in one process (JSON + PNG plot).
+
+For every method x window x draft init (and batch size) it reports NFE, step compression vs AR,
+tokens committed per iteration (mean and histogram), side-branch hits, wall time per image and the
+latency ratio vs AR at the same batch size, compile time and XLA's memory footprint of the compiled
+loop. It also measures the cost of one W-token forward over a 1-token forward (same batch, same
+cache), so each row can say how much of the step compression reaches wall time:
+``efficiency = latency_ratio / (step_compression / forward_cost_ratio)`` (1 = no loop overhead).
 
 Compile time is measured ahead of time (``lower().compile()``); wall time is the best of
-``--repeat`` runs of the compiled loop, so ratios within one run share the machine state.
+``--repeat`` passes over the same images with the compiled loop, so ratios within one run share the
+machine state. Image i always uses class ``i mod classes`` and example id i, so results do not
+depend on the batch size.
 """
 
 from __future__ import annotations
@@ -18,105 +27,316 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import model as gpt
+from .cache import init_cache
 from .config import GPTConfig
 from .model import init_params, param_count, split_cond
 from .sampling import keys as K
 from .sampling.loop import SamplerSpec, _generate_jit, acceptance_stats, make_knobs
-from .validate import check_sampling
+from .sampling.recipes import LOSSLESS, RECIPES, recipe
+from .validate import INITS, check_drafting, check_sampling
+
+DEFAULT_METHODS = "sjd,sjd-gumbel,sjd-ac,sjd-pac"
 
 
-def _config(name: str, grid: int) -> GPTConfig:
-    if not name.startswith("random:"):
-        raise ValueError(f"unknown model {name!r}: use random:<LlamaGen preset>, e.g. random:GPT-B")
-    return GPTConfig.llamagen(name.split(":", 1)[1], grid_size=grid)
+def _load(name: str, grid: int):
+    """(config, params, lantern codebook or None, default cfg scale)."""
+    if name.startswith("random:"):
+        config = GPTConfig.llamagen(name.split(":", 1)[1], grid_size=grid)
+        return config, None, None, 4.0
+    from . import presets
+    from .vq import codebook_vectors
+
+    if name not in presets.PRESETS:
+        raise ValueError(f"unknown model {name!r}: use a bundled model ({', '.join(presets.PRESETS)}) "
+                         f"or random:<LlamaGen preset>, e.g. random:GPT-B")
+    b = presets.load(name)
+    return b.gpt_config, b.gpt_params, codebook_vectors(b.vq_params, b.vq_config), b.preset.cfg_scale
+
+
+def _spec_and_args(config, name, window, init, lantern):
+    kw = recipe(name, window)
+    tree = kw.pop("tree", (1, 0))
+    use_lantern = kw.pop("lantern", False)
+    lantern_k = lantern[0].shape[1] if use_lantern else 0
+    spec = SamplerSpec(config=config, method=kw["method"], window=1 if kw["method"] == "ar" else window,
+                       cfg=True, coupling=kw.get("coupling", "none"), init=init, tree_width=tree[0],
+                       tree_depth=tree[1], lantern_k=lantern_k)
+    return spec, (jnp.asarray(lantern[0]) if use_lantern else None)
+
+
+def _memory(compiled) -> dict:
+    try:
+        m = compiled.memory_analysis()
+        return {"xla_temp_mb": m.temp_size_in_bytes / 2**20, "xla_args_mb": m.argument_size_in_bytes / 2**20,
+                "xla_output_mb": m.output_size_in_bytes / 2**20}
+    except Exception:  # not every backend reports it
+        return {}
 
 
 def run_one(params, config: GPTConfig, method: str, window: int, batch: int, knobs: dict,
-            seed: int = 0, repeat: int = 1) -> dict:
-    spec = SamplerSpec(config=config, method=method, window=window, cfg=True)
-    cond, prefix_mask = split_cond(config, jnp.arange(batch, dtype=jnp.int32) % config.num_classes)
-    rows = K.row_keys(K.as_key(seed), jnp.arange(batch, dtype=jnp.uint32))
+            seed: int = 0, repeat: int = 1, images: int | None = None, init: str = "uniform",
+            lantern=None) -> dict:
+    """One configuration over ``images`` images (default: one batch), in batches of ``batch``."""
+    images = batch if images is None else images
+    spec, neighbours = _spec_and_args(config, method, window, init, lantern)
     kn = make_knobs(**knobs)
+    ids = np.arange(images)
+    chunks = [ids[i:i + batch] for i in range(0, images, batch)]
+    chunks[-1] = np.resize(chunks[-1], batch)  # pad the last batch to the compiled shape
+
+    def args(chunk):
+        cond, prefix_mask = split_cond(config, jnp.asarray(chunk % config.num_classes, jnp.int32))
+        return cond, prefix_mask, K.row_keys(K.as_key(seed), jnp.asarray(chunk, jnp.uint32))
+
     t0 = time.perf_counter()
-    compiled = _generate_jit.lower(spec, params, cond, prefix_mask, rows, kn).compile()
+    compiled = _generate_jit.lower(spec, params, *args(chunks[0]), kn, neighbours).compile()
     compile_s = time.perf_counter() - t0
+    inputs = [args(ch) for ch in chunks]
     times = []
     for _ in range(repeat):
+        outs = []
         t0 = time.perf_counter()
-        out = jax.block_until_ready(compiled(params, cond, prefix_mask, rows, kn))
+        for a in inputs:
+            outs.append(compiled(params, *a, kn, neighbours))
+        jax.block_until_ready(outs)
         times.append(time.perf_counter() - t0)
+    nfe = np.concatenate([np.asarray(o.nfe) for o in outs])[: images]  # drop the padding rows
+    committed = np.concatenate([np.asarray(o.committed) for o in outs])[: images]
+    hits = np.concatenate([np.asarray(o.branch_hits) for o in outs])[: images]
+    W = spec.effective_window
     return {
-        "method": method, "window": spec.effective_window, "batch": batch,
-        "nfe_per_row": np.asarray(out.nfe).tolist(), "forwards": int(out.iterations) + 1,
-        **acceptance_stats(out.nfe, out.committed, config.num_image_tokens, spec.effective_window),
-        "compile_s": compile_s, "wall_s": min(times), "wall_s_per_image": min(times) / batch,
+        "method": method, "lossless": method in LOSSLESS, "window": W, "init": init,
+        "tree": [spec.tree_width, spec.tree_depth] if spec.branches else None, "batch": batch,
+        "images": images, "nfe_per_row": nfe.tolist(), "forwards": int(sum(int(o.iterations) + 1 for o in outs)),
+        **acceptance_stats(nfe, committed, config.num_image_tokens, W),
+        "branch_hits_per_image": float(hits.mean()),
+        "compile_s": compile_s, "wall_s": min(times), "wall_s_per_image": min(times) / images,
+        **_memory(compiled),
     }
 
 
+def forward_cost(params, config: GPTConfig, batch: int, windows, reps: int = 32) -> dict:
+    """Seconds per cached forward of W tokens (CFG-doubled batch), by W.
+
+    Measured as the sampler runs it: ``reps`` forwards inside one jitted loop that carries the
+    cache (no per-call dispatch, cache updated in place), each at a cache length in the middle of
+    the image; the best of 3 timed calls."""
+    rows = 2 * batch
+    mid = config.cls_token_num + config.num_image_tokens // 2
+
+    def f(params, tokens, cache):
+        def body(i, carry):
+            cache, acc = carry
+            logits, cache = gpt.forward(params, config, gpt.embed_tokens(params, config, tokens),
+                                        cache.with_length(jnp.full((rows,), mid, jnp.int32)))
+            return cache, acc + logits[:, -1, 0].sum()
+        return jax.lax.fori_loop(0, reps, body, (cache, jnp.float32(0)))[1]
+
+    f = jax.jit(f)
+    cache = init_cache(config, rows, jnp.ones((rows, config.cls_token_num), bool))
+    out = {}
+    for W in sorted(set([1, *windows])):
+        tokens = jnp.zeros((rows, W), jnp.int32)
+        jax.block_until_ready(f(params, tokens, cache))
+        ts = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            jax.block_until_ready(f(params, tokens, cache))
+            ts.append((time.perf_counter() - t0) / reps)
+        out[W] = float(min(ts))
+    return {str(W): {"seconds": s, "ratio": s / out[1]} for W, s in out.items()}
+
+
+def summarize(results: list[dict]) -> dict:
+    """Best configuration per method (by step compression, and by latency ratio) and overall."""
+    out = {}
+    for m in sorted({r["method"] for r in results if r["method"] != "ar"}):
+        rs = [r for r in results if r["method"] == m]
+        by_c = max(rs, key=lambda r: r["step_compression"])
+        by_l = max(rs, key=lambda r: r["latency_ratio_vs_ar"] or 0)
+        out[m] = {"lossless": m in LOSSLESS,
+                  "best_compression": {k: by_c[k] for k in ("window", "init", "batch", "step_compression",
+                                                            "latency_ratio_vs_ar", "efficiency")},
+                  "best_latency": {k: by_l[k] for k in ("window", "init", "batch", "step_compression",
+                                                        "latency_ratio_vs_ar", "efficiency")}}
+    lossless = [r for r in results if r["lossless"] and r["method"] != "ar"]
+    if lossless:
+        best = max(lossless, key=lambda r: r["step_compression"])
+        out["best_lossless"] = {k: best[k] for k in ("method", "window", "init", "batch", "step_compression",
+                                                     "latency_ratio_vs_ar", "efficiency", "accepted_histogram")}
+    return out
+
+
+def plot(report: dict, path: str) -> None:
+    """Step compression and latency ratio vs window: per method, the uniform init (solid) and the
+    best init at each window (dashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = [r for r in report["results"] if r["method"] != "ar"]
+    batch = min(r["batch"] for r in results)
+    results = [r for r in results if r["batch"] == batch]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for i, m in enumerate(sorted({r["method"] for r in results})):
+        color = f"C{i}"
+        rs = [r for r in results if r["method"] == m]
+        windows = sorted({r["window"] for r in rs})
+        uni = [next((r for r in rs if r["window"] == w and r["init"] == "uniform"), None) for w in windows]
+        best = [max((r for r in rs if r["window"] == w), key=lambda r: r["step_compression"]) for w in windows]
+        label = m + ("" if m in LOSSLESS else " (lossy)")
+        for ax, key in zip(axes, ("step_compression", "latency_ratio_vs_ar")):
+            if all(u is not None for u in uni):
+                ax.plot(windows, [u[key] for u in uni], "o-", color=color, label=f"{label}, uniform init")
+            ax.plot(windows, [b[key] for b in best], "s--", color=color, label=f"{label}, best init")
+    cost = report["forward_cost"][str(batch)]
+    ws = sorted(int(w) for w in cost if w != "1")
+    axes[1].plot(ws, [1.0] * len(ws), ":", color="gray")
+    for ax, title in zip(axes, ("step compression vs AR (NFE)", f"latency ratio AR / method (batch {batch})")):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ws, [str(w) for w in ws])
+        ax.set_xlabel("window (forward positions)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{report['model']} ({report['image_tokens']} tokens), {report['env']['device']}", fontsize=9)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def markdown_table(report: dict) -> str:
+    """README table: per method and window, the best init's compression and latency ratio."""
+    results = [r for r in report["results"] if r["method"] != "ar"]
+    windows = sorted({r["window"] for r in results})
+    lines = ["| method | lossless | " + " | ".join(f"W={w}" for w in windows) + " |",
+             "|---|---|" + "---|" * len(windows)]
+    for m in sorted({r["method"] for r in results}, key=lambda m: list(RECIPES).index(m)):
+        cells = []
+        for w in windows:
+            rs = [r for r in results if r["method"] == m and r["window"] == w]
+            if not rs:
+                cells.append("–")
+                continue
+            b = max(rs, key=lambda r: r["step_compression"])
+            cells.append(f"{b['step_compression']:.2f}× / {b['latency_ratio_vs_ar']:.2f}× ({b['init']})")
+        lines.append(f"| {m} | {'yes' if m in LOSSLESS else '**no**'} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="sjd-jax bench", description=__doc__)
-    ap.add_argument("--model", default="random:GPT-B", help="random:<LlamaGen preset> (random init)")
-    ap.add_argument("--grid", type=int, default=16, help="image token grid side (16 = 256 px)")
-    ap.add_argument("--methods", default="ar,sjd", help="comma-separated: ar, jacobi, sjd")
-    ap.add_argument("--windows", default="16", help="comma-separated windows for the non-AR methods")
-    ap.add_argument("--batch", default="1,2", help="comma-separated batch sizes")
-    ap.add_argument("--cfg-scale", type=float, default=4.0)
+    ap = argparse.ArgumentParser(prog="sjd-jax bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="fashion-mnist",
+                    help="a bundled model (fashion-mnist) or random:<LlamaGen preset> (random init)")
+    ap.add_argument("--grid", type=int, default=16, help="random models: image token grid side")
+    ap.add_argument("--methods", default=DEFAULT_METHODS,
+                    help=f"comma-separated recipes ({', '.join(RECIPES)}); AR always runs as the baseline")
+    ap.add_argument("--windows", default="8,16,32,64", help="comma-separated windows")
+    ap.add_argument("--inits", default=",".join(INITS), help="comma-separated draft inits")
+    ap.add_argument("--batch", default="1", help="comma-separated batch sizes")
+    ap.add_argument("--images", type=int, default=20, help="images per configuration")
+    ap.add_argument("--cfg-scale", type=float, default=None, help="default: the model's (random: 4.0)")
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--top-k", type=int, default=0)
     ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--lantern-k", type=int, default=8, help="lantern: latent neighbours per code")
+    ap.add_argument("--lantern-delta", type=float, default=0.1, help="lantern: neighbour mass budget")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--repeat", type=int, default=1, help="timed runs per configuration (best kept)")
+    ap.add_argument("--repeat", type=int, default=1, help="timed passes per configuration (best kept)")
     ap.add_argument("--out", default="bench.json", help="JSON output path")
+    ap.add_argument("--plot", default=None, help="PNG plot path (default: the JSON path with .png)")
+    ap.add_argument("--no-plot", action="store_true")
     args = ap.parse_args(argv)
     try:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         windows = [int(w) for w in args.windows.split(",")]
+        inits = [i.strip() for i in args.inits.split(",") if i.strip()]
         batches = [int(b) for b in args.batch.split(",")]
-        if min(batches) < 1 or args.repeat < 1:
-            raise ValueError("batch sizes and --repeat must be >= 1")
-        config = _config(args.model, args.grid)
-        knobs = dict(cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k,
-                     top_p=args.top_p)
+        if min(batches) < 1 or args.repeat < 1 or args.images < 1:
+            raise ValueError("batch sizes, --images and --repeat must be >= 1")
         for m in methods:
-            for w in ([1] if m == "ar" else windows):
-                check_sampling(config, m, w, cfg=True, **knobs)
+            recipe(m, 16)
+        config, params, codebook, cfg_default = _load(args.model, args.grid)
+        knobs = dict(cfg_scale=cfg_default if args.cfg_scale is None else args.cfg_scale,
+                     temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+        lantern = None
+        if "lantern" in methods:
+            if codebook is None:
+                raise ValueError("lantern needs a VQ codebook: use a bundled model, not random:")
+            from .sampling.lantern import codebook_neighbours
+
+            lantern = (codebook_neighbours(codebook, args.lantern_k), args.lantern_delta)
+        check_sampling(config, "ar", 1, cfg=True, **knobs)
+        for m in methods:
+            for w in windows:
+                check_sampling(config, m if m in ("ar", "jacobi") else "sjd", w, cfg=True, **knobs)
+                for init in inits:
+                    kw = recipe(m, w)
+                    tree = kw.get("tree", (1, 0))
+                    check_drafting(config, kw["method"], w, kw.get("coupling", "none"),
+                                   "uniform" if kw["method"] == "ar" else init, tree[0], tree[1],
+                                   args.lantern_k if kw.get("lantern") else 0, args.lantern_delta)
+        plot_path = None if args.no_plot else (args.plot or os.path.splitext(args.out)[0] + ".png")
+        if plot_path:
+            import matplotlib  # noqa: F401  (fail before hours of work, not after)
+    except ImportError:
+        print("sjd-jax bench: error: the plot needs matplotlib: pip install 'sjd-jax[bench]' "
+              "(or pass --no-plot)", file=sys.stderr)
+        return 2
     except ValueError as e:
         print(f"sjd-jax bench: error: {e}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    params = init_params(config, jax.random.key(0))
+    if params is None:
+        params = init_params(config, jax.random.key(0))
     init_s = time.perf_counter() - t0
     print(f"model {args.model}: {param_count(params) / 1e6:.1f}M params, {config.num_image_tokens} image "
-          f"tokens, init {init_s:.1f}s; backend {jax.default_backend()}", file=sys.stderr)
-    results = []
+          f"tokens, load {init_s:.1f}s; backend {jax.default_backend()}", file=sys.stderr)
+    results, costs = [], {}
     for b in batches:
-        for m in methods:
-            for w in ([1] if m == "ar" else windows):
-                r = run_one(params, config, m, w, b, knobs, args.seed, args.repeat)
-                results.append(r)
-                print(f"  {m:6s} W={r['window']:<3d} B={b}: NFE {r['nfe_mean']:.1f} "
-                      f"(x{r['step_compression']:.2f}), {r['wall_s_per_image']:.2f} s/image, "
-                      f"compile {r['compile_s']:.1f}s", file=sys.stderr)
+        costs[str(b)] = forward_cost(params, config, b, windows)
+        print(f"  forward cost ratio W/1 at batch {b}: " + ", ".join(
+            f"W={w}: {c['ratio']:.2f}" for w, c in costs[str(b)].items()), file=sys.stderr)
+        runs = [("ar", 1, "uniform")] + [(m, w, i) for m in methods for w in windows
+                                          for i in (["uniform"] if m == "jacobi" else inits)]
+        for m, w, init in runs:
+            r = run_one(params, config, m, w, b, knobs, args.seed, args.repeat, args.images, init, lantern)
+            results.append(r)
+            print(f"  {m:15s} W={r['window']:<3d} {init:15s} B={b}: NFE {r['nfe_mean']:6.1f} "
+                  f"(x{r['step_compression']:.2f}), {r['mean_accepted_per_iteration']:.2f} tok/it, "
+                  f"{r['wall_s_per_image'] * 1e3:.0f} ms/image, compile {r['compile_s']:.1f}s",
+                  file=sys.stderr, flush=True)
     for r in results:  # latency ratio against AR at the same batch size
-        ar = next((a for a in results if a["method"] == "ar" and a["batch"] == r["batch"]), None)
-        r["latency_ratio_vs_ar"] = ar["wall_s"] / r["wall_s"] if ar else None
+        ar = next(a for a in results if a["method"] == "ar" and a["batch"] == r["batch"])
+        r["latency_ratio_vs_ar"] = ar["wall_s"] / r["wall_s"]
+        ratio = costs[str(r["batch"])][str(r["window"])]["ratio"]
+        r["forward_cost_ratio"] = ratio
+        r["efficiency"] = r["latency_ratio_vs_ar"] / (r["step_compression"] / ratio)
     report = {
         "model": args.model, "params": param_count(params), "image_tokens": config.num_image_tokens,
-        "knobs": knobs, "seed": args.seed,
+        "knobs": knobs, "seed": args.seed, "images": args.images,
+        "lantern": {"k": args.lantern_k, "delta": args.lantern_delta} if lantern else None,
         "env": {"jax": jax.__version__, "backend": jax.default_backend(),
                 "device": str(jax.devices()[0].device_kind), "cpus": os.cpu_count(),
                 "python": platform.python_version()},
+        "forward_cost": costs,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "summary": summarize(results),
         "results": results,
     }
     tmp = args.out + ".tmp"
     with open(tmp, "w") as f:
         json.dump(report, f, indent=1)
     os.replace(tmp, args.out)  # never leave a half-written report
-    print(json.dumps({k: report[k] for k in ("model", "image_tokens", "knobs")}))
-    for r in results:
-        print(json.dumps({k: r[k] for k in ("method", "window", "batch", "nfe_mean", "step_compression",
-                                             "wall_s_per_image", "compile_s", "latency_ratio_vs_ar")}))
+    if plot_path:
+        plot(report, plot_path)
+    print(markdown_table(report))
+    print(json.dumps(report["summary"].get("best_lossless", {})))
     return 0
 
 

@@ -3,8 +3,10 @@
 import json
 
 import numpy as np
+import pytest
 
 from sjd_jax import bench, cli
+from sjd_jax.sampling.recipes import LOSSLESS, RECIPES, auto_tree, recipe
 from tiny import scaled_params, tiny_config
 
 
@@ -12,18 +14,54 @@ def test_run_one_statistics_are_consistent():
     config = tiny_config()
     params = scaled_params(config, seed=0, scale=3.0)
     knobs = dict(cfg_scale=2.0, temperature=1.0, top_k=0, top_p=1.0)
-    r = bench.run_one(params, config, "sjd", 5, 3, knobs)
+    r = bench.run_one(params, config, "sjd", 5, 3, knobs, images=5)  # batches of 3: last one padded
     N = config.num_image_tokens
-    assert r["window"] == 5 and r["batch"] == 3 and len(r["nfe_per_row"]) == 3
+    assert r["window"] == 5 and r["batch"] == 3 and len(r["nfe_per_row"]) == 5 and r["images"] == 5
     assert r["step_compression"] == N / np.mean(r["nfe_per_row"])
     hist = np.asarray(r["accepted_histogram"])
-    # every loop iteration of every row commits 1..W tokens; together they give N - 1 tokens
-    assert hist[0] == 0 and (hist * np.arange(len(hist))).sum() == 3 * (N - 1)
-    assert hist.sum() == sum(r["nfe_per_row"]) - 3
-    assert r["compile_s"] > 0 and r["wall_s"] > 0
+    # every loop iteration of every image commits 1..W tokens; together they give N - 1 tokens
+    assert hist[0] == 0 and (hist * np.arange(len(hist))).sum() == 5 * (N - 1)
+    assert hist.sum() == sum(r["nfe_per_row"]) - 5
+    assert r["compile_s"] > 0 and r["wall_s"] > 0 and r["lossless"] and r["tree"] is None
+    # the same images in one batch of 5 give the same per-image NFE (keys are per example id)
+    r5 = bench.run_one(params, config, "sjd", 5, 5, knobs)
+    assert r5["nfe_per_row"] == r["nfe_per_row"]
     ar = bench.run_one(params, config, "ar", 5, 3, knobs)
     assert ar["window"] == 1 and ar["nfe_mean"] == N and ar["accepted_histogram"] == [0, 3 * (N - 1)]
+    pac = bench.run_one(params, config, "sjd-pac", 9, 2, knobs, init="vertical-repeat")
+    assert pac["tree"] == [2, 2] and pac["init"] == "vertical-repeat" and pac["branch_hits_per_image"] >= 0
     json.dumps(r)
+
+
+def test_recipes():
+    assert recipe("sjd-ac", 32) == dict(method="sjd", coupling="maximal")
+    assert recipe("sjd-pac", 64)["tree"] == (4, 3) and recipe("sjd-pac", 16)["tree"] == (2, 2)
+    assert auto_tree(4) == (1, 0)
+    assert LOSSLESS == set(RECIPES) - {"lantern"}
+    with pytest.raises(ValueError, match="unknown method"):
+        recipe("medusa", 16)
+
+
+def test_forward_cost_and_report_outputs(tmp_path):
+    """A full (tiny) bench run: JSON with a latency ratio and efficiency per row, a summary, the
+    markdown table and the PNG plot."""
+    out = tmp_path / "b.json"
+    argv = ["--model", "random:GPT-B", "--grid", "2", "--methods", "sjd,sjd-ac", "--windows", "3",
+            "--inits", "uniform,horizon-repeat", "--images", "2", "--out", str(out)]
+    assert bench.main(argv) == 0
+    report = json.loads(out.read_text())
+    cost = report["forward_cost"]["1"]
+    assert set(cost) == {"1", "3"} and cost["1"]["ratio"] == 1.0
+    rows = report["results"]
+    assert [r["method"] for r in rows][:1] == ["ar"] and len(rows) == 1 + 2 * 2
+    for r in rows:
+        assert r["latency_ratio_vs_ar"] > 0 and r["efficiency"] > 0
+        assert r["forward_cost_ratio"] == cost[str(r["window"])]["ratio"]
+    assert report["summary"]["best_lossless"]["method"] in ("sjd", "sjd-ac")
+    png = out.with_suffix(".png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = bench.markdown_table(report)
+    assert table.splitlines()[0] == "| method | lossless | W=3 |" and "| sjd-ac | yes |" in table
 
 
 def test_cli_errors_exit_2(tmp_path, capsys):
@@ -32,7 +70,13 @@ def test_cli_errors_exit_2(tmp_path, capsys):
     assert bench.main(["--model", "hub:llamagen", "--out", str(out)]) == 2
     assert bench.main(["--windows", "0", "--out", str(out)]) == 2
     assert bench.main(["--top-p", "2", "--out", str(out)]) == 2
+    assert bench.main(["--methods", "sjd,medusa", "--out", str(out)]) == 2
+    assert bench.main(["--inits", "diagonal", "--out", str(out)]) == 2
+    assert bench.main(["--model", "random:GPT-B", "--methods", "lantern", "--out", str(out)]) == 2
     assert not out.exists()
     assert cli.main(["nope"]) == 2
     err = capsys.readouterr().err
-    assert "unknown LlamaGen preset" in err and "unknown command" in err and "top_p" in err
+    for msg in ("unknown LlamaGen preset", "unknown model 'hub:llamagen'", "window must be", "top_p",
+                "unknown method 'medusa'", "unknown init 'diagonal'", "lantern needs a VQ codebook",
+                "unknown command"):
+        assert msg in err, msg

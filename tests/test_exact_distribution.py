@@ -174,3 +174,24 @@ def test_negative_control_fails(models, broken):
     pval, tv, bound = fit(np.asarray(out.tokens), exact_joint(params, 0, config=config), config.vocab_size)
     print(f"negative control {broken}: chi2 p={pval:.3g} TV={tv:.4f} bound={bound:.4f}")
     assert pval < 1e-12 and tv > 1.3 * bound, (pval, tv, bound)
+
+
+def test_lantern_relaxed_acceptance_is_opt_in_and_lossy(params):
+    """LANTERN acceptance (k latent neighbours, mass budget delta): delta = 0 is exactly SJD (same
+    tokens for the same key); delta > 0 accepts more drafts and is NOT lossless — the exact test
+    rejects it, which is why it is off by default and labelled lossy."""
+    from sjd_jax.sampling.lantern import codebook_neighbours
+
+    codebook = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [3.0, 3.0]])
+    nb = codebook_neighbours(codebook, 2)
+    np.testing.assert_array_equal(nb, [[1, 2], [0, 2], [0, 1], [1, 2]])
+    cond = jnp.zeros((M,), jnp.int32)
+    kw = dict(method="sjd", window=3, cfg=False)
+    exact = generate(params, CONFIG, cond, jax.random.key(5), **kw)
+    zero = generate(params, CONFIG, cond, jax.random.key(5), lantern=(nb, 0.0), **kw)
+    np.testing.assert_array_equal(np.asarray(zero.tokens), np.asarray(exact.tokens))
+    relaxed = generate(params, CONFIG, cond, jax.random.key(5), lantern=(nb, 0.5), **kw)
+    assert np.asarray(relaxed.nfe).mean() < np.asarray(exact.nfe).mean() - 0.05
+    pval, tv, bound = fit(np.asarray(relaxed.tokens), exact_joint(params, 0))
+    print(f"lantern delta 0.5: chi2 p={pval:.3g} TV={tv:.4f} bound={bound:.4f}")
+    assert pval < 1e-6 and tv > bound, (pval, tv, bound)
