@@ -93,6 +93,7 @@ def run_one(params, config: GPTConfig, method: str, window: int, batch: int, kno
     compiled = _generate_jit.lower(spec, params, *args(chunks[0]), kn, neighbours).compile()
     compile_s = time.perf_counter() - t0
     inputs = [args(ch) for ch in chunks]
+    jax.block_until_ready(compiled(params, *inputs[0], kn, neighbours))  # warm-up: first-call costs
     times = []
     for _ in range(repeat):
         outs = []
@@ -228,6 +229,34 @@ def markdown_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _report(args, config, params, knobs, lantern, costs, results) -> dict:
+    for r in results:  # latency ratio against AR at the same batch size
+        ar = next(a for a in results if a["method"] == "ar" and a["batch"] == r["batch"])
+        r["latency_ratio_vs_ar"] = ar["wall_s"] / r["wall_s"]
+        ratio = costs[str(r["batch"])][str(r["window"])]["ratio"]
+        r["forward_cost_ratio"] = ratio
+        r["efficiency"] = r["latency_ratio_vs_ar"] / (r["step_compression"] / ratio)
+    return {
+        "model": args.model, "params": param_count(params), "image_tokens": config.num_image_tokens,
+        "knobs": knobs, "seed": args.seed, "images": args.images,
+        "lantern": {"k": args.lantern_k, "delta": args.lantern_delta} if lantern else None,
+        "env": {"jax": jax.__version__, "backend": jax.default_backend(),
+                "device": str(jax.devices()[0].device_kind), "cpus": os.cpu_count(),
+                "python": platform.python_version()},
+        "forward_cost": costs,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "summary": summarize(results),
+        "results": results,
+    }
+
+
+def _write_json(report: dict, path: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(report, f, indent=1)
+    os.replace(tmp, path)  # never leave a half-written report
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="sjd-jax bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -307,32 +336,12 @@ def main(argv=None) -> int:
         for m, w, init in runs:
             r = run_one(params, config, m, w, b, knobs, args.seed, args.repeat, args.images, init, lantern)
             results.append(r)
+            report = _report(args, config, params, knobs, lantern, costs, results)
+            _write_json(report, args.out)  # after every row: an interrupted run keeps what it measured
             print(f"  {m:15s} W={r['window']:<3d} {init:15s} B={b}: NFE {r['nfe_mean']:6.1f} "
                   f"(x{r['step_compression']:.2f}), {r['mean_accepted_per_iteration']:.2f} tok/it, "
                   f"{r['wall_s_per_image'] * 1e3:.0f} ms/image, compile {r['compile_s']:.1f}s",
                   file=sys.stderr, flush=True)
-    for r in results:  # latency ratio against AR at the same batch size
-        ar = next(a for a in results if a["method"] == "ar" and a["batch"] == r["batch"])
-        r["latency_ratio_vs_ar"] = ar["wall_s"] / r["wall_s"]
-        ratio = costs[str(r["batch"])][str(r["window"])]["ratio"]
-        r["forward_cost_ratio"] = ratio
-        r["efficiency"] = r["latency_ratio_vs_ar"] / (r["step_compression"] / ratio)
-    report = {
-        "model": args.model, "params": param_count(params), "image_tokens": config.num_image_tokens,
-        "knobs": knobs, "seed": args.seed, "images": args.images,
-        "lantern": {"k": args.lantern_k, "delta": args.lantern_delta} if lantern else None,
-        "env": {"jax": jax.__version__, "backend": jax.default_backend(),
-                "device": str(jax.devices()[0].device_kind), "cpus": os.cpu_count(),
-                "python": platform.python_version()},
-        "forward_cost": costs,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "summary": summarize(results),
-        "results": results,
-    }
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(report, f, indent=1)
-    os.replace(tmp, args.out)  # never leave a half-written report
     if plot_path:
         plot(report, plot_path)
     print(markdown_table(report))

@@ -29,8 +29,10 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def sample_images(bundle, labels: np.ndarray, method: str, window: int, knobs: dict, seed: int,
-                  batch: int, quiet: bool = False):
-    """Generate one image per label (batched, keys by absolute example id) -> (uint8 [n, 28, 28], stats)."""
+                  batch: int, quiet: bool = False, drafting: dict | None = None):
+    """Generate one image per label (batched, keys by absolute example id) -> (uint8 [n, 28, 28], stats).
+
+    ``method``: ar / jacobi / sjd; ``drafting``: generate's coupling/init/tree/lantern options."""
     import jax.numpy as jnp
     from tqdm import tqdm
 
@@ -43,7 +45,8 @@ def sample_images(bundle, labels: np.ndarray, method: str, window: int, knobs: d
     for i in tqdm(range(0, len(labels), batch), desc=f"eval {method}", file=sys.stderr, disable=quiet):
         y = labels[i:i + batch]
         out = generate(bundle.gpt_params, c, jnp.asarray(y), seed, method=method,
-                       window=window if method != "ar" else 1, example_ids=np.arange(i, i + len(y)), **knobs)
+                       window=window if method != "ar" else 1, example_ids=np.arange(i, i + len(y)), **knobs,
+                       **(drafting or {}))
         x = decode_tokens(bundle.vq_params, bundle.vq_config, out.tokens, c.grid_size)
         imgs.append(from_model_range(np.asarray(x)))
         nfe.append(np.asarray(out.nfe))
@@ -104,7 +107,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="sjd-jax eval", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="fashion-mnist")
-    ap.add_argument("--methods", default="ar,sjd")
+    ap.add_argument("--methods", default="ar,sjd", help="comma-separated recipes (see sjd-jax generate --help)")
     ap.add_argument("--window", type=int, default=16)
     ap.add_argument("--n-per-class", type=int, default=100)
     ap.add_argument("--cfg-scale", type=float, default=None)
@@ -116,9 +119,13 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=Path("eval.json"))
     ap.add_argument("--quiet", action="store_true")
+    from .sampling import recipes
+
+    recipes.add_arguments(ap)  # applied to every non-AR method
     args = ap.parse_args(argv)
     from . import classifier, data, presets
-    from .validate import check_sampling
+    from .sampling.generate import check_generate_options
+    from .vq import codebook_vectors
 
     try:
         preset = presets.get(args.model)
@@ -127,14 +134,21 @@ def main(argv=None) -> int:
         if args.n_per_class < 2 or args.batch < 1:
             raise ValueError("--n-per-class must be >= 2 and --batch >= 1")
         bundle = presets.load(args.model)
+        drafting = {}
         for m in methods:
-            check_sampling(bundle.gpt_config, m, args.window if m != "ar" else 1, cfg=True, **knobs)
+            kind = recipes.recipe(m, args.window)["method"]
+            kw = {} if kind == "ar" else recipes.from_args(
+                args, m, args.window, codebook_vectors(bundle.vq_params, bundle.vq_config))
+            drafting[m] = (kind, kw)
+            check_generate_options(bundle.gpt_config, kind, args.window if kind != "ar" else 1, knobs, kw)
         test_x, test_y = data.load("test", args.data_dir)
     except (ValueError, FileNotFoundError) as e:
         print(f"sjd-jax eval: error: {e}", file=sys.stderr)
         return 2
     cls_params = classifier.load(preset.directory / "classifier")
     report = {"model": args.model, "knobs": knobs, "window": args.window, "seed": args.seed,
+              "drafting": {m: {k: (v if k != "lantern" else {"k": args.lantern_k, "delta": args.lantern_delta})
+                               for k, v in kw.items()} for m, (_, kw) in drafting.items()},
               "classifier_test_accuracy": float((classifier.predict(cls_params, test_x) == test_y).mean())}
     if not args.skip_nll:
         from .train import encode_dataset, nll_bits_per_token, psnr
@@ -149,7 +163,8 @@ def main(argv=None) -> int:
     report["methods"] = {}
     for m in methods:
         t0 = time.perf_counter()
-        imgs, st = sample_images(bundle, labels, m, args.window, knobs, args.seed, args.batch, args.quiet)
+        kind, kw = drafting[m]
+        imgs, st = sample_images(bundle, labels, kind, args.window, knobs, args.seed, args.batch, args.quiet, kw)
         r = {**st, **evaluate_samples(cls_params, imgs, labels, real), "wall_s": time.perf_counter() - t0}
         report["methods"][m] = r
         print(f"{m}: accuracy {r['class_accuracy']:.3f} {np.round(r['class_accuracy_ci95'], 3).tolist()}, "

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .validate import METHODS
+from .sampling import recipes
 
 
 def _parser():
@@ -26,8 +26,10 @@ def _parser():
                     help="class ids (default: all); one grid column per class")
     ap.add_argument("--n", type=int, default=4, help="samples per class (default 4)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--method", default=None, help=f"{' | '.join(METHODS)} (default: the model's, sjd)")
+    ap.add_argument("--method", default=None,
+                    help=f"{' | '.join(recipes.RECIPES)} (default: the model's, sjd); lantern is lossy")
     ap.add_argument("--window", type=int, default=None, help="Jacobi window (default 16)")
+    recipes.add_arguments(ap)
     ap.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale")
     ap.add_argument("--top-k", type=int, default=None)
     ap.add_argument("--top-p", type=float, default=None)
@@ -64,7 +66,7 @@ def stats_of(out, N: int, window: int) -> dict:
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     from . import presets
-    from .validate import check_sampling
+    from .sampling.generate import check_generate_options
 
     try:
         preset = presets.get(args.model)
@@ -83,8 +85,14 @@ def main(argv=None) -> int:
         _writable(out_path)
         if args.stats_json is not None:
             _writable(args.stats_json)
+        recipes.recipe(method, window)
         bundle = presets.load(args.model)
-        check_sampling(bundle.gpt_config, method, window if method != "ar" else 1, cfg=True, **knobs)
+        from .vq import codebook_vectors
+
+        kind = recipes.RECIPES[method]["method"]
+        window = window if kind != "ar" else 1
+        drafting = recipes.from_args(args, method, window, codebook_vectors(bundle.vq_params, bundle.vq_config))
+        check_generate_options(bundle.gpt_config, kind, window, knobs, drafting)
     except ValueError as e:
         print(f"sjd-jax generate: error: {e}", file=sys.stderr)
         return 2
@@ -107,9 +115,8 @@ def main(argv=None) -> int:
             bar.set_postfix(iter=it, acc_per_iter=f"{(done - B) / max(it, 1) / B:.2f}", refresh=False)
             bar.refresh()
 
-        out = generate(bundle.gpt_params, c, jnp.asarray(labels), args.seed, method=method,
-                       window=window if method != "ar" else 1, progress=None if args.quiet else progress,
-                       **knobs)
+        out = generate(bundle.gpt_params, c, jnp.asarray(labels), args.seed, method=kind, window=window,
+                       progress=None if args.quiet else progress, **knobs, **drafting)
         tokens = np.asarray(out.tokens)
     images = to_uint8(decode_tokens(bundle.vq_params, bundle.vq_config, jnp.asarray(tokens), c.grid_size))
     wall = time.perf_counter() - t0
@@ -117,8 +124,11 @@ def main(argv=None) -> int:
         p = (images.shape[1] - preset.crop) // 2
         images = images[:, p:p + preset.crop, p:p + preset.crop]
     save_png(grid(images, ncols=len(classes), scale=2), out_path)
-    st = stats_of(out, N, window if method != "ar" else 1)
-    st.update(model=args.model, method=method, window=window if method != "ar" else 1, seed=args.seed,
+    st = stats_of(out, N, window)
+    st.update(branch_hits_per_image=float(np.asarray(out.branch_hits).mean()))
+    st.update(model=args.model, method=method, lossless=method in recipes.LOSSLESS, window=window,
+              drafting={k: (v if k != "lantern" else {"k": args.lantern_k, "delta": args.lantern_delta})
+                        for k, v in drafting.items()}, seed=args.seed,
               classes=classes, n_per_class=args.n, wall_s=round(wall, 2), **knobs, png=str(out_path))
     if args.stats_json is not None:
         tmp = args.stats_json.with_name(f".{args.stats_json.name}.tmp")

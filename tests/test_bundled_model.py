@@ -52,6 +52,13 @@ def test_generate_cli_writes_png_and_stats(tmp_path, capsys):
     (["--method", "beam"], "unknown method"),
     (["--window", "0"], "window must be"),
     (["--top-k", "999"], "top_k must be"),
+    (["--method", "medusa"], "unknown method 'medusa'"),
+    (["--method", "sjd-pac", "--window", "8", "--tree", "4x3"], "needs window >= 13"),
+    (["--tree", "4by3"], "--tree must look like"),
+    (["--init", "diagonal"], "unknown init 'diagonal'"),
+    (["--coupling", "optimal"], "unknown coupling 'optimal'"),
+    (["--method", "ar", "--init", "vertical-repeat"], "ar drafts nothing"),
+    (["--method", "lantern", "--lantern-delta", "-1"], "lantern_delta must be"),
 ])
 def test_generate_cli_errors(tmp_path, capsys, argv, msg):
     out = tmp_path / "x.png"
@@ -59,6 +66,24 @@ def test_generate_cli_errors(tmp_path, capsys, argv, msg):
     err = capsys.readouterr().err
     assert msg in err and err.count("\n") == 1, err
     assert not out.exists() and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("argv,lossless,tree", [
+    (["--method", "sjd-pac", "--window", "32", "--init", "vertical-repeat"], True, [2, 2]),
+    (["--method", "sjd-gumbel", "--tree", "3x2", "--window", "12"], True, [3, 2]),
+    (["--method", "lantern", "--lantern-k", "4", "--lantern-delta", "0.2"], False, None),
+])
+def test_generate_cli_drafting_options(tmp_path, capsys, argv, lossless, tree):
+    out, stats = tmp_path / "g.png", tmp_path / "s.json"
+    assert main(["generate", "--class", "3", "--n", "2", *argv, "--out", str(out), "--stats-json", str(stats),
+                 "--quiet"]) == 0, capsys.readouterr().err
+    st = json.loads(stats.read_text())
+    assert st["lossless"] is lossless and st["method"] == argv[1]
+    assert st.get("drafting", {}).get("tree") == (tree and list(tree))
+    assert sum(st["nfe_per_image"]) < 2 * 256 and st["branch_hits_per_image"] >= 0
+    if not lossless:
+        assert st["drafting"]["lantern"] == {"k": 4, "delta": 0.2}
+    Image.open(out).verify()
 
 
 def test_generate_cli_unwritable_out(tmp_path, capsys):
@@ -74,11 +99,13 @@ def test_generate_cli_unwritable_out(tmp_path, capsys):
 
 def test_eval_cli_small(tmp_path, capsys):
     out = tmp_path / "eval.json"
-    assert main(["eval", "--n-per-class", "3", "--methods", "ar,sjd", "--skip-nll", "--batch", "30",
-                 "--json", str(out), "--quiet"]) == 0, capsys.readouterr().err
+    assert main(["eval", "--n-per-class", "3", "--methods", "ar,sjd,sjd-ac", "--skip-nll", "--batch", "30",
+                 "--init", "vertical-repeat", "--json", str(out), "--quiet"]) == 0, capsys.readouterr().err
     r = json.loads(out.read_text())
     assert r["classifier_test_accuracy"] > 0.85
-    for m in ("ar", "sjd"):
+    assert r["drafting"] == {"ar": {}, "sjd": {"init": "vertical-repeat"},
+                             "sjd-ac": {"coupling": "maximal", "init": "vertical-repeat"}}
+    for m in ("ar", "sjd", "sjd-ac"):
         e = r["methods"][m]
         lo, hi = e["class_accuracy_ci95"]
         assert e["n"] == 30 and lo <= e["class_accuracy"] <= hi and e["frechet_distance"] > 0

@@ -12,6 +12,38 @@ from . import keys as K
 from .loop import GenerateOutput, SamplerSpec, _generate_jit, make_knobs
 
 
+def _check(config, method, window, cfg_scale, temperature, top_k, top_p, cfg, coupling, init, tree, lantern):
+    """Every argument check before tracing; returns (lantern neighbours [V, k] or None, delta)."""
+    check_sampling(config, method, window, cfg_scale, temperature, top_k, top_p, cfg)
+    if not (isinstance(tree, (tuple, list)) and len(tree) == 2):
+        raise ValueError(f"tree must be a (width, depth) pair, got {tree!r}")
+    neighbours, delta = (None, 0.0) if lantern is None else lantern
+    lantern_k = 0
+    if neighbours is not None:
+        neighbours = np.asarray(neighbours)
+        if neighbours.ndim != 2 or neighbours.shape[0] != config.vocab_size or \
+                not np.issubdtype(neighbours.dtype, np.integer) or neighbours.min() < 0 or \
+                neighbours.max() >= config.vocab_size:
+            raise ValueError(f"lantern neighbours must be token ids of shape [{config.vocab_size}, k], "
+                             f"got {neighbours.dtype} {neighbours.shape}")
+        lantern_k = neighbours.shape[1]
+        if lantern_k == 0:
+            raise ValueError("lantern neighbours table has k = 0 columns")
+        neighbours = jnp.asarray(neighbours, jnp.int32)
+    check_drafting(config, method, window, coupling, init, int(tree[0]), int(tree[1]), lantern_k, float(delta))
+    return neighbours, delta
+
+
+def check_generate_options(config: GPTConfig, method: str, window: int, knobs: dict, drafting: dict,
+                           cfg: bool = True) -> None:
+    """What ``generate`` checks first, for CLIs that validate before loading or writing anything.
+    ``knobs``: cfg_scale/temperature/top_k/top_p; ``drafting``: coupling/init/tree/lantern."""
+    d = dict(coupling="none", init="uniform", tree=(1, 0), lantern=None)
+    d.update(drafting)
+    _check(config, method, window, knobs["cfg_scale"], knobs["temperature"], knobs["top_k"], knobs["top_p"],
+           cfg, d["coupling"], d["init"], d["tree"], d["lantern"])
+
+
 def generate(params, config: GPTConfig, cond, key, *, method: str = "sjd", window: int = 16,
              cfg_scale: float = 1.0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
              cfg: bool = True, example_ids=None, progress=None, coupling: str = "none",
@@ -34,23 +66,8 @@ def generate(params, config: GPTConfig, cond, key, *, method: str = "sjd", windo
     ``progress``: optional host callback ``f(committed_tokens_in_batch, iteration)`` called after
     every loop iteration (a separate compile; the call blocks until the result is ready).
     """
-    check_sampling(config, method, window, cfg_scale, temperature, top_k, top_p, cfg)
-    if not (isinstance(tree, (tuple, list)) and len(tree) == 2):
-        raise ValueError(f"tree must be a (width, depth) pair, got {tree!r}")
-    neighbours, delta = (None, 0.0) if lantern is None else lantern
-    lantern_k = 0
-    if neighbours is not None:
-        neighbours = np.asarray(neighbours)
-        if neighbours.ndim != 2 or neighbours.shape[0] != config.vocab_size or \
-                not np.issubdtype(neighbours.dtype, np.integer) or neighbours.min() < 0 or \
-                neighbours.max() >= config.vocab_size:
-            raise ValueError(f"lantern neighbours must be token ids of shape [{config.vocab_size}, k], "
-                             f"got {neighbours.dtype} {neighbours.shape}")
-        lantern_k = neighbours.shape[1]
-        if lantern_k == 0:
-            raise ValueError("lantern neighbours table has k = 0 columns")
-        neighbours = jnp.asarray(neighbours, jnp.int32)
-    check_drafting(config, method, window, coupling, init, int(tree[0]), int(tree[1]), lantern_k, float(delta))
+    neighbours, delta = _check(config, method, window, cfg_scale, temperature, top_k, top_p, cfg,
+                               coupling, init, tree, lantern)
     cond_arr, prefix_mask = split_cond(config, cond)
     B = cond_arr.shape[0]
     key = K.as_key(key)
@@ -71,7 +88,8 @@ def generate(params, config: GPTConfig, cond, key, *, method: str = "sjd", windo
     knobs = make_knobs(cfg_scale, temperature, top_k, top_p, delta)
     spec = SamplerSpec(config=config, method=method, window=int(window), cfg=bool(cfg),
                        progress=progress is not None, coupling=coupling, init=init,
-                       tree_width=int(tree[0]), tree_depth=int(tree[1]), lantern_k=lantern_k)
+                       tree_width=int(tree[0]), tree_depth=int(tree[1]),
+                       lantern_k=0 if neighbours is None else int(neighbours.shape[1]))
     if progress is None:
         return _generate_jit(spec, params, cond_arr, prefix_mask, rows, knobs, neighbours)
     import jax

@@ -44,3 +44,51 @@ def recipe(name: str, window: int) -> dict:
     if kw.get("tree") == "auto":
         kw["tree"] = auto_tree(window)
     return kw
+
+
+def add_arguments(ap, default_method: str | None = "sjd") -> None:
+    """The drafting flags shared by ``sjd-jax generate`` and ``sjd-jax eval``."""
+    from ..validate import COUPLINGS, INITS
+
+    ap.add_argument("--coupling", default=None,
+                    help=f"override the method's redrafting rule: {' | '.join(COUPLINGS)} "
+                         "(maximal = adaptive continuation)")
+    ap.add_argument("--init", default=None,
+                    help=f"drafts for positions with no target yet: {' | '.join(INITS)} (default uniform)")
+    ap.add_argument("--tree", default=None, metavar="KxD",
+                    help="draft tree: K candidates for the first draft, side branches D deep (e.g. 4x3); "
+                         "0 = none")
+    ap.add_argument("--lantern-k", type=int, default=8, help="lantern (lossy): latent neighbours per code")
+    ap.add_argument("--lantern-delta", type=float, default=0.1, help="lantern (lossy): neighbour mass budget")
+
+
+def parse_tree(text: str | None):
+    if text is None:
+        return None
+    if text.strip() in ("0", "none"):
+        return (1, 0)
+    try:
+        k, d = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--tree must look like 4x3 (width x depth) or 0, got {text!r}") from None
+    return (k, d)
+
+
+def from_args(args, method: str, window: int, codebook=None) -> dict:
+    """``generate`` keyword arguments (beyond method/window) for a recipe plus the override flags."""
+    kw = recipe(method, window)
+    kw.pop("method")
+    tree = parse_tree(args.tree)
+    if tree is not None:
+        kw["tree"] = tree
+    if args.coupling is not None:
+        kw["coupling"] = args.coupling
+    if args.init is not None:
+        kw["init"] = args.init
+    if kw.pop("lantern", False):
+        if codebook is None:
+            raise ValueError("lantern needs the model's VQ codebook")
+        from .lantern import codebook_neighbours
+
+        kw["lantern"] = (codebook_neighbours(codebook, args.lantern_k), args.lantern_delta)
+    return kw
