@@ -77,10 +77,11 @@ def _memory(compiled) -> dict:
 def run_one(params, config: GPTConfig, method: str, window: int, batch: int, knobs: dict,
             seed: int = 0, repeat: int = 1, images: int | None = None, init: str = "uniform",
             lantern=None) -> dict:
-    """One configuration over ``images`` images (default: one batch), in batches of ``batch``."""
+    """One configuration over ``images`` images (default: one batch), in batches of ``batch``.
+    ``lantern``: (neighbours [V, k], delta), used by the lantern recipe only."""
     images = batch if images is None else images
     spec, neighbours = _spec_and_args(config, method, window, init, lantern)
-    kn = make_knobs(**knobs)
+    kn = make_knobs(**knobs, lantern_delta=lantern[1] if neighbours is not None else 0.0)
     ids = np.arange(images)
     chunks = [ids[i:i + batch] for i in range(0, images, batch)]
     chunks[-1] = np.resize(chunks[-1], batch)  # pad the last batch to the compiled shape
@@ -335,6 +336,7 @@ def main(argv=None) -> int:
                                           for i in (["uniform"] if m == "jacobi" else inits)]
         for m, w, init in runs:
             r = run_one(params, config, m, w, b, knobs, args.seed, args.repeat, args.images, init, lantern)
+            jax.clear_caches()  # free each loop's code: hundreds of executables exhaust the mappings on CPU
             results.append(r)
             report = _report(args, config, params, knobs, lantern, costs, results)
             _write_json(report, args.out)  # after every row: an interrupted run keeps what it measured

@@ -28,6 +28,9 @@ def test_run_one_statistics_are_consistent():
     assert r5["nfe_per_row"] == r["nfe_per_row"]
     ar = bench.run_one(params, config, "ar", 5, 3, knobs)
     assert ar["window"] == 1 and ar["nfe_mean"] == N and ar["accepted_histogram"] == [0, 3 * (N - 1)]
+    nb = np.stack([(np.arange(config.vocab_size) + i) % config.vocab_size for i in (1, 2)], 1)
+    lossy = bench.run_one(params, config, "lantern", 5, 3, knobs, images=5, lantern=(nb, 0.9))
+    assert not lossy["lossless"] and lossy["nfe_mean"] < r["nfe_mean"] - 0.5  # delta reaches the loop
     pac = bench.run_one(params, config, "sjd-pac", 9, 2, knobs, init="vertical-repeat")
     assert pac["tree"] == [2, 2] and pac["init"] == "vertical-repeat" and pac["branch_hits_per_image"] >= 0
     json.dumps(r)
