@@ -147,8 +147,7 @@ def main(argv=None) -> int:
         return 2
     cls_params = classifier.load(preset.directory / "classifier")
     report = {"model": args.model, "knobs": knobs, "window": args.window, "seed": args.seed,
-              "drafting": {m: {k: (v if k != "lantern" else {"k": args.lantern_k, "delta": args.lantern_delta})
-                               for k, v in kw.items()} for m, (_, kw) in drafting.items()},
+              "drafting": {m: recipes.describe(kw, args) for m, (_, kw) in drafting.items()},
               "classifier_test_accuracy": float((classifier.predict(cls_params, test_x) == test_y).mean())}
     if not args.skip_nll:
         from .train import encode_dataset, nll_bits_per_token, psnr

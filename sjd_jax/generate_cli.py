@@ -127,8 +127,7 @@ def main(argv=None) -> int:
     st = stats_of(out, N, window)
     st.update(branch_hits_per_image=float(np.asarray(out.branch_hits).mean()))
     st.update(model=args.model, method=method, lossless=method in recipes.LOSSLESS, window=window,
-              drafting={k: (v if k != "lantern" else {"k": args.lantern_k, "delta": args.lantern_delta})
-                        for k, v in drafting.items()}, seed=args.seed,
+              drafting=recipes.describe(drafting, args), seed=args.seed,
               classes=classes, n_per_class=args.n, wall_s=round(wall, 2), **knobs, png=str(out_path))
     if args.stats_json is not None:
         tmp = args.stats_json.with_name(f".{args.stats_json.name}.tmp")

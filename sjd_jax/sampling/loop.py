@@ -56,7 +56,6 @@ TRACE_COUNT = 0  # incremented each time the sampler is traced (tests assert no 
 PROGRESS_HOOKS: list = []  # host callbacks f(committed_tokens, iteration); the last one is called
 
 
-
 def _report_progress(done, it):
     if PROGRESS_HOOKS:
         PROGRESS_HOOKS[-1](int(done), int(it))
@@ -273,9 +272,10 @@ def _generate_impl(spec: SamplerSpec, params, cond, prefix_mask, rows, knobs, ne
     if R > 1:
         hist = hist.at[:, 0].set(p0[:, 0])
     buf = jnp.concatenate([tok0, jnp.zeros((B, N + 2 * W - 1), jnp.int32)], axis=1)
-    init_tok = jnp.arange(1, N + 2 * W, dtype=jnp.int32)[None, :].repeat(B, 0)
+    # Only the first window's drafts (tokens 1 .. Wc - 1) are read before the loop writes later ones.
+    init_tok = jnp.arange(1, Wc + 1, dtype=jnp.int32)[None, :].repeat(B, 0)
     vals, q0 = fresh(init_tok, jnp.zeros((B,), jnp.int32), buf, p0[:, 0], hist, 0)  # only token 0 known
-    buf = buf.at[:, 1:].set(vals)
+    buf = buf.at[:, 1:Wc + 1].set(vals)
     q = jnp.concatenate([jnp.full((B, 1, V), 1.0 / V, jnp.float32), q0[:, :Wc - 1]], axis=1)
     if A:
         alt, alt_q, alt_ok = branches(buf[:, 1:D + 1], q[:, 1:D + 1], init_tok[:, :D], 0)
@@ -322,7 +322,7 @@ def _generate_impl(spec: SamplerSpec, params, cond, prefix_mask, rows, knobs, ne
             alt_q = s.alt_q.reshape(B, Kb, D, V)
             alt_ok = s.alt_ok.reshape(B, Kb, D)
             pa = p[:, Wc:].reshape(B, Kb, D, V)  # branch k, level d: p for token n + d
-            first = acc[:, 0] if Wc > 1 else jnp.zeros((B,), bool)
+            first = acc[:, 0]  # the primary draft (a tree's chain always has Wc >= D + 1 >= 2)
             chosen = jnp.where(first, 0, -1)
             p_cur = pc[:, 0]
             if spec._broken != "sibling_vs_p":
@@ -382,7 +382,8 @@ def _generate_impl(spec: SamplerSpec, params, cond, prefix_mask, rows, knobs, ne
             hist = jax.vmap(lambda h, t, pr, on: jnp.where(on, h.at[t % R].set(pr), h))(hist, tok, pc, active)
         buf = _update_rows(s.buf, y, n)
         known_end = n + Wc - 1
-        fresh_tok = known_end[:, None] + 1 + jnp.arange(W, dtype=jnp.int32)[None]
+        # the next window reaches token n_new + Wc - 2 <= n + 2 Wc - 2: Wc fresh drafts are enough
+        fresh_tok = known_end[:, None] + 1 + jnp.arange(Wc, dtype=jnp.int32)[None]
         f_vals, f_q = fresh(fresh_tok, known_end, buf, pc[:, -1], hist, it)
         buf = jnp.where(active[:, None], _update_rows(buf, f_vals, n + Wc), s.buf)
 
@@ -392,7 +393,7 @@ def _generate_impl(spec: SamplerSpec, params, cond, prefix_mask, rows, knobs, ne
         if spec._broken == "keep_old_q" and spec.coupling == "maximal":  # kept draft keeps its old q
             kept = jnp.concatenate([acc_exact, jnp.zeros((B, 1), bool)], axis=1)
             q_targets = jnp.where(kept[..., None], jnp.concatenate([s.q[:, 1:], s.q[:, -1:]], 1), pc)
-        q_pool = jnp.concatenate([q_targets, f_q[:, :Wc]], axis=1)  # targets, then fresh drafts' q
+        q_pool = jnp.concatenate([q_targets, f_q], axis=1)  # targets, then fresh drafts' q
         q_new = jnp.take_along_axis(q_pool, jnp.clip(src, 0, 2 * Wc - 1)[..., None], axis=1)
         q_new = jnp.where(active[:, None, None], q_new, s.q)
 

@@ -74,6 +74,12 @@ def parse_tree(text: str | None):
     return (k, d)
 
 
+def describe(drafting: dict, args) -> dict:
+    """JSON-friendly drafting options: the lantern neighbour table becomes its (k, delta) flags."""
+    return {k: (v if k != "lantern" else {"k": args.lantern_k, "delta": args.lantern_delta})
+            for k, v in drafting.items()}
+
+
 def from_args(args, method: str, window: int, codebook=None) -> dict:
     """``generate`` keyword arguments (beyond method/window) for a recipe plus the override flags."""
     kw = recipe(method, window)
