@@ -87,8 +87,10 @@ def save(path, kind: str, config, params, *, force: bool = False, extra_files=No
     return path
 
 
-def load(path, sharding=None):
-    """``path`` -> ``(config, params)``. Params land on ``sharding`` (default: the first device)."""
+def load(path, sharding=None, mesh=None):
+    """``path`` -> ``(config, params)``. Params land on ``sharding`` (default: the first device),
+    or with ``mesh`` on their ``sharding.RULES`` shardings: orbax restores each leaf straight into
+    its shards (each process reads only what its devices hold; no full host copy first)."""
     from orbax.checkpoint import v1 as ocp
 
     path = Path(path)
@@ -104,7 +106,18 @@ def load(path, sharding=None):
     if meta.get("version", 0) > VERSION:
         raise ValueError(f"{path} has format version {meta['version']}; this sjd-jax reads <= {VERSION}")
     config = config_from_dict(meta["kind"], meta["config"])
-    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                            _abstract(meta["kind"], config))
+    shapes = _abstract(meta["kind"], config)
+    if mesh is not None:
+        if sharding is not None:
+            raise ValueError("pass sharding or mesh, not both")
+        from . import sharding as shd
+
+        if meta["kind"] == "vq":
+            target = jax.tree.map(lambda _: shd.replicated(mesh), shapes)
+        else:
+            target = shd.param_shardings(shapes, mesh)
+    else:
+        one = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(lambda _: one, shapes)
+    abstract = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), shapes, target)
     return config, ocp.load(path / "params", abstract)

@@ -2,6 +2,17 @@
 
 With no arguments: the bundled ``fashion-mnist`` model, all 10 classes, 4 samples each, SJD with
 window 16, written to ``fashion-mnist.png``; prints NFE and the step compression against AR.
+
+Batch mode (``--out-dir DIR``): the same items (n per class) streamed to ``DIR`` as one PNG each
+plus ``tokens.npy``, over every device (``--mesh data=D,model=M``; default all on data), in chunks
+of ``--batch-per-device`` rows per data shard; rerunning skips finished items. On a multi-host job
+run the same command on every host (``jax.distributed`` starts when the environment says so); only
+process 0 writes. Tokens do not depend on the device count or the chunking.
+
+examples:
+  sjd-jax generate --class 0 3 --n 8 --method sjd-pac --window 32
+  sjd-jax generate --n 1024 --batch-per-device 8 --out-dir samples/
+  sjd-jax generate --n 1024 --out-dir samples/ --mesh data=4,model=2
 """
 
 from __future__ import annotations
@@ -37,6 +48,20 @@ def _parser():
     ap.add_argument("--out", type=Path, default=None, help="PNG path (default <model>.png)")
     ap.add_argument("--stats-json", type=Path, default=None, help="also write NFE/acceptance stats here")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    b = ap.add_argument_group("batch mode and devices")
+    b.add_argument("--out-dir", type=Path, default=None,
+                   help="batch mode: write one PNG per item + tokens.npy here (resumable)")
+    b.add_argument("--batch-per-device", type=int, default=None,
+                   help="batch mode: rows per data shard in each chunk (default 8)")
+    b.add_argument("--no-png", action="store_true", help="batch mode: tokens only, no PNG files")
+    b.add_argument("--mesh", default=None,
+                   help="device mesh data=D,model=M (default: all devices on data in batch mode, one "
+                        "device otherwise)")
+    b.add_argument("--distributed", default="auto", choices=("auto", "on", "off"),
+                   help="jax.distributed.initialize: auto = when the environment shows a multi-process "
+                        "job (JAX_COORDINATOR_ADDRESS, SLURM, Open MPI, multi-host TPU)")
+    b.add_argument("--cpu-devices", type=int, default=None,
+                   help="split the CPU into this many JAX devices (to try meshes without accelerators)")
     return ap
 
 
@@ -63,12 +88,36 @@ def stats_of(out, N: int, window: int) -> dict:
             **acceptance_stats(out.nfe, out.committed, N, window)}
 
 
+def _devices(args):
+    """Device setup before anything touches the backend: fake CPU devices, multi-host init, mesh."""
+    import jax
+
+    from . import distributed, sharding
+
+    if args.cpu_devices is not None:
+        if args.cpu_devices < 1:
+            raise ValueError(f"--cpu-devices must be >= 1, got {args.cpu_devices}")
+        jax.config.update("jax_num_cpu_devices", args.cpu_devices)
+    distributed.maybe_initialize(args.distributed)
+    if args.mesh is None and args.out_dir is None:
+        return None
+    return sharding.make_mesh(sharding.parse_mesh(args.mesh, jax.device_count()))
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     from . import presets
     from .sampling.generate import check_generate_options
 
     try:
+        if args.out_dir is None and (args.batch_per_device is not None or args.no_png):
+            raise ValueError("--batch-per-device and --no-png need --out-dir (batch mode)")
+        if args.out_dir is not None and args.out is not None:
+            raise ValueError("--out writes the grid PNG; batch mode (--out-dir) writes one PNG per item")
+        bpd = 8 if args.batch_per_device is None else args.batch_per_device
+        if bpd < 1:
+            raise ValueError(f"--batch-per-device must be >= 1, got {bpd}")
+        mesh = _devices(args)
         preset = presets.get(args.model)
         method = args.method or preset.method
         window = args.window if args.window is not None else preset.window
@@ -82,11 +131,12 @@ def main(argv=None) -> int:
         if args.n < 1:
             raise ValueError(f"--n must be >= 1, got {args.n}")
         out_path = args.out or Path(f"{args.model}.png")
-        _writable(out_path)
+        if args.out_dir is None:
+            _writable(out_path)
         if args.stats_json is not None:
             _writable(args.stats_json)
         recipes.recipe(method, window)
-        bundle = presets.load(args.model)
+        bundle = presets.load(args.model, mesh=mesh)
         from .vq import codebook_vectors
 
         kind = recipes.RECIPES[method]["method"]
@@ -96,6 +146,9 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"sjd-jax generate: error: {e}", file=sys.stderr)
         return 2
+
+    if args.out_dir is not None:
+        return _batch(args, bundle, method, kind, window, classes, knobs, drafting, bpd, mesh)
 
     import jax.numpy as jnp
     from tqdm import tqdm
@@ -116,7 +169,7 @@ def main(argv=None) -> int:
             bar.refresh()
 
         out = generate(bundle.gpt_params, c, jnp.asarray(labels), args.seed, method=kind, window=window,
-                       progress=None if args.quiet else progress, **knobs, **drafting)
+                       progress=None if args.quiet else progress, mesh=mesh, **knobs, **drafting)
         tokens = np.asarray(out.tokens)
     images = to_uint8(decode_tokens(bundle.vq_params, bundle.vq_config, jnp.asarray(tokens), c.grid_size))
     wall = time.perf_counter() - t0
@@ -137,4 +190,28 @@ def main(argv=None) -> int:
           f"W={st['window']}: mean NFE {st['nfe_mean']:.1f} per image vs {N} AR steps "
           f"-> step compression {st['step_compression']:.2f}x, {st['mean_accepted_per_iteration']:.2f} "
           f"tokens per iteration; {wall:.1f}s")
+    return 0
+
+
+def _batch(args, bundle, method, kind, window, classes, knobs, drafting, bpd, mesh) -> int:
+    from . import distributed, streaming
+
+    try:
+        st = streaming.run(bundle, args.out_dir, classes=classes, n_per_class=args.n, seed=args.seed,
+                           method=method, kind=kind, window=window, knobs=knobs, drafting=drafting,
+                           settings_extra={"model": args.model, "lossless": method in recipes.LOSSLESS,
+                                           "drafting": recipes.describe(drafting, args)},
+                           batch_per_device=bpd, mesh=mesh, png=not args.no_png, quiet=args.quiet)
+    except ValueError as e:
+        print(f"sjd-jax generate: error: {e}", file=sys.stderr)
+        return 2
+    if distributed.is_writer():
+        if args.stats_json is not None:
+            tmp = args.stats_json.with_name(f".{args.stats_json.name}.tmp")
+            tmp.write_text(json.dumps(st, indent=1))
+            os.replace(tmp, args.stats_json)
+        print(f"wrote {args.out_dir}: {st['items']} items ({st['generated_this_run']} generated now, "
+              f"{st['skipped_done']} already done) on {st['devices']} devices, mesh {st['mesh']}, global batch "
+              f"{st['global_batch']}; {method} W={window}: step compression {st['step_compression']:.2f}x; "
+              f"{st['wall_s']:.1f}s")
     return 0

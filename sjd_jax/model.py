@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import cache as kv
+from . import sharding as shd
 from .cache import KVCache, init_cache
 from .config import GPTConfig
 from .rope import apply_rope, rope_table
@@ -83,13 +84,18 @@ class Attention(nn.Module):
                        name="wqkv")(x)
         q, k, v = jnp.split(qkv, [H * hd, (H + Hkv) * hd], axis=-1)  # LlamaGen order [q | k | v]
         q, k, v = q.reshape(B, T, H, hd), k.reshape(B, T, Hkv, hd), v.reshape(B, T, Hkv, hd)
+        # tensor parallel: heads on the model axis (wqkv's fused columns need not align with heads)
+        q = shd.constrain(q, ("batch", None, "heads", "head_dim"))
+        k = shd.constrain(k, ("batch", None, "kv_heads", "head_dim"))
+        v = shd.constrain(v, ("batch", None, "kv_heads", "head_dim"))
         if c.qk_norm:
             q = HeadLayerNorm(H, c.norm_eps, name="q_norm")(q)
             k = HeadLayerNorm(Hkv, c.norm_eps, name="k_norm")(k)
         q = apply_rope(q, cos, sin, c.rope_interleaved)
         k = apply_rope(k, cos, sin, c.rope_interleaved)
-        k_cache = kv.write(k_cache, k, q_pos)
-        v_cache = kv.write(v_cache, v, q_pos)
+        kv_axes = ("batch", "sequence", "kv_heads", "head_dim")
+        k_cache = shd.constrain(kv.write(k_cache, k, q_pos), kv_axes)
+        v_cache = shd.constrain(kv.write(v_cache, v, q_pos), kv_axes)
         # Grouped heads: query head j uses kv head j // (H / Hkv), as repeat_interleave does.
         qg = q.reshape(B, T, Hkv, H // Hkv, hd)
         scores = jnp.einsum("btkgd,bskd->bkgts", qg, k_cache.astype(dtype),
@@ -108,8 +114,8 @@ class FeedForward(nn.Module):
     def __call__(self, x):
         c = self.config
         dense = functools.partial(nn.Dense, use_bias=False, dtype=jnp.dtype(c.dtype), kernel_init=_init)
-        return dense(c.dim, name="w2")(nn.silu(dense(c.ffn_hidden, name="w1")(x))
-                                       * dense(c.ffn_hidden, name="w3")(x))
+        h = nn.silu(dense(c.ffn_hidden, name="w1")(x)) * dense(c.ffn_hidden, name="w3")(x)
+        return dense(c.dim, name="w2")(shd.constrain(h, ("batch", None, "mlp")))
 
 
 class Block(nn.Module):
@@ -201,7 +207,7 @@ class GPT(nn.Module):
         h = self.norm(h)
         if c.head_hidden is not None:
             h = nn.gelu(self.head_proj(h), approximate=False)
-        logits = self.output(h).astype(jnp.float32)
+        logits = shd.constrain(self.output(h).astype(jnp.float32), ("batch", None, "vocab"))
         return logits, cache.replace(k=tuple(ks), v=tuple(vs), length=cache.length + T)
 
     def init_all(self, cond, tokens):
@@ -295,20 +301,26 @@ def forward(params, config: GPTConfig, x, cache: KVCache, offsets=None, tree_mas
     return GPT(config).apply(params, x, cache, offsets, tree_mask)
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _teacher_forced(params, config, cond, prefix_mask, tokens):
-    B = tokens.shape[0]
-    x = jnp.concatenate([embed_cond(params, config, cond, jnp.zeros((B,), bool)),
-                         embed_tokens(params, config, tokens[:, : config.num_image_tokens - 1])], axis=1)
-    logits, _ = forward(params, config, x, init_cache(config, B, prefix_mask))
-    return logits[:, config.cls_token_num - 1:]
+@functools.partial(jax.jit, static_argnums=(1, 5))
+def _teacher_forced(params, config, cond, prefix_mask, tokens, mesh=None):
+    with shd.active(mesh):
+        B = tokens.shape[0]
+        x = jnp.concatenate([embed_cond(params, config, cond, jnp.zeros((B,), bool)),
+                             embed_tokens(params, config, tokens[:, : config.num_image_tokens - 1])], axis=1)
+        cache = init_cache(config, B, prefix_mask)
+        kv_axes = ("batch", "sequence", "kv_heads", "head_dim")
+        cache = cache.replace(k=tuple(shd.constrain(k, kv_axes) for k in cache.k),
+                              v=tuple(shd.constrain(v, kv_axes) for v in cache.v))
+        logits, _ = forward(params, config, x, cache)
+        return logits[:, config.cls_token_num - 1:]
 
 
-def teacher_forced_logits(params, config: GPTConfig, cond, tokens) -> jax.Array:
+def teacher_forced_logits(params, config: GPTConfig, cond, tokens, mesh=None) -> jax.Array:
     """Raw logits ``[B, N, V]``: entry i predicts image token i from the condition and tokens < i.
 
     cond: class ids ``[B]`` (id ``num_classes`` = null class) or, for text-conditional models,
     caption features ``[B, C, caption_dim]`` or a ``Caption(features, mask)``.
+    ``mesh``: compute on a device mesh (``sharding.RULES``; params moved there unless already).
     """
     from .validate import check_cond  # local: validate imports this module
 
@@ -318,4 +330,8 @@ def teacher_forced_logits(params, config: GPTConfig, cond, tokens) -> jax.Array:
         raise ValueError(f"tokens must have shape [B, {N}], got {tuple(tokens.shape)}")
     cond_arr, prefix_mask = split_cond(config, cond)
     check_cond(config, cond_arr, prefix_mask, tokens.shape[0], allow_null=True)
-    return _teacher_forced(params, config, cond_arr, prefix_mask, tokens)
+    if mesh is not None:
+        params = shd.place_params(params, mesh)
+        cond_arr, prefix_mask, tokens = (shd.to_global(x, shd.batch_sharding(mesh, x.shape, what)) for x, what in
+                                         ((cond_arr, "cond"), (prefix_mask, "prefix mask"), (tokens, "tokens")))
+    return _teacher_forced(params, config, cond_arr, prefix_mask, tokens, mesh)

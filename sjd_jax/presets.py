@@ -57,10 +57,12 @@ class Bundle:
     vq_params: dict
 
 
-def load(name: str) -> Bundle:
+def load(name: str, mesh=None) -> Bundle:
+    """The bundled model; with ``mesh`` the GPT params are restored onto their shardings (the VQ
+    decoder stays on this process's first device: it decodes on the writing process only)."""
     p = get(name)
     if not (p.directory / "gpt").is_dir():
         raise ValueError(f"model {name!r}: weights missing under {p.directory} (broken install?)")
-    gc, gp = checkpoint.load(p.directory / "gpt")
+    gc, gp = checkpoint.load(p.directory / "gpt", mesh=mesh)
     vc, vp = checkpoint.load(p.directory / "vq")
     return Bundle(p, gc, gp, vc, vp)

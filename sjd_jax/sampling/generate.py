@@ -44,10 +44,28 @@ def check_generate_options(config: GPTConfig, method: str, window: int, knobs: d
            cfg, d["coupling"], d["init"], d["tree"], d["lantern"])
 
 
+def _place(mesh, params, cond, prefix_mask, rows, knobs, neighbours):
+    """Every input as a global array on ``mesh`` (rows over data, the rest replicated); keys travel
+    as raw uint32 data (host arrays cannot hold key dtypes)."""
+    import jax
+
+    from .. import sharding as shd
+
+    if jax.random.key_impl(rows) != jax.random.key_impl(jax.random.key(0)):
+        raise ValueError("sharded generate needs keys of the default PRNG implementation")
+    rows = np.asarray(jax.random.key_data(rows))
+    rep = shd.replicated(mesh)
+    cond, prefix_mask, rows = (shd.to_global(x, shd.batch_sharding(mesh, x.shape, what))
+                               for x, what in ((cond, "cond"), (prefix_mask, "prefix mask"), (rows, "row keys")))
+    knobs = {k: shd.to_global(v, rep) for k, v in knobs.items()}
+    neighbours = None if neighbours is None else shd.to_global(neighbours, rep)
+    return shd.place_params(params, mesh), cond, prefix_mask, rows, knobs, neighbours
+
+
 def generate(params, config: GPTConfig, cond, key, *, method: str = "sjd", window: int = 16,
              cfg_scale: float = 1.0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
              cfg: bool = True, example_ids=None, progress=None, coupling: str = "none",
-             init: str = "uniform", tree: tuple[int, int] = (1, 0), lantern=None) -> GenerateOutput:
+             init: str = "uniform", tree: tuple[int, int] = (1, 0), lantern=None, mesh=None) -> GenerateOutput:
     """Sample image tokens ``[B, N]`` with ``method`` in {"ar", "jacobi", "sjd"}.
 
     Drafting options of jacobi/sjd (``sampling.loop`` explains each): ``coupling`` "none" (SJD),
@@ -65,6 +83,11 @@ def generate(params, config: GPTConfig, cond, key, *, method: str = "sjd", windo
     temperature 0 is greedy; ``jacobi`` is always greedy; ``ar`` ignores ``window``.
     ``progress``: optional host callback ``f(committed_tokens_in_batch, iteration)`` called after
     every loop iteration (a separate compile; the call blocks until the result is ready).
+
+    ``mesh`` (``sharding.make_mesh``): run on a device mesh. Rows are split over ``data``, heads /
+    MLP / vocabulary over ``model`` (``sharding.RULES``); params are moved to those shardings unless
+    already there (``checkpoint.load(path, mesh=mesh)`` restores them there directly). Outputs are
+    global arrays sharded over rows. Tokens do not depend on the mesh: keys are per example.
     """
     neighbours, delta = _check(config, method, window, cfg_scale, temperature, top_k, top_p, cfg,
                                coupling, init, tree, lantern)
@@ -89,7 +112,10 @@ def generate(params, config: GPTConfig, cond, key, *, method: str = "sjd", windo
     spec = SamplerSpec(config=config, method=method, window=int(window), cfg=bool(cfg),
                        progress=progress is not None, coupling=coupling, init=init,
                        tree_width=int(tree[0]), tree_depth=int(tree[1]),
-                       lantern_k=0 if neighbours is None else int(neighbours.shape[1]))
+                       lantern_k=0 if neighbours is None else int(neighbours.shape[1]), mesh=mesh)
+    if mesh is not None:
+        params, cond_arr, prefix_mask, rows, knobs, neighbours = _place(
+            mesh, params, cond_arr, prefix_mask, rows, knobs, neighbours)
     if progress is None:
         return _generate_jit(spec, params, cond_arr, prefix_mask, rows, knobs, neighbours)
     import jax

@@ -39,6 +39,8 @@ all options at temperature 0).
 from __future__ import annotations
 
 import dataclasses
+import functools
+from typing import Any
 
 import flax.struct
 import jax
@@ -46,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import model as gpt
+from .. import sharding as shd
 from ..cache import KVCache, init_cache
 from ..config import GPTConfig
 from ..validate import COUPLINGS, INITS  # noqa: F401  (re-exported)
@@ -75,6 +78,9 @@ class SamplerSpec:
     tree_width: int = 1  # K candidates for the window's first draft (1 = no tree)
     tree_depth: int = 0  # D tokens per side branch
     lantern_k: int = 0  # LOSSY relaxed acceptance over k latent neighbours (0 = off)
+    # Device mesh (``sharding.make_mesh``) or None (one device). Part of the compile key: the
+    # sampler pins params, cache and state to ``sharding.RULES`` on it.
+    mesh: Any = None
     # Test hooks for negative controls only: deliberately wrong rules must fail the
     # exact-distribution test. "resample_from_p": draw the rejected token from p, not the residual;
     # "keep_old_q": maximal coupling keeps an accepted draft's old q (SCD's released code);
@@ -188,9 +194,9 @@ def _residual(p, q):
     return jnp.where(s > 0, r / jnp.where(s > 0, s, 1.0), p)
 
 
-def _generate_impl(spec: SamplerSpec, params, cond, prefix_mask, rows, knobs, neighbours=None):
-    global TRACE_COUNT
-    TRACE_COUNT += 1
+def _build(spec: SamplerSpec, params, rows, knobs, neighbours):
+    """The sampler's pieces for one trace: ``prefill(cond, prefix_mask) -> _State``, ``body`` and
+    ``cond_fn`` of the while loop (closures over params, row keys and the traced knobs)."""
     c: GPTConfig = spec.config
     W, N, V, C = spec.effective_window, c.num_image_tokens, c.vocab_size, c.cls_token_num
     Wc, Kb, D = spec.chain, spec.branches, spec.tree_depth
@@ -201,11 +207,15 @@ def _generate_impl(spec: SamplerSpec, params, cond, prefix_mask, rows, knobs, ne
     temperature = jnp.where(spec.method == "jacobi", 0.0, knobs["temperature"])
     R = gw + Wc if spec.init == "vertical-sample" else 1
 
-    def double(x):  # cond rows then uncond rows, sharing tokens and lengths
-        return jnp.concatenate([x, x], axis=0) if spec.cfg else x
+    def double(x):  # each row's CFG twin right after it: rows [b cond, b uncond] (a row's two
+        return jnp.repeat(x, 2, axis=0) if spec.cfg else x  # copies stay on its data shard)
 
     def probs(logits):  # logits: [B or 2B, T, V] -> p [B, T, V]
-        l_c, l_u = (logits[:B], logits[B:]) if spec.cfg else (logits, None)
+        if spec.cfg:
+            pair = logits.reshape((B, 2) + logits.shape[1:])
+            l_c, l_u = pair[:, 0], pair[:, 1]
+        else:
+            l_c, l_u = logits, None
         return target_probs(l_c, l_u, knobs["cfg_scale"], temperature, knobs["top_k"], knobs["top_p"])
 
     def target_draw(tok, it, p):  # a draw from p for tokens tok [B, T] (p [B, T, V])
@@ -260,32 +270,33 @@ def _generate_impl(spec: SamplerSpec, params, cond, prefix_mask, rows, knobs, ne
         return alt, jnp.stack(qs, 1).reshape(B, A, V), jnp.moveaxis(ok, -1, 1).reshape(B, A)
 
     # ---- prefill: condition positions, then token 0 from the last condition output ----------
-    null = jnp.concatenate([jnp.zeros((B,), bool), jnp.ones((B,), bool)]) if spec.cfg else \
-        jnp.zeros((B,), bool)
-    x = gpt.embed_cond(params, c, double(cond), null)
-    cache = init_cache(c, x.shape[0], double(prefix_mask), extra=W if A else 0)
-    logits, cache = gpt.forward(params, c, x, cache)
-    p0 = probs(logits[:, -1:])  # [B, 1, V]
-    zeros_b = jnp.zeros((B, 1), jnp.int32)
-    tok0 = target_draw(zeros_b, 0, p0)  # [B, 1]
-    hist = jnp.zeros((B, R, V if R > 1 else 1), jnp.float32)
-    if R > 1:
-        hist = hist.at[:, 0].set(p0[:, 0])
-    buf = jnp.concatenate([tok0, jnp.zeros((B, N + 2 * W - 1), jnp.int32)], axis=1)
-    # Only the first window's drafts (tokens 1 .. Wc - 1) are read before the loop writes later ones.
-    init_tok = jnp.arange(1, Wc + 1, dtype=jnp.int32)[None, :].repeat(B, 0)
-    vals, q0 = fresh(init_tok, jnp.zeros((B,), jnp.int32), buf, p0[:, 0], hist, 0)  # only token 0 known
-    buf = buf.at[:, 1:Wc + 1].set(vals)
-    q = jnp.concatenate([jnp.full((B, 1, V), 1.0 / V, jnp.float32), q0[:, :Wc - 1]], axis=1)
-    if A:
-        alt, alt_q, alt_ok = branches(buf[:, 1:D + 1], q[:, 1:D + 1], init_tok[:, :D], 0)
-    else:
-        alt, alt_q, alt_ok = (jnp.zeros((B, 0), jnp.int32), jnp.zeros((B, 0, V), jnp.float32),
-                              jnp.zeros((B, 0), bool))
-    state = _State(it=jnp.int32(0), n=jnp.ones((B,), jnp.int32), buf=buf, q=q, alt=alt, alt_q=alt_q,
-                   alt_ok=alt_ok, hist=hist, cache=cache, nfe=jnp.ones((B,), jnp.int32),
-                   committed=jnp.zeros((B, N), jnp.int32).at[:, 0].set(1),
-                   branch_hits=jnp.zeros((B,), jnp.int32))
+    def prefill(cond, prefix_mask):
+        null = jnp.tile(jnp.asarray([False, True]), B) if spec.cfg else jnp.zeros((B,), bool)
+        x = gpt.embed_cond(params, c, double(cond), null)
+        cache = init_cache(c, x.shape[0], double(prefix_mask), extra=W if A else 0)
+        logits, cache = gpt.forward(params, c, x, cache)
+        p0 = probs(logits[:, -1:])  # [B, 1, V]
+        zeros_b = jnp.zeros((B, 1), jnp.int32)
+        tok0 = target_draw(zeros_b, 0, p0)  # [B, 1]
+        hist = jnp.zeros((B, R, V if R > 1 else 1), jnp.float32)
+        if R > 1:
+            hist = hist.at[:, 0].set(p0[:, 0])
+        buf = jnp.concatenate([tok0, jnp.zeros((B, N + 2 * W - 1), jnp.int32)], axis=1)
+        # Only the first window's drafts (tokens 1 .. Wc - 1) are read before the loop writes later ones.
+        init_tok = jnp.arange(1, Wc + 1, dtype=jnp.int32)[None, :].repeat(B, 0)
+        vals, q0 = fresh(init_tok, jnp.zeros((B,), jnp.int32), buf, p0[:, 0], hist, 0)  # only token 0 known
+        buf = buf.at[:, 1:Wc + 1].set(vals)
+        q = jnp.concatenate([jnp.full((B, 1, V), 1.0 / V, jnp.float32), q0[:, :Wc - 1]], axis=1)
+        if A:
+            alt, alt_q, alt_ok = branches(buf[:, 1:D + 1], q[:, 1:D + 1], init_tok[:, :D], 0)
+        else:
+            alt, alt_q, alt_ok = (jnp.zeros((B, 0), jnp.int32), jnp.zeros((B, 0, V), jnp.float32),
+                                  jnp.zeros((B, 0), bool))
+        state = _State(it=jnp.int32(0), n=jnp.ones((B,), jnp.int32), buf=buf, q=q, alt=alt, alt_q=alt_q,
+                       alt_ok=alt_ok, hist=hist, cache=cache, nfe=jnp.ones((B,), jnp.int32),
+                       committed=jnp.zeros((B, N), jnp.int32).at[:, 0].set(1),
+                       branch_hits=jnp.zeros((B,), jnp.int32))
+        return state
 
     slots = jnp.arange(Wc, dtype=jnp.int32)
 
@@ -422,9 +433,114 @@ def _generate_impl(spec: SamplerSpec, params, cond, prefix_mask, rows, knobs, ne
     def cond_fn(s: _State):
         return jnp.any(s.n < N) & (s.it < N)
 
-    s = jax.lax.while_loop(cond_fn, body, state)
+    return prefill, body, cond_fn
+
+
+def _state_axes(state: _State) -> _State:
+    """Logical axes of every state leaf (``sharding.RULES`` maps them to the mesh)."""
+    kv_axes = ("batch", "sequence", "kv_heads", "head_dim")
+    cache = state.cache.replace(k=tuple(kv_axes for _ in state.cache.k), v=tuple(kv_axes for _ in state.cache.v),
+                                length=("batch",), prefix_mask=("batch", None))
+    row, row2, dist = ("batch",), ("batch", None), ("batch", None, "vocab")
+    return _State(it=(), n=row, buf=row2, q=dist, alt=row2, alt_q=dist, alt_ok=row2, hist=dist, cache=cache,
+                  nfe=row, committed=row2, branch_hits=row)
+
+
+def _pin(state: _State) -> _State:
+    """Constrain the state to its shardings (identity without an active mesh)."""
+    return shd.constrain_tree(state, _state_axes(state), "sampler state")
+
+
+def _prefill_impl(spec: SamplerSpec, params, cond, prefix_mask, rows, knobs, neighbours=None) -> _State:
+    global TRACE_COUNT
+    TRACE_COUNT += 1
+    with shd.active(spec.mesh):
+        prefill, _, _ = _build(spec, params, _keys(rows), knobs, neighbours)
+        return _pin(prefill(cond, prefix_mask))
+
+
+def _loop_impl(spec: SamplerSpec, params, state: _State, rows, knobs, neighbours=None) -> _State:
+    """Runs the while loop; returns the final state (so the donated input state's buffers, the KV
+    cache above all, are updated in place instead of copied)."""
+    with shd.active(spec.mesh):
+        _, body, cond_fn = _build(spec, params, _keys(rows), knobs, neighbours)
+        return _pin(jax.lax.while_loop(cond_fn, lambda s: _pin(body(s)), state))
+
+
+def _finish_impl(N: int, s: _State) -> GenerateOutput:
     return GenerateOutput(tokens=s.buf[:, :N], nfe=s.nfe, iterations=s.it, committed=s.committed,
                           branch_hits=s.branch_hits)
 
 
-_generate_jit = jax.jit(_generate_impl, static_argnums=0)
+def _keys(rows):
+    """Row keys arrive typed, or as raw ``[B, 2]`` uint32 data (sharded inputs are built from host
+    numbers, which cannot hold key dtypes)."""
+    return rows if jnp.issubdtype(rows.dtype, jax.dtypes.prng_key) else jax.random.wrap_key_data(rows)
+
+
+# Two executables per spec and batch shape: the prefill builds the state (cache included), the loop
+# takes it donated, so the loop updates the cache in place instead of copying it.
+_prefill_jit = jax.jit(_prefill_impl, static_argnums=0)
+_loop_jit = jax.jit(_loop_impl, static_argnums=0, donate_argnums=2)
+_finish_jit = jax.jit(_finish_impl, static_argnums=0)
+
+
+def _generate_jit(spec: SamplerSpec, params, cond, prefix_mask, rows, knobs, neighbours=None) -> GenerateOutput:
+    """Prefill + loop for already-validated arguments (one device, or inputs already placed)."""
+    if spec.mesh is not None:
+        prefill, loop = sharded_jits(spec, _sig(cond, prefix_mask, rows, neighbours))
+        state = prefill(params, cond, prefix_mask, rows, knobs, neighbours)
+        state = loop(params, state, rows, knobs, neighbours)
+    else:
+        state = _prefill_jit(spec, params, cond, prefix_mask, rows, knobs, neighbours)
+        state = _loop_jit(spec, params, state, rows, knobs, neighbours)
+    return _finish_jit(spec.config.num_image_tokens, state)
+
+
+def compile_generate(spec: SamplerSpec, params, cond, prefix_mask, rows, knobs, neighbours=None):
+    """Ahead-of-time compile (one device): returns ``(run, prefill_compiled, loop_compiled)`` where
+    ``run(params, cond, prefix_mask, rows, knobs, neighbours) -> GenerateOutput`` (for benchmarks:
+    compile time and XLA memory of each executable)."""
+    pre = _prefill_jit.lower(spec, params, cond, prefix_mask, rows, knobs, neighbours).compile()
+    state = jax.eval_shape(functools.partial(_prefill_impl, spec), params, cond, prefix_mask, rows, knobs,
+                           neighbours)
+    loop = _loop_jit.lower(spec, params, state, rows, knobs, neighbours).compile()
+
+    def run(params, cond, prefix_mask, rows, knobs, neighbours=None):
+        state = loop(params, pre(params, cond, prefix_mask, rows, knobs, neighbours), rows, knobs, neighbours)
+        return _finish_jit(spec.config.num_image_tokens, state)
+
+    return run, pre, loop
+
+
+def _sig(*xs):
+    """Hashable shapes/dtypes of the inputs (the sharded jits are built per input signature)."""
+    return tuple(None if x is None else (tuple(x.shape), str(x.dtype)) for x in xs)
+
+
+@functools.lru_cache(maxsize=32)
+def sharded_jits(spec: SamplerSpec, sig):
+    """(prefill, loop) jitted with explicit in/out shardings on ``spec.mesh`` for inputs of
+    signature ``sig`` (cond, prefix_mask, rows, neighbours); the loop donates the state."""
+    mesh = spec.mesh
+    cond_s, mask_s, rows_s, nb_s = sig
+    params_sh = shd.param_shardings(gpt.abstract_params(spec.config), mesh)
+    rep = shd.replicated(mesh)
+    cond_sh = shd.batch_sharding(mesh, cond_s[0], "cond")
+    mask_sh = shd.batch_sharding(mesh, mask_s[0], "prefix mask")
+    rows_sh = shd.batch_sharding(mesh, rows_s[0], "row keys")
+    knobs_sh = rep  # scalars (a prefix of the knobs dict)
+    nb_sh = None if nb_s is None else rep
+    abstract = jax.eval_shape(functools.partial(_prefill_impl, spec), gpt.abstract_params(spec.config),
+                              jax.ShapeDtypeStruct(*cond_s), jax.ShapeDtypeStruct(*mask_s),
+                              jax.ShapeDtypeStruct(*rows_s), make_knobs(1.0, 1.0, 0, 1.0),
+                              None if nb_s is None else jax.ShapeDtypeStruct(*nb_s))
+    state_sh = jax.tree.map(lambda x, ax: shd.named(mesh, x.shape, ax, "sampler state"), abstract,
+                            _state_axes(abstract), is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
+    prefill = jax.jit(functools.partial(_prefill_impl, spec),
+                      in_shardings=(params_sh, cond_sh, mask_sh, rows_sh, knobs_sh, nb_sh),
+                      out_shardings=state_sh)
+    loop = jax.jit(functools.partial(_loop_impl, spec),
+                   in_shardings=(params_sh, state_sh, rows_sh, knobs_sh, nb_sh),
+                   out_shardings=state_sh, donate_argnums=1)
+    return prefill, loop

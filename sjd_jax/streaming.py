@@ -1,0 +1,204 @@
+"""Batch generation over a device mesh, streamed to disk and resumable.
+
+``DIR`` layout (only process 0 writes; every file is written to a temporary name, then renamed):
+
+* ``run.json`` — the settings; a rerun with other settings is refused instead of mixing runs.
+* ``images/NNNNNN.png`` — one image per item (item i: class ``classes[i % len(classes)]``, seed
+  ``fold_in(seed, i)``; the same items, in the same order, as the grid of ``sjd-jax generate``).
+* ``parts/NNNNNN-MMMMMM.npz`` — per finished chunk: item ids, tokens, NFE and commits. Written
+  after the chunk's PNGs, so a chunk counts as done only when everything of it is on disk.
+* ``tokens.npy`` ``[n_items, N]`` int32, ``labels.npy`` ``[n_items]`` and ``stats.json`` — when
+  every item is done.
+
+A rerun skips the items found in ``parts/`` (process 0 reads them and broadcasts the list). Every
+chunk has the same global shape ``batch_per_device x data-axis size`` (the last one padded), so one
+compile serves the run and every host traces identical shapes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import distributed as dist
+
+FORMAT = "sjd-jax-batch/1"
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _save_npz(path: Path, **arrays) -> None:
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    _atomic_write(path, write)
+
+
+def _save_npy(path: Path, array) -> None:
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+
+    _atomic_write(path, write)
+
+
+def _save_json(path: Path, obj) -> None:
+    _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=1)))
+
+
+def _prepare_dir(out_dir: Path, settings: dict) -> np.ndarray | str:
+    """Process 0: create/validate ``out_dir``; returns the ids already done, or an error message."""
+    try:
+        if out_dir.exists() and not out_dir.is_dir():
+            return f"{out_dir} exists and is not a directory"
+        (out_dir / "images").mkdir(parents=True, exist_ok=True)
+        (out_dir / "parts").mkdir(exist_ok=True)
+    except OSError as e:
+        return f"cannot create {out_dir}: {e.strerror}"
+    run = out_dir / "run.json"
+    if run.exists():
+        try:
+            old = json.loads(run.read_text())
+        except json.JSONDecodeError:
+            return f"{run} is not valid JSON; remove it or use another --out-dir"
+        diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        if diff:
+            return (f"{out_dir} holds a run with other settings ({', '.join(diff)} differ); "
+                    f"use another --out-dir or remove it")
+    else:
+        _save_json(run, settings)
+    done = []
+    for part in sorted((out_dir / "parts").glob("*.npz")):
+        try:
+            with np.load(part) as z:
+                ids = np.asarray(z["ids"])
+                if z["tokens"].shape != (ids.size, settings["image_tokens"]):
+                    raise ValueError("tokens shape")
+            done.append(ids)
+        except Exception:  # a damaged part: its items are simply generated again
+            print(f"sjd-jax: ignoring unreadable {part}", file=sys.stderr)
+            part.unlink()
+    return np.unique(np.concatenate(done)) if done else np.zeros((0,), np.int64)
+
+
+def _agree_on_done(out_dir: Path, settings: dict, total: int) -> np.ndarray:
+    """Done mask ``[total]`` as process 0 sees it, on every process (or the same error everywhere)."""
+    status = np.zeros((total + 1,), np.int32)
+    msg = None
+    if dist.is_writer():
+        res = _prepare_dir(out_dir, settings)
+        if isinstance(res, str):
+            msg, status[0] = res, 1
+        else:
+            ids = res[res < total]
+            status[1 + ids] = 1
+    status = dist.broadcast(status)
+    if status[0]:
+        raise ValueError(msg or "process 0 refused the output directory (see its error)")
+    return status[1:].astype(bool)
+
+
+def run(bundle, out_dir, *, classes, n_per_class: int, seed: int, method: str, kind: str, window: int,
+        knobs: dict, drafting: dict, settings_extra: dict, batch_per_device: int, mesh, png: bool = True,
+        quiet: bool = False) -> dict:
+    """Generate ``n_per_class * len(classes)`` items into ``out_dir``; returns the stats dict."""
+    from tqdm import tqdm
+
+    from .imaging import save_png
+    from .sampling import generate
+    from .sampling.loop import acceptance_stats
+    from .sharding import mesh_shape
+    from .vq import decode_tokens, to_uint8
+
+    out_dir = Path(out_dir)
+    c = bundle.gpt_config
+    N = c.num_image_tokens
+    classes = [int(x) for x in classes]
+    total = n_per_class * len(classes)
+    labels = np.asarray(classes, np.int32)[np.arange(total) % len(classes)]
+    settings = {"format": FORMAT, "classes": classes, "n_per_class": n_per_class, "seed": seed,
+                "method": method, "window": window, "image_tokens": N, "png": png, **settings_extra,
+                **{k: float(v) for k, v in knobs.items()}}
+    done = _agree_on_done(out_dir, settings, total)
+    todo = np.flatnonzero(~done)
+    G = batch_per_device * mesh_shape(mesh)["data"]
+    chunks = [todo[i:i + G] for i in range(0, todo.size, G)]
+    writer = dist.is_writer()
+    decode = jax.jit(lambda p, t: decode_tokens(p, bundle.vq_config, t, c.grid_size))
+    crop = bundle.preset.crop
+
+    def launch(ids):
+        padded = np.resize(ids, G)  # same shape every chunk; duplicate rows are dropped afterwards
+        return generate(bundle.gpt_params, c, jnp.asarray(labels[padded]), seed, example_ids=padded,
+                        method=kind, window=window, mesh=mesh, **knobs, **drafting)
+
+    def finish(ids, out):
+        k = ids.size
+        tokens, nfe, committed = (dist.gather(x)[:k] for x in (out.tokens, out.nfe, out.committed))
+        if writer:
+            if png:
+                images = to_uint8(decode(bundle.vq_params, jnp.asarray(tokens)))
+                if crop:
+                    p = (images.shape[1] - crop) // 2
+                    images = images[:, p:p + crop, p:p + crop]
+                for i, img in zip(ids, images):
+                    save_png(img, out_dir / "images" / f"{i:06d}.png")
+            _save_npz(out_dir / "parts" / f"{ids[0]:06d}-{ids[-1]:06d}.npz", ids=ids, tokens=tokens,
+                      nfe=nfe, committed=committed)
+        return nfe
+
+    t0 = time.perf_counter()
+    gen_tokens = gen_forwards = 0
+    with tqdm(total=total, initial=int(done.sum()), desc=f"{method} batch", unit="img", file=sys.stderr,
+              disable=quiet or not writer) as bar:
+        pending = None
+        for ids in chunks + [None]:
+            nxt = (ids, launch(ids)) if ids is not None else None  # dispatch before writing the last
+            if pending is not None:
+                nfe = finish(*pending)
+                gen_tokens += pending[0].size * N
+                gen_forwards += int(nfe.sum())
+                el = time.perf_counter() - t0
+                bar.update(pending[0].size)
+                bar.set_postfix(tok_s=f"{gen_tokens / el:.0f}", tok_per_fwd=f"{gen_tokens / max(gen_forwards, 1):.2f}",
+                                refresh=False)
+            pending = nxt
+    wall = time.perf_counter() - t0
+    stats = {"items": total, "generated_this_run": int(todo.size), "skipped_done": int(done.sum()),
+             "global_batch": G, "mesh": mesh_shape(mesh), "processes": jax.process_count(),
+             "devices": jax.device_count(), "wall_s": round(wall, 3),
+             "images_per_s": round(todo.size / wall, 3) if todo.size else None, **settings}
+    if writer:
+        parts = sorted((out_dir / "parts").glob("*.npz"))
+        tokens = np.full((total, N), -1, np.int32)
+        nfe = np.zeros((total,), np.int64)
+        committed = np.zeros((total, N), np.int32)
+        for part in parts:
+            with np.load(part) as z:
+                keep = z["ids"] < total
+                tokens[z["ids"][keep]], nfe[z["ids"][keep]] = z["tokens"][keep], z["nfe"][keep]
+                committed[z["ids"][keep]] = z["committed"][keep]
+        missing = int((tokens[:, 0] < 0).sum())
+        if missing:
+            raise RuntimeError(f"{missing} items have no tokens after the run (parts/ was changed meanwhile?)")
+        _save_npy(out_dir / "tokens.npy", tokens)
+        _save_npy(out_dir / "labels.npy", labels)
+        stats.update(acceptance_stats(nfe, committed, N, window))
+        _save_json(out_dir / "stats.json", stats)
+    return stats
