@@ -8,6 +8,8 @@ COMMANDS = {  # name -> (module, function)
     "generate": ("sjd_jax.generate_cli", "main"),
     "eval": ("sjd_jax.evaluate", "main"),
     "bench": ("sjd_jax.bench", "main"),
+    "bench-mesh": ("sjd_jax.bench_mesh", "main"),
+    "shard-plan": ("sjd_jax.shard_plan", "main"),
     "convert": ("convert.cli", "main"),
     "train-vq": ("sjd_jax.fashion", "main_train_vq"),
     "train-ar": ("sjd_jax.fashion", "main_train_ar"),
@@ -22,6 +24,8 @@ def main(argv=None) -> int:
               "  generate  sample a class grid from the bundled fashion-mnist model (PNG)\n"
               "  eval      quality metrics of the bundled model: PSNR, NLL, class accuracy, Frechet distance\n"
               "  bench     AR vs Jacobi-family samplers: NFE, wall time, compile time (JSON)\n"
+              "  bench-mesh  throughput of batch generation on device meshes vs one device (JSON)\n"
+              "  shard-plan  per-device memory of params, KV cache and state on a planned mesh (JSON)\n"
               "  convert   PyTorch/safetensors checkpoints -> sjd-jax checkpoint directories\n"
               "  train-vq  train the Fashion-MNIST VQ tokenizer\n"
               "  train-ar  train the Fashion-MNIST class-conditional GPT over its tokens\n"

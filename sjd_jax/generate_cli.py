@@ -97,7 +97,12 @@ def _devices(args):
     if args.cpu_devices is not None:
         if args.cpu_devices < 1:
             raise ValueError(f"--cpu-devices must be >= 1, got {args.cpu_devices}")
-        jax.config.update("jax_num_cpu_devices", args.cpu_devices)
+        try:
+            jax.config.update("jax_num_cpu_devices", args.cpu_devices)
+        except RuntimeError:  # backend already up (called in-process): fine if it has that many
+            if jax.device_count() != args.cpu_devices:
+                raise ValueError(f"--cpu-devices {args.cpu_devices}: JAX already started with "
+                                 f"{jax.device_count()} devices in this process") from None
     distributed.maybe_initialize(args.distributed)
     if args.mesh is None and args.out_dir is None:
         return None

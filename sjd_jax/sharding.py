@@ -60,8 +60,8 @@ _WARNED: set = set()
 def parse_mesh(text: str | None, n_devices: int) -> dict[str, int]:
     """``"data=D,model=M"`` -> ``{"data": D, "model": M}``; ``None``: all devices on data.
 
-    One axis may be ``-1`` (or omitted): it takes the devices left. The product must equal
-    ``n_devices``."""
+    One axis may be ``-1`` (or omitted): it takes the devices left. Explicit sizes may use fewer
+    than ``n_devices`` (the mesh then takes the first ones), never more."""
     shape = {"data": -1, "model": 1}
     if text:
         seen = set()
@@ -86,7 +86,7 @@ def parse_mesh(text: str | None, n_devices: int) -> dict[str, int]:
         if n_devices % fixed:
             raise ValueError(f"--mesh {text!r}: {n_devices} devices are not divisible by {fixed}")
         shape[free[0]] = n_devices // fixed
-    if math.prod(shape.values()) != n_devices:
+    if math.prod(shape.values()) > n_devices:
         raise ValueError(f"--mesh {text!r} needs {math.prod(shape.values())} devices, "
                          f"but {n_devices} are available")
     return shape
@@ -100,6 +100,10 @@ def make_mesh(shape: dict[str, int] | str | None = None, devices=None) -> jax.sh
     if not isinstance(shape, dict):
         shape = parse_mesh(shape, len(devices))
     sizes = tuple(shape[a] for a in MESH_AXES)
+    if math.prod(sizes) < len(devices):
+        if jax.process_count() > 1:
+            raise ValueError(f"a multi-host mesh must use all {len(devices)} devices, got {shape}")
+        devices = devices[:math.prod(sizes)]
     auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
     if len(devices) == jax.device_count() and devices == list(jax.devices()):
         return jax.make_mesh(sizes, MESH_AXES, axis_types=auto)

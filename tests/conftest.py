@@ -2,8 +2,13 @@ import gc
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# 8 CPU devices for the mesh tests (tests/test_sharding.py); everything else runs on device 0.
+os.environ.setdefault("JAX_NUM_CPU_DEVICES", "8")
 
+import jax  # noqa: E402
 import pytest  # noqa: E402
+
+jax.config.update("jax_num_cpu_devices", int(os.environ["JAX_NUM_CPU_DEVICES"]))
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -1,0 +1,143 @@
+"""``sjd-jax bench-mesh``: batch-generation throughput on device meshes vs one device (JSON).
+
+Every mesh generates the same items (item i: class ``i mod classes``, example id i) in chunks of
+``--batch-per-device`` rows per data shard, after one warm-up chunk (compile). Each row reports
+images/s, the speed-up over the first mesh, and whether its tokens equal the first mesh's (they
+must: keys are per example). On a CPU, ``--cpu-devices`` splits the cores into fake devices: that
+shows the shape of the scaling and the sharding overheads, not accelerator numbers.
+
+example:
+  sjd-jax bench-mesh --cpu-devices 8 --meshes "data=1;data=2;data=4;data=8;data=4,model=2;data=2,model=4"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+
+def run_mesh(bundle_name: str, shape: dict, method: str, window: int, images: int, bpd: int, seed: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    from . import presets, sharding
+    from .sampling import generate, recipes
+    from .sampling.loop import acceptance_stats
+
+    n = shape["data"] * shape["model"]
+    mesh = sharding.make_mesh(shape, devices=jax.devices()[:n])
+    bundle = presets.load(bundle_name, mesh=mesh)
+    c = bundle.gpt_config
+    kw = recipes.recipe(method, window)
+    kind = kw.pop("method")
+    kw.pop("lantern", None)
+    knobs = bundle.preset.knobs()
+    G = bpd * shape["data"]
+    ids = np.arange(images)
+    chunks = [np.resize(ids[i:i + G], G) for i in range(0, images, G)]
+
+    def go(chunk):
+        labels = jnp.asarray(chunk % c.num_classes, jnp.int32)
+        return generate(bundle.gpt_params, c, labels, seed, example_ids=chunk, method=kind,
+                        window=window if kind != "ar" else 1, mesh=mesh, **knobs, **kw)
+
+    t0 = time.perf_counter()
+    jax.block_until_ready(go(chunks[0]).tokens)  # compile + first-call costs
+    warm = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    outs = [go(ch) for ch in chunks]
+    jax.block_until_ready([o.tokens for o in outs])
+    wall = time.perf_counter() - t0
+    tokens = np.concatenate([np.asarray(o.tokens) for o in outs])[:images]
+    nfe = np.concatenate([np.asarray(o.nfe) for o in outs])[:images]
+    committed = np.concatenate([np.asarray(o.committed) for o in outs])[:images]
+    st = acceptance_stats(nfe, committed, c.num_image_tokens, window)
+    return {"mesh": shape, "devices": n, "global_batch": G, "chunks": len(chunks), "images": images,
+            "warmup_s": round(warm, 3), "wall_s": round(wall, 3), "images_per_s": images / wall,
+            "step_compression": st["step_compression"], "_tokens": tokens}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="sjd-jax bench-mesh", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="fashion-mnist", help="bundled model")
+    ap.add_argument("--meshes", default="data=1;data=8",
+                    help="semicolon-separated meshes data=D[,model=M]; the first is the baseline")
+    ap.add_argument("--method", default="sjd", help="a lossless recipe (default sjd) or ar")
+    ap.add_argument("--window", type=int, default=16)
+    ap.add_argument("--images", type=int, default=64, help="images per mesh")
+    ap.add_argument("--batch-per-device", type=int, default=4, help="rows per data shard per chunk")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cpu-devices", type=int, default=None, help="split the CPU into this many devices")
+    ap.add_argument("--out", default="bench-mesh.json")
+    args = ap.parse_args(argv)
+    import jax
+
+    from . import presets, sharding
+    from .sampling import recipes
+
+    try:
+        if args.cpu_devices is not None:
+            if args.cpu_devices < 1:
+                raise ValueError("--cpu-devices must be >= 1")
+            try:
+                jax.config.update("jax_num_cpu_devices", args.cpu_devices)
+            except RuntimeError:  # backend already up (called in-process)
+                if jax.device_count() < args.cpu_devices:
+                    raise ValueError(f"--cpu-devices {args.cpu_devices}: JAX already started with "
+                                     f"{jax.device_count()} devices") from None
+        presets.get(args.model)
+        if args.method not in recipes.LOSSLESS and args.method != "ar":
+            raise ValueError(f"--method must be ar or a lossless recipe ({', '.join(recipes.LOSSLESS)})")
+        recipes.recipe(args.method, args.window)
+        if args.images < 1 or args.batch_per_device < 1:
+            raise ValueError("--images and --batch-per-device must be >= 1")
+        shapes = []
+        for text in args.meshes.split(";"):
+            sizes = {"data": 1, "model": 1}
+            for part in text.split(","):
+                name, _, val = part.partition("=")
+                if name.strip() not in sizes or not val.strip().isdigit() or int(val) < 1:
+                    raise ValueError(f"bad mesh {text!r}: expected data=D[,model=M]")
+                sizes[name.strip()] = int(val)
+            if sizes["data"] * sizes["model"] > jax.device_count():
+                raise ValueError(f"mesh {text!r} needs {sizes['data'] * sizes['model']} devices; "
+                                 f"{jax.device_count()} available (--cpu-devices N on a CPU)")
+            shapes.append(sizes)
+    except ValueError as e:
+        print(f"sjd-jax bench-mesh: error: {e}", file=sys.stderr)
+        return 2
+    rows = []
+    base = None
+    for shape in shapes:
+        r = run_mesh(args.model, shape, args.method, args.window, args.images, args.batch_per_device, args.seed)
+        jax.clear_caches()
+        tokens = r.pop("_tokens")
+        if base is None:
+            base = (tokens, r["images_per_s"])
+        r["tokens_equal_baseline"] = bool(np.array_equal(tokens, base[0]))
+        r["speedup_vs_baseline"] = r["images_per_s"] / base[1]
+        rows.append(r)
+        print(f"  mesh {shape}: {r['images_per_s']:.2f} images/s (x{r['speedup_vs_baseline']:.2f}), "
+              f"global batch {r['global_batch']}, tokens equal: {r['tokens_equal_baseline']}",
+              file=sys.stderr, flush=True)
+    report = {"model": args.model, "method": args.method, "window": args.window, "images": args.images,
+              "batch_per_device": args.batch_per_device,
+              "env": {"jax": jax.__version__, "backend": jax.default_backend(), "devices": jax.device_count(),
+                      "device": str(jax.devices()[0].device_kind), "cpus": os.cpu_count()},
+              "sharding_rules": sharding.RULES, "results": rows}
+    tmp = args.out + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(report, f, indent=1)
+    os.replace(tmp, args.out)
+    print(json.dumps(rows, indent=1))
+    return 0 if all(r["tokens_equal_baseline"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
