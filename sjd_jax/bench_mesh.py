@@ -72,6 +72,8 @@ def main(argv=None) -> int:
     ap.add_argument("--window", type=int, default=16)
     ap.add_argument("--images", type=int, default=64, help="images per mesh")
     ap.add_argument("--batch-per-device", type=int, default=4, help="rows per data shard per chunk")
+    ap.add_argument("--global-batch", type=int, default=None,
+                    help="fix the chunk size instead (rows per data shard = this / data size)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cpu-devices", type=int, default=None, help="split the CPU into this many devices")
     ap.add_argument("--out", default="bench-mesh.json")
@@ -108,6 +110,8 @@ def main(argv=None) -> int:
             if sizes["data"] * sizes["model"] > jax.device_count():
                 raise ValueError(f"mesh {text!r} needs {sizes['data'] * sizes['model']} devices; "
                                  f"{jax.device_count()} available (--cpu-devices N on a CPU)")
+            if args.global_batch is not None and (args.global_batch < 1 or args.global_batch % sizes["data"]):
+                raise ValueError(f"--global-batch {args.global_batch} is not a positive multiple of data={sizes['data']}")
             shapes.append(sizes)
     except ValueError as e:
         print(f"sjd-jax bench-mesh: error: {e}", file=sys.stderr)
@@ -115,7 +119,8 @@ def main(argv=None) -> int:
     rows = []
     base = None
     for shape in shapes:
-        r = run_mesh(args.model, shape, args.method, args.window, args.images, args.batch_per_device, args.seed)
+        bpd = args.batch_per_device if args.global_batch is None else args.global_batch // shape["data"]
+        r = run_mesh(args.model, shape, args.method, args.window, args.images, bpd, args.seed)
         jax.clear_caches()
         tokens = r.pop("_tokens")
         if base is None:
@@ -127,7 +132,8 @@ def main(argv=None) -> int:
               f"global batch {r['global_batch']}, tokens equal: {r['tokens_equal_baseline']}",
               file=sys.stderr, flush=True)
     report = {"model": args.model, "method": args.method, "window": args.window, "images": args.images,
-              "batch_per_device": args.batch_per_device,
+              "batch_per_device": args.batch_per_device if args.global_batch is None else None,
+              "global_batch": args.global_batch,
               "env": {"jax": jax.__version__, "backend": jax.default_backend(), "devices": jax.device_count(),
                       "device": str(jax.devices()[0].device_kind), "cpus": os.cpu_count()},
               "sharding_rules": sharding.RULES, "results": rows}

@@ -331,3 +331,21 @@ def test_two_processes_only_rank0_writes_and_tokens_match(tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "rank0" / "tokens.npy"), np.load(ref_dir / "tokens.npy"))
     st = json.loads((tmp_path / "rank0" / "stats.json").read_text())
     assert st["processes"] == 2 and st["devices"] == 4
+
+
+def test_bench_mesh_cli(tmp_path, capsys):
+    from sjd_jax.bench_mesh import main
+
+    out = tmp_path / "bm.json"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["--images", "3", "--global-batch", "2", "--window", "8", "--meshes", "data=1;data=2",
+                     "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert [r["mesh"] for r in rows] == [{"data": 1, "model": 1}, {"data": 2, "model": 1}]
+    assert all(r["tokens_equal_baseline"] and r["global_batch"] == 2 and r["chunks"] == 2 for r in rows)
+    assert rows[0]["speedup_vs_baseline"] == 1.0 and rows[1]["images_per_s"] > 0
+    capsys.readouterr()
+    assert main(["--meshes", "data=16", "--out", str(out)]) == 2
+    assert "needs 16 devices; 8 available" in capsys.readouterr().err
+    assert main(["--meshes", "data=4", "--global-batch", "6", "--out", str(out)]) == 2

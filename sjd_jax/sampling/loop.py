@@ -207,8 +207,8 @@ def _build(spec: SamplerSpec, params, rows, knobs, neighbours):
     temperature = jnp.where(spec.method == "jacobi", 0.0, knobs["temperature"])
     R = gw + Wc if spec.init == "vertical-sample" else 1
 
-    def double(x):  # each row's CFG twin right after it: rows [b cond, b uncond] (a row's two
-        return jnp.repeat(x, 2, axis=0) if spec.cfg else x  # copies stay on its data shard)
+    def double(x):  # CFG rows: each row's unconditional twin right after it ([b cond, b uncond]),
+        return jnp.repeat(x, 2, axis=0) if spec.cfg else x  # so both stay on the row's data shard
 
     def probs(logits):  # logits: [B or 2B, T, V] -> p [B, T, V]
         if spec.cfg:
