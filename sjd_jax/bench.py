@@ -32,7 +32,7 @@ from .cache import init_cache
 from .config import GPTConfig
 from .model import init_params, param_count, split_cond
 from .sampling import keys as K
-from .sampling.loop import SamplerSpec, acceptance_stats, compile_generate, make_knobs
+from .sampling.loop import SamplerSpec, _generate_jit, acceptance_stats, make_knobs
 from .sampling.recipes import LOSSLESS, RECIPES, recipe
 from .validate import INITS, check_drafting, check_sampling
 
@@ -66,8 +66,6 @@ def _spec_and_args(config, name, window, init, lantern):
 
 
 def _memory(compiled) -> dict:
-    """XLA's memory analysis of the sampling loop executable (its arguments include the donated
-    sampler state: KV cache, drafts and their q)."""
     try:
         m = compiled.memory_analysis()
         return {"xla_temp_mb": m.temp_size_in_bytes / 2**20, "xla_args_mb": m.argument_size_in_bytes / 2**20,
@@ -93,7 +91,7 @@ def run_one(params, config: GPTConfig, method: str, window: int, batch: int, kno
         return cond, prefix_mask, K.row_keys(K.as_key(seed), jnp.asarray(chunk, jnp.uint32))
 
     t0 = time.perf_counter()
-    compiled, _, loop_exe = compile_generate(spec, params, *args(chunks[0]), kn, neighbours)
+    compiled = _generate_jit.lower(spec, params, *args(chunks[0]), kn, neighbours).compile()
     compile_s = time.perf_counter() - t0
     inputs = [args(ch) for ch in chunks]
     jax.block_until_ready(compiled(params, *inputs[0], kn, neighbours))  # warm-up: first-call costs
@@ -116,7 +114,7 @@ def run_one(params, config: GPTConfig, method: str, window: int, batch: int, kno
         **acceptance_stats(nfe, committed, config.num_image_tokens, W),
         "branch_hits_per_image": float(hits.mean()),
         "compile_s": compile_s, "wall_s": min(times), "wall_s_per_image": min(times) / images,
-        **_memory(loop_exe),
+        **_memory(compiled),
     }
 
 

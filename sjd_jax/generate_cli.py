@@ -80,6 +80,13 @@ def _writable(path: Path) -> None:
         raise ValueError(f"cannot write {path}: {e.strerror}") from e
 
 
+def _write_json(path: Path, obj) -> None:
+    """Temp file, then rename: never a half-written stats file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
 def stats_of(out, N: int, window: int) -> dict:
     from .sampling.loop import acceptance_stats
 
@@ -104,8 +111,12 @@ def _devices(args):
                 raise ValueError(f"--cpu-devices {args.cpu_devices}: JAX already started with "
                                  f"{jax.device_count()} devices in this process") from None
     distributed.maybe_initialize(args.distributed)
-    if args.mesh is None and args.out_dir is None:
-        return None
+    if args.mesh is None and jax.process_count() == 1 and (
+            jax.device_count() == 1 or (jax.default_backend() == "cpu" and args.cpu_devices is None)):
+        # one device: no mesh for the grid, a 1-device mesh for batch mode. (Fake CPU devices share
+        # the cores one device already uses: 8 of them gained 1.12x at a fixed batch; opt in with
+        # --mesh or --cpu-devices.)
+        return None if args.out_dir is None else sharding.make_mesh({"data": 1, "model": 1})
     return sharding.make_mesh(sharding.parse_mesh(args.mesh, jax.device_count()))
 
 
@@ -136,9 +147,11 @@ def main(argv=None) -> int:
         if args.n < 1:
             raise ValueError(f"--n must be >= 1, got {args.n}")
         out_path = args.out or Path(f"{args.model}.png")
-        if args.out_dir is None:
+        from .distributed import is_writer
+
+        if args.out_dir is None and is_writer():  # only process 0 writes (probes included)
             _writable(out_path)
-        if args.stats_json is not None:
+        if args.stats_json is not None and is_writer():
             _writable(args.stats_json)
         recipes.recipe(method, window)
         bundle = presets.load(args.model, mesh=mesh)
@@ -158,6 +171,7 @@ def main(argv=None) -> int:
     import jax.numpy as jnp
     from tqdm import tqdm
 
+    from . import distributed
     from .imaging import grid, save_png
     from .sampling import generate
     from .vq import decode_tokens, to_uint8
@@ -175,7 +189,12 @@ def main(argv=None) -> int:
 
         out = generate(bundle.gpt_params, c, jnp.asarray(labels), args.seed, method=kind, window=window,
                        progress=None if args.quiet else progress, mesh=mesh, **knobs, **drafting)
-        tokens = np.asarray(out.tokens)
+        # global arrays -> host arrays on every process (multi-host safe); only process 0 writes
+        out = out.replace(**{f: distributed.gather(getattr(out, f))
+                             for f in ("tokens", "nfe", "committed", "branch_hits")})
+        tokens = out.tokens
+    if not distributed.is_writer():
+        return 0
     images = to_uint8(decode_tokens(bundle.vq_params, bundle.vq_config, jnp.asarray(tokens), c.grid_size))
     wall = time.perf_counter() - t0
     if preset.crop:
@@ -188,9 +207,7 @@ def main(argv=None) -> int:
               drafting=recipes.describe(drafting, args), seed=args.seed,
               classes=classes, n_per_class=args.n, wall_s=round(wall, 2), **knobs, png=str(out_path))
     if args.stats_json is not None:
-        tmp = args.stats_json.with_name(f".{args.stats_json.name}.tmp")
-        tmp.write_text(json.dumps(st, indent=1))
-        os.replace(tmp, args.stats_json)
+        _write_json(args.stats_json, st)
     print(f"wrote {out_path}: {B} images ({args.n} per class x {len(classes)} classes), {method} "
           f"W={st['window']}: mean NFE {st['nfe_mean']:.1f} per image vs {N} AR steps "
           f"-> step compression {st['step_compression']:.2f}x, {st['mean_accepted_per_iteration']:.2f} "
@@ -212,9 +229,7 @@ def _batch(args, bundle, method, kind, window, classes, knobs, drafting, bpd, me
         return 2
     if distributed.is_writer():
         if args.stats_json is not None:
-            tmp = args.stats_json.with_name(f".{args.stats_json.name}.tmp")
-            tmp.write_text(json.dumps(st, indent=1))
-            os.replace(tmp, args.stats_json)
+            _write_json(args.stats_json, st)
         print(f"wrote {args.out_dir}: {st['items']} items ({st['generated_this_run']} generated now, "
               f"{st['skipped_done']} already done) on {st['devices']} devices, mesh {st['mesh']}, global batch "
               f"{st['global_batch']}; {method} W={window}: step compression {st['step_compression']:.2f}x; "

@@ -117,7 +117,7 @@ def test_parse_mesh_and_fallback():
 
 RUNS = {  # method -> (generate kwargs, meshes); None = one device, no mesh
     "ar": (dict(method="ar"), [None, (2, 1), (8, 1), (2, 4)]),
-    "sjd": (dict(method="sjd", window=5), [None, (2, 1), (4, 1), (8, 1), (4, 2), (1, 8)]),
+    "sjd": (dict(method="sjd", window=5), [None, (2, 1), (4, 1), (8, 1), (4, 2), (1, 8)]),  # 1, 2, 4, 8 devices
     "sjd-pac-gumbel-tree": (dict(method="sjd", window=7, coupling="gumbel", tree=(2, 2), init="vertical-repeat"),
                             [None, (8, 1), (4, 2)]),
 }
@@ -166,9 +166,10 @@ def test_sampler_state_shardings_and_donation(models):
     # donated state: the loop's output state aliases its input (the cache is updated in place);
     # XLA reports the per-device SPMD program
     assert exe.memory_analysis().alias_size_in_bytes >= cache_bytes
-    out = loop(args[0], state, args[3], args[4], None)
+    final, out = loop(args[0], state, args[3], args[4], None)
     assert state.cache.k[0].is_deleted()  # donated
-    assert out.cache.k[0].sharding.spec == P("data", None, "model")
+    assert final.cache.k[0].sharding.spec == P("data", None, "model")
+    assert out.tokens.sharding.spec == P("data") and out.tokens.shape == (B, config.num_image_tokens)
 
 
 def test_checkpoint_restores_straight_into_shardings(tmp_path, models):
@@ -234,7 +235,18 @@ def _cli(args):
 BATCH = ["--class", "2", "7", "--n", "3", "--quiet", "--window", "8", "--method", "sjd"]
 
 
-def test_batch_generation_resumes_and_equals_the_grid(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def grid_tokens():
+    """The BATCH items as one grid on one device: item i = class [2, 7][i % 2], example id i."""
+    from sjd_jax import presets
+
+    b = presets.load("fashion-mnist")
+    out = generate(b.gpt_params, b.gpt_config, jnp.asarray([2, 7, 2, 7, 2, 7], jnp.int32), 0, method="sjd",
+                   window=8, **b.preset.knobs())
+    return np.asarray(out.tokens)
+
+
+def test_batch_generation_resumes_and_equals_the_grid(tmp_path, capsys, grid_tokens):
     out = tmp_path / "run"
     assert _cli(BATCH + ["--out-dir", str(out), "--batch-per-device", "1", "--mesh", "data=2,model=1"]) == 0
     tokens = np.load(out / "tokens.npy")
@@ -244,13 +256,7 @@ def test_batch_generation_resumes_and_equals_the_grid(tmp_path, capsys):
     parts = sorted((out / "parts").iterdir())
     assert [p.name for p in parts] == ["000000-000001.npz", "000002-000003.npz", "000004-000005.npz"]
 
-    # the same items as the grid (one device, one batch): item i = class classes[i % 2], example id i
-    from sjd_jax import presets
-
-    b = presets.load("fashion-mnist")
-    grid = generate(b.gpt_params, b.gpt_config, jnp.asarray([2, 7, 2, 7, 2, 7], jnp.int32), 0, method="sjd",
-                    window=8, **b.preset.knobs())
-    np.testing.assert_array_equal(tokens, np.asarray(grid.tokens))
+    np.testing.assert_array_equal(tokens, grid_tokens)  # the same items as the grid, other batching
 
     # interrupted run: a chunk's part missing (its PNGs may be there or not), another part damaged
     parts[1].unlink()
@@ -310,27 +316,37 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_two_processes_only_rank0_writes_and_tokens_match(tmp_path):
-    """A real 2-process job (jax.distributed over gloo, 2 CPU devices each = 4 global devices): only
-    process 0 writes, and its tokens equal a single-process run's."""
-    ref_dir = tmp_path / "single"
-    assert _cli(BATCH + ["--out-dir", str(ref_dir), "--no-png"]) == 0
+def _two_processes(args_of_rank):
+    """Run ``sjd-jax generate`` as a real 2-process job (jax.distributed over gloo, 2 CPU devices per
+    process = 4 global devices); returns the two logs."""
     port = _free_port()
     procs = []
     for rank in range(2):
         env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="2", JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
                    JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(rank), PYTHONWARNINGS="ignore")
-        # each rank gets its own --out-dir: a directory rank 1 created or wrote would show up
-        cmd = [sys.executable, "-m", "sjd_jax.cli", "generate", *BATCH, "--no-png", "--batch-per-device", "1",
-               "--out-dir", str(tmp_path / f"rank{rank}")]
+        cmd = [sys.executable, "-m", "sjd_jax.cli", "generate", *args_of_rank(rank)]
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     logs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], logs
+    return logs
+
+
+def test_two_processes_only_rank0_writes_and_tokens_match(tmp_path, grid_tokens):
+    """Batch mode and grid mode on 2 processes: only process 0 writes, and its tokens equal a
+    single-process run's. Each rank gets its own output paths: anything rank 1 wrote would show."""
+    logs = _two_processes(lambda r: [*BATCH, "--no-png", "--batch-per-device", "1", "--out-dir", str(tmp_path / f"rank{r}")])
     assert "on 4 devices, mesh {'data': 4, 'model': 1}" in logs[0], logs[0]
     assert not (tmp_path / "rank1").exists(), "process 1 wrote files"
-    np.testing.assert_array_equal(np.load(tmp_path / "rank0" / "tokens.npy"), np.load(ref_dir / "tokens.npy"))
+    np.testing.assert_array_equal(np.load(tmp_path / "rank0" / "tokens.npy"), grid_tokens)
     st = json.loads((tmp_path / "rank0" / "stats.json").read_text())
     assert st["processes"] == 2 and st["devices"] == 4
+
+    # grid mode (6 rows over data=4: rows replicated with a warning, still one job)
+    _two_processes(lambda r: [*BATCH, "--out", str(tmp_path / f"grid{r}.png"), "--stats-json",
+                              str(tmp_path / f"grid{r}.json")])
+    assert (tmp_path / "grid0.png").is_file() and not (tmp_path / "grid1.png").exists()
+    assert not (tmp_path / "grid1.json").exists()
+    assert json.loads((tmp_path / "grid0.json").read_text())["step_compression"] == pytest.approx(st["step_compression"])
 
 
 def test_bench_mesh_cli(tmp_path, capsys):

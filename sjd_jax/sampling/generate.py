@@ -9,7 +9,7 @@ from ..config import GPTConfig
 from ..model import split_cond
 from ..validate import check_cond, check_drafting, check_sampling
 from . import keys as K
-from .loop import GenerateOutput, SamplerSpec, _generate_jit, make_knobs
+from .loop import GenerateOutput, SamplerSpec, make_knobs, run
 
 
 def _check(config, method, window, cfg_scale, temperature, top_k, top_p, cfg, coupling, init, tree, lantern):
@@ -117,14 +117,14 @@ def generate(params, config: GPTConfig, cond, key, *, method: str = "sjd", windo
         params, cond_arr, prefix_mask, rows, knobs, neighbours = _place(
             mesh, params, cond_arr, prefix_mask, rows, knobs, neighbours)
     if progress is None:
-        return _generate_jit(spec, params, cond_arr, prefix_mask, rows, knobs, neighbours)
+        return run(spec, params, cond_arr, prefix_mask, rows, knobs, neighbours)
     import jax
 
     from .loop import PROGRESS_HOOKS
 
     PROGRESS_HOOKS.append(progress)
     try:
-        return jax.block_until_ready(_generate_jit(spec, params, cond_arr, prefix_mask, rows, knobs,
+        return jax.block_until_ready(run(spec, params, cond_arr, prefix_mask, rows, knobs,
                                                    neighbours))
     finally:
         PROGRESS_HOOKS.remove(progress)

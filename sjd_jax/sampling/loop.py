@@ -459,17 +459,21 @@ def _prefill_impl(spec: SamplerSpec, params, cond, prefix_mask, rows, knobs, nei
         return _pin(prefill(cond, prefix_mask))
 
 
-def _loop_impl(spec: SamplerSpec, params, state: _State, rows, knobs, neighbours=None) -> _State:
-    """Runs the while loop; returns the final state (so the donated input state's buffers, the KV
-    cache above all, are updated in place instead of copied)."""
+def _loop_impl(spec: SamplerSpec, params, state: _State, rows, knobs, neighbours=None):
+    """Runs the while loop -> (final state, GenerateOutput). Returning the state lets a donated
+    input state's buffers (the KV cache above all) be updated in place instead of copied."""
     with shd.active(spec.mesh):
         _, body, cond_fn = _build(spec, params, _keys(rows), knobs, neighbours)
-        return _pin(jax.lax.while_loop(cond_fn, lambda s: _pin(body(s)), state))
+        s = _pin(jax.lax.while_loop(cond_fn, lambda s: _pin(body(s)), state))
+    return s, GenerateOutput(tokens=s.buf[:, :spec.config.num_image_tokens], nfe=s.nfe, iterations=s.it,
+                             committed=s.committed, branch_hits=s.branch_hits)
 
 
-def _finish_impl(N: int, s: _State) -> GenerateOutput:
-    return GenerateOutput(tokens=s.buf[:, :N], nfe=s.nfe, iterations=s.it, committed=s.committed,
-                          branch_hits=s.branch_hits)
+def _generate_impl(spec: SamplerSpec, params, cond, prefix_mask, rows, knobs, neighbours=None) -> GenerateOutput:
+    """Prefill and loop in one executable: the state never leaves it, so XLA updates the loop carry
+    in place (one device; meshes use ``sharded_jits``)."""
+    state = _prefill_impl(spec, params, cond, prefix_mask, rows, knobs, neighbours)
+    return _loop_impl(spec, params, state, rows, knobs, neighbours)[1]
 
 
 def _keys(rows):
@@ -478,39 +482,18 @@ def _keys(rows):
     return rows if jnp.issubdtype(rows.dtype, jax.dtypes.prng_key) else jax.random.wrap_key_data(rows)
 
 
-# Two executables per spec and batch shape: the prefill builds the state (cache included), the loop
-# takes it donated, so the loop updates the cache in place instead of copying it.
-_prefill_jit = jax.jit(_prefill_impl, static_argnums=0)
-_loop_jit = jax.jit(_loop_impl, static_argnums=0, donate_argnums=2)
-_finish_jit = jax.jit(_finish_impl, static_argnums=0)
+_generate_jit = jax.jit(_generate_impl, static_argnums=0)
 
 
-def _generate_jit(spec: SamplerSpec, params, cond, prefix_mask, rows, knobs, neighbours=None) -> GenerateOutput:
-    """Prefill + loop for already-validated arguments (one device, or inputs already placed)."""
-    if spec.mesh is not None:
-        prefill, loop = sharded_jits(spec, _sig(cond, prefix_mask, rows, neighbours))
-        state = prefill(params, cond, prefix_mask, rows, knobs, neighbours)
-        state = loop(params, state, rows, knobs, neighbours)
-    else:
-        state = _prefill_jit(spec, params, cond, prefix_mask, rows, knobs, neighbours)
-        state = _loop_jit(spec, params, state, rows, knobs, neighbours)
-    return _finish_jit(spec.config.num_image_tokens, state)
-
-
-def compile_generate(spec: SamplerSpec, params, cond, prefix_mask, rows, knobs, neighbours=None):
-    """Ahead-of-time compile (one device): returns ``(run, prefill_compiled, loop_compiled)`` where
-    ``run(params, cond, prefix_mask, rows, knobs, neighbours) -> GenerateOutput`` (for benchmarks:
-    compile time and XLA memory of each executable)."""
-    pre = _prefill_jit.lower(spec, params, cond, prefix_mask, rows, knobs, neighbours).compile()
-    state = jax.eval_shape(functools.partial(_prefill_impl, spec), params, cond, prefix_mask, rows, knobs,
-                           neighbours)
-    loop = _loop_jit.lower(spec, params, state, rows, knobs, neighbours).compile()
-
-    def run(params, cond, prefix_mask, rows, knobs, neighbours=None):
-        state = loop(params, pre(params, cond, prefix_mask, rows, knobs, neighbours), rows, knobs, neighbours)
-        return _finish_jit(spec.config.num_image_tokens, state)
-
-    return run, pre, loop
+def run(spec: SamplerSpec, params, cond, prefix_mask, rows, knobs, neighbours=None) -> GenerateOutput:
+    """The sampler on validated, placed arguments: one executable on one device; on a mesh the
+    prefill (creating the sharded cache and state) and the loop (taking that state donated), both
+    with explicit in/out shardings."""
+    if spec.mesh is None:
+        return _generate_jit(spec, params, cond, prefix_mask, rows, knobs, neighbours)
+    prefill, loop = sharded_jits(spec, _sig(cond, prefix_mask, rows, neighbours))
+    state = prefill(params, cond, prefix_mask, rows, knobs, neighbours)
+    return loop(params, state, rows, knobs, neighbours)[1]
 
 
 def _sig(*xs):
@@ -537,10 +520,14 @@ def sharded_jits(spec: SamplerSpec, sig):
                               None if nb_s is None else jax.ShapeDtypeStruct(*nb_s))
     state_sh = jax.tree.map(lambda x, ax: shd.named(mesh, x.shape, ax, "sampler state"), abstract,
                             _state_axes(abstract), is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
+    B, N = cond_s[0][0], spec.config.num_image_tokens
+    row = ("batch",)
+    out_sh = GenerateOutput(tokens=shd.named(mesh, (B, N), row), nfe=shd.named(mesh, (B,), row), iterations=rep,
+                            committed=shd.named(mesh, (B, N), row), branch_hits=shd.named(mesh, (B,), row))
     prefill = jax.jit(functools.partial(_prefill_impl, spec),
                       in_shardings=(params_sh, cond_sh, mask_sh, rows_sh, knobs_sh, nb_sh),
                       out_shardings=state_sh)
     loop = jax.jit(functools.partial(_loop_impl, spec),
                    in_shardings=(params_sh, state_sh, rows_sh, knobs_sh, nb_sh),
-                   out_shardings=state_sh, donate_argnums=1)
+                   out_shardings=(state_sh, out_sh), donate_argnums=1)
     return prefill, loop
