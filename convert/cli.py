@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-FAMILIES = ("llamagen-c2i", "llamagen-t2i", "llamagen-vq", "janus-pro")
+FAMILIES = ("llamagen-c2i", "llamagen-t2i", "llamagen-vq", "janus-pro", "t5-encoder")
 _CONTAINERS = ("model", "module", "state_dict")  # LlamaGen / DeepSpeed / Lightning
 _LLAMAGEN_DIM_TO_HEADS = {768: 12, 1024: 16, 1280: 20, 1536: 24, 3200: 32}
 
@@ -167,7 +167,7 @@ def hf_files(srcs: list[Path]) -> dict:
     named = {p.name: p for p in files}
     weights = [p for p in files if p.suffix in (".safetensors", ".bin", ".pt", ".pth")]
     if "config.json" not in named:
-        raise ValueError("janus-pro needs the checkpoint's config.json (give the snapshot directory)")
+        raise ValueError("HF-format checkpoints need their config.json (give the snapshot directory)")
     if not weights:
         raise ValueError("no weight files (*.safetensors / pytorch_model*.bin) given")
     index = named.get("model.safetensors.index.json") or named.get("pytorch_model.bin.index.json")
@@ -219,6 +219,28 @@ def convert_janus(srcs: list[Path], out: Path, args) -> dict:
     return params, config, n_skipped
 
 
+def convert_t5(srcs: list[Path], out: Path, args) -> dict:
+    """HF T5 / flan-T5 snapshot (config.json, safetensors shards, tokenizer.json) -> kind "t5"."""
+    import jax
+
+    from sjd_jax import checkpoint
+
+    from .t5 import skipped, t5_config, t5_params
+
+    files = hf_files(srcs)
+    config = t5_config(_read_json(files["config"]))
+    tensors = read_all(files["weights"])
+    n_skipped = sum(skipped(n) for n in tensors)
+    params = t5_params(tensors, config, to_numpy)
+    extra = {"tokenizer.json": files["tokenizer"]} if files["tokenizer"] else {}
+    checkpoint.save(out, "t5", config, params, force=args.force, extra_files=extra)
+    leaves = jax.tree.leaves(params)
+    return {"family": "t5-encoder", "out": str(out), "kind": "t5", "params": int(sum(x.size for x in leaves)),
+            "dtype": "float32", "bytes": int(sum(x.nbytes for x in leaves)), "config": config,
+            "note": f"skipped {n_skipped} decoder / lm_head tensors"
+                    + ("" if extra else "; no tokenizer.json given (pass the snapshot directory)")}
+
+
 def convert(family: str, srcs, out: Path, args) -> dict:
     import jax
     from tqdm import tqdm
@@ -234,6 +256,8 @@ def convert(family: str, srcs, out: Path, args) -> dict:
     if out.exists() and not args.force:
         raise ValueError(f"{out} exists; pass --force to overwrite it")
     srcs = [Path(s) for s in (srcs if isinstance(srcs, (list, tuple)) else [srcs])]
+    if family == "t5-encoder":
+        return convert_t5(srcs, out, args)
     if family == "janus-pro":
         params, config, n_skipped = convert_janus(srcs, out, args)
         leaves = jax.tree.leaves(params)
@@ -267,7 +291,7 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--family", required=True, help=" | ".join(FAMILIES))
     ap.add_argument("src", type=Path, nargs="+",
-                    help="checkpoint file (.pt/.pth/.bin/.safetensors); janus-pro: snapshot dir or files")
+                    help="checkpoint file (.pt/.pth/.bin/.safetensors); janus-pro, t5-encoder: snapshot dir or files")
     ap.add_argument("--out", type=Path, required=True, help="output directory")
     ap.add_argument("--image-size", type=int, default=None, help="GPT only: pixels (256/384/512)")
     ap.add_argument("--n-head", type=int, default=None, help="GPT only: heads, for non-released sizes")

@@ -1,7 +1,7 @@
 """sjd-jax checkpoints: an orbax params directory plus a small JSON config, written atomically.
 
 Layout of ``DIR``: ``config.json`` ({"format", "version", "kind", "config"}) and ``params/`` (orbax);
-kind "janus" also holds the source checkpoint's ``tokenizer.json``.
+kinds "janus" and "t5" also hold the source checkpoint's ``tokenizer.json``.
 """
 
 from __future__ import annotations
@@ -19,10 +19,14 @@ from .model import abstract_params
 from .vq import VQConfig, abstract_vq_params
 
 FORMAT, VERSION = "sjd-jax", 1
-KINDS = ("gpt", "vq", "janus")
+KINDS = ("gpt", "vq", "janus", "t5")
 
 
 def _abstract(kind: str, config):
+    if kind == "t5":
+        from .text import abstract_t5_params
+
+        return abstract_t5_params(config)
     if kind == "gpt":
         return abstract_params(config)
     if kind == "janus":
@@ -33,6 +37,10 @@ def _abstract(kind: str, config):
 
 
 def config_from_dict(kind: str, d: dict):
+    if kind == "t5":
+        from .text import T5Config
+
+        return T5Config.from_dict(d)
     if kind == "janus":
         from .janus import JanusConfig
 
@@ -112,7 +120,7 @@ def load(path, sharding=None, mesh=None):
             raise ValueError("pass sharding or mesh, not both")
         from . import sharding as shd
 
-        if meta["kind"] == "vq":
+        if meta["kind"] in ("vq", "t5"):  # run once per prompt/image: replicated
             target = jax.tree.map(lambda _: shd.replicated(mesh), shapes)
         else:
             target = shd.param_shardings(shapes, mesh)
