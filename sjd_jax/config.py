@@ -43,6 +43,9 @@ class GPTConfig:
     # Prompt-token-conditional (Janus): the condition is C text-token ids embedded by a text table of
     # this size. The unconditional CFG prompt replaces every token except `cfg_keep_ids` by `cfg_pad_id`.
     text_vocab_size: int | None = None
+    # Chameleon-style: prompt and image tokens share one vocabulary and one embedding table
+    # (``tok_embeddings``; then text_vocab_size must equal vocab_size and there is no text table)
+    shared_embeddings: bool = False
     cfg_pad_id: int = 0
     cfg_keep_ids: tuple[int, ...] = ()
     multiple_of: int = 256
@@ -68,6 +71,8 @@ class GPTConfig:
         problems = []
         if self.caption_dim is not None and self.text_vocab_size is not None:
             problems.append("set at most one of caption_dim and text_vocab_size")
+        if self.shared_embeddings and self.text_vocab_size != self.vocab_size:
+            problems.append("shared_embeddings needs text_vocab_size == vocab_size (one vocabulary)")
         if self.dim % self.n_head:
             problems.append(f"dim {self.dim} is not divisible by n_head {self.n_head}")
         if self.n_head % self.kv_heads:

@@ -148,7 +148,8 @@ class GPT(nn.Module):
                 lambda k, s: jax.random.normal(k, s) / np.sqrt(c.caption_dim),
                 (c.cls_token_num, c.caption_dim))
         elif c.cond_kind == "tokens":
-            self.text_embeddings = nn.Embed(c.text_vocab_size, c.dim, dtype=dtype, embedding_init=_init)
+            if not c.shared_embeddings:
+                self.text_embeddings = nn.Embed(c.text_vocab_size, c.dim, dtype=dtype, embedding_init=_init)
         else:
             self.cls_embedding = nn.Embed(c.num_classes + 1, c.dim, dtype=dtype, embedding_init=_init)
         self.layers = [Block(c, name=f"layers_{i}") for i in range(c.n_layer)]
@@ -166,7 +167,8 @@ class GPT(nn.Module):
         c = self.config
         if c.cond_kind == "tokens":  # Janus: null prompt = every token but BOS/BOI replaced by pad
             keep = jnp.isin(cond, jnp.asarray(c.cfg_keep_ids, jnp.int32)) if c.cfg_keep_ids else False
-            return self.text_embeddings(jnp.where(null[:, None] & ~keep, c.cfg_pad_id, cond))
+            table = self.tok_embeddings if c.shared_embeddings else self.text_embeddings
+            return table(jnp.where(null[:, None] & ~keep, c.cfg_pad_id, cond))
         if c.text_conditional:
             feats = jnp.where(null[:, None, None], self.uncond_embedding[None].astype(cond.dtype), cond)
             h = self.cap_fc1(feats.astype(jnp.dtype(c.dtype)))

@@ -1,0 +1,106 @@
+"""HF-format Chameleon checkpoints (Lumina-mGPT, Anole: ``config.json`` + safetensors shards) -> GPT.
+
+The LLM only: ``model.vqmodel.*`` (the HF VQ encoder) is skipped by name. q/k/v are fused into
+``wqkv`` per layer (at most three tensors held at a time). The q/k-norm parameters are stored
+``[num_heads | num_kv_heads, head_dim]`` by HF and ``[model_parallel_size, head_dim]`` by Lumina's
+fork: a leading dim that divides the head count is expanded with repeat_interleave, as the fork
+does at run time.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable
+
+import numpy as np
+
+from sjd_jax.config import GPTConfig
+from sjd_jax.model import abstract_params
+
+from .tree import assign
+
+_SKIPPED = (r"model\.vqmodel\..*", r"model\.rotary_emb\.inv_freq", r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
+_QKV = re.compile(r"model\.layers\.(\d+)\.self_attn\.([qkv])_proj\.weight")
+_NORM = re.compile(r"model\.layers\.(\d+)\.self_attn\.([qk])_norm\.(weight|bias)")
+_TABLE = [  # (HF name regex, sjd-jax path template, transpose)
+    (r"model\.embed_tokens\.weight", "tok_embeddings/embedding", False),
+    (r"model\.layers\.(\d+)\.self_attn\.o_proj\.weight", r"layers_\1/attention/wo/kernel", True),
+    (r"model\.layers\.(\d+)\.mlp\.gate_proj\.weight", r"layers_\1/feed_forward/w1/kernel", True),
+    (r"model\.layers\.(\d+)\.mlp\.down_proj\.weight", r"layers_\1/feed_forward/w2/kernel", True),
+    (r"model\.layers\.(\d+)\.mlp\.up_proj\.weight", r"layers_\1/feed_forward/w3/kernel", True),
+    (r"model\.layers\.(\d+)\.input_layernorm\.weight", r"layers_\1/attention_norm/weight", False),
+    (r"model\.layers\.(\d+)\.post_attention_layernorm\.weight", r"layers_\1/ffn_norm/weight", False),
+    (r"model\.norm\.weight", "norm/weight", False),
+    (r"lm_head\.weight", "output/kernel", True),
+]
+
+
+def skipped(name: str) -> bool:
+    return any(re.fullmatch(p, name) for p in _SKIPPED)
+
+
+def chameleon_config(cfg: dict, grid_size, prompt_len: int) -> GPTConfig:
+    """HF ``ChameleonConfig`` dict -> GPTConfig over a ``prompt_len`` prompt and an image-token grid."""
+    for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
+        if key not in cfg:
+            raise ValueError(f"Chameleon config.json lacks {key}")
+    if cfg.get("swin_norm", False):
+        raise ValueError("swin_norm=True (Chameleon-34B's post-norm) is not supported")
+    if cfg.get("attention_bias", False) or cfg.get("mlp_bias", False):
+        raise ValueError("biased attention/MLP layers are not supported")
+    if cfg.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"unsupported hidden_act {cfg['hidden_act']!r}")
+    rope = cfg.get("rope_parameters") or {}
+    if (rope.get("rope_type") or "default") != "default" or cfg.get("rope_scaling"):
+        raise ValueError(f"rope scaling is not supported ({rope or cfg.get('rope_scaling')})")
+    theta = float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0)))
+    n_head = int(cfg["num_attention_heads"])
+    kv = int(cfg.get("num_key_value_heads") or n_head)
+    V = int(cfg["vocab_size"])
+    return GPTConfig(vocab_size=V, text_vocab_size=V, shared_embeddings=True, grid_size=grid_size,
+                     dim=int(cfg["hidden_size"]), n_layer=int(cfg["num_hidden_layers"]), n_head=n_head,
+                     n_kv_head=None if kv == n_head else kv, intermediate_size=int(cfg["intermediate_size"]),
+                     cls_token_num=prompt_len, norm_eps=float(cfg.get("rms_norm_eps", 1e-5)),
+                     rope_theta=theta, rope_type="1d", rope_interleaved=False, qk_norm=True)
+
+
+def _expand_norm(arr: np.ndarray, heads: int, name: str) -> np.ndarray:
+    if arr.ndim != 2 or heads % arr.shape[0]:
+        raise ValueError(f"{name}: shape {arr.shape} does not expand to {heads} heads")
+    return np.repeat(arr, heads // arr.shape[0], axis=0)  # torch repeat_interleave on dim 0
+
+
+def _items(items: Iterable, config: GPTConfig):
+    qkv: dict[int, dict[str, np.ndarray]] = {}
+    for name, arr in items:
+        if m := _QKV.fullmatch(name):
+            parts = qkv.setdefault(int(m.group(1)), {})
+            parts[m.group(2)] = arr
+            if len(parts) == 3:
+                del qkv[int(m.group(1))]
+                yield name, (f"layers_{m.group(1)}/attention/wqkv/kernel",
+                             np.concatenate([parts["q"], parts["k"], parts["v"]], 0).T)
+            continue
+        if m := _NORM.fullmatch(name):
+            heads = config.n_head if m.group(2) == "q" else config.kv_heads
+            field = "scale" if m.group(3) == "weight" else "bias"
+            yield name, (f"layers_{m.group(1)}/attention/{m.group(2)}_norm/{field}", _expand_norm(arr, heads, name))
+            continue
+        for pat, tmpl, t in _TABLE:
+            if m := re.fullmatch(pat, name):
+                yield name, (m.expand(tmpl), arr.T if t else arr)
+                break
+        else:
+            yield name, ("<unknown>", arr)
+    if qkv:
+        raise ValueError(f"layers {sorted(qkv)} are missing some of q_proj/k_proj/v_proj")
+
+
+def chameleon_params(tensors: dict, config: GPTConfig, to_numpy) -> dict:
+    """Lazy ``{HF name: tensor}`` -> ``{"params": ...}`` for ``config`` (strict)."""
+    names = [n for n in tensors if not skipped(n)]
+    stream = ((n, to_numpy(tensors[n])) for n in names)
+    return {"params": assign(_items(stream, config), abstract_params(config)["params"],
+                             lambda name, pair: ((tuple(pair[0].split("/")), pair[1]) if pair[0] != "<unknown>"
+                                                 else (("<unknown>", name), pair[1])),
+                             "Chameleon LLM")}
