@@ -38,6 +38,14 @@ def janus_to_llamagen_key(key: str) -> str:
     return key
 
 
+def taming_to_llamagen_key(key: str, levels: int) -> str:
+    """taming-transformers names (Chameleon's VQGAN) -> LlamaGen names. taming's ``decoder.up[I]``
+    is resolution level I (0 = full resolution), run in reverse; LlamaGen's decoder blocks count
+    from the lowest resolution."""
+    key = re.sub(r"^decoder\.up\.(\d+)\.", lambda m: f"decoder.up.{levels - 1 - int(m.group(1))}.", key)
+    return janus_to_llamagen_key(key)
+
+
 def flax_path(key: str) -> tuple[str, ...]:
     """LlamaGen key -> path in the sjd-jax VQ params (leaf name fixed up by tensor rank later)."""
     if key == "quantize.embedding.weight":
@@ -58,12 +66,17 @@ def _transform(path: tuple[str, ...], x: np.ndarray) -> tuple[tuple[str, ...], n
     return path, x
 
 
-def vq_params_from_state_dict(state_dict: dict, config: VQConfig, janus_names: bool = False):
-    """``{name: array}`` (LlamaGen or, with ``janus_names``, HF Janus names) -> ``{"params": ...}``."""
+def vq_params_from_state_dict(state_dict: dict, config: VQConfig, janus_names: bool = False,
+                              taming_names: bool = False):
+    """``{name: array}`` (LlamaGen; HF Janus names with ``janus_names``; taming / Chameleon VQGAN
+    names with ``taming_names``, whose ``loss.*`` discriminator tensors are skipped) -> ``{"params": ...}``."""
     target = abstract_vq_params(config)["params"]
 
     def to_path(name, arr):
-        key = janus_to_llamagen_key(name) if janus_names else name
+        if taming_names and name.startswith("loss."):
+            return None, arr
+        key = (taming_to_llamagen_key(name, len(config.ch_mult)) if taming_names
+               else janus_to_llamagen_key(name) if janus_names else name)
         return (None, arr) if key in IGNORED else _transform(flax_path(key), arr)
 
     items = state_dict.items() if isinstance(state_dict, dict) else state_dict

@@ -29,13 +29,25 @@ class VQConfig:
     out_channels: int = 3
     norm_groups: int = 32
     codebook_l2_norm: bool = True
+    # Resolution levels with attention blocks (0 = full resolution, the encoder's first level), in
+    # encoder and decoder alike. None: LlamaGen's layout, the lowest resolution only. taming /
+    # Chameleon's VQGAN with ``attn_resolutions: []``: () (attention only in the middle blocks).
+    attn_levels: tuple[int, ...] | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "ch_mult", tuple(int(m) for m in self.ch_mult))
+        if self.attn_levels is not None:
+            object.__setattr__(self, "attn_levels", tuple(int(i) for i in self.attn_levels))
+            if any(not 0 <= i < len(self.ch_mult) for i in self.attn_levels):
+                raise ValueError(f"invalid VQConfig: attn_levels {self.attn_levels} outside 0..{len(self.ch_mult) - 1}")
         bad = [self.ch * m for m in self.ch_mult if (self.ch * m) % self.norm_groups]
         if bad or self.z_channels < 1 or self.codebook_size < 2:
             raise ValueError(f"invalid VQConfig: channels {bad} not divisible by {self.norm_groups} groups"
                              if bad else "invalid VQConfig: sizes must be positive")
+
+    @property
+    def attn_at(self) -> tuple[int, ...]:
+        return (len(self.ch_mult) - 1,) if self.attn_levels is None else self.attn_levels
 
     @property
     def downsample(self) -> int:
@@ -94,7 +106,7 @@ class Encoder(nn.Module):
         for i, mult in enumerate(c.ch_mult):
             for j in range(c.num_res_blocks):
                 h = ResnetBlock(c.ch * mult, c.norm_groups, name=f"conv_blocks_{i}_res_{j}")(h)
-                if i == last:
+                if i in c.attn_at:
                     h = AttnBlock(c.norm_groups, name=f"conv_blocks_{i}_attn_{j}")(h)
             if i != last:  # pad right/bottom by one, then a VALID stride-2 conv
                 h = _conv(h.shape[-1], 3, f"conv_blocks_{i}_downsample", 2, ((0, 1), (0, 1)))(h)
@@ -120,7 +132,7 @@ class Decoder(nn.Module):
         for i in range(n):  # lowest resolution first
             for j in range(c.num_res_blocks + 1):
                 h = ResnetBlock(c.ch * c.ch_mult[n - 1 - i], c.norm_groups, name=f"conv_blocks_{i}_res_{j}")(h)
-                if i == 0:
+                if n - 1 - i in c.attn_at:
                     h = AttnBlock(c.norm_groups, name=f"conv_blocks_{i}_attn_{j}")(h)
             if i != n - 1:  # nearest x2, then conv
                 h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)
