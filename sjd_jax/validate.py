@@ -67,7 +67,8 @@ def check_sampling(config: GPTConfig, method: str, window: int, cfg_scale: float
     N, V = config.num_image_tokens, config.vocab_size
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or not 1 <= window <= N:
+    if method != "ar" and (isinstance(window, bool) or not isinstance(window, (int, np.integer))
+                           or not 1 <= window <= N):  # ar has no window (it is ignored)
         raise ValueError(f"window must be an integer in [1, {N}] (image tokens), got {window!r}")
     for name, val in (("cfg_scale", cfg_scale), ("temperature", temperature), ("top_p", top_p)):
         if not np.isfinite(np.asarray(val, np.float64)).all() or np.ndim(val) != 0:

@@ -159,6 +159,12 @@ def test_no_recompile_for_numeric_knobs(params):
     assert loop.TRACE_COUNT == before
     S.generate(params, CONFIG, cond, 0, window=6)  # a new window is a new static shape
     assert loop.TRACE_COUNT == before + 1
+    # ar ignores the window (any value, even past N): one compile, the same tokens
+    a = S.generate(params, CONFIG, cond, 0, method="ar", window=1)
+    before = loop.TRACE_COUNT
+    b = S.generate(params, CONFIG, cond, 0, method="ar", window=N + 7)
+    assert loop.TRACE_COUNT == before
+    np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
 
 
 BAD = [

@@ -89,6 +89,7 @@ def generate(params, config: GPTConfig, cond, key, *, method: str = "sjd", windo
     already there (``checkpoint.load(path, mesh=mesh)`` restores them there directly). Outputs are
     global arrays sharded over rows. Tokens do not depend on the mesh: keys are per example.
     """
+    window = 1 if method == "ar" else window  # ar ignores it: one compile whatever is passed
     neighbours, delta = _check(config, method, window, cfg_scale, temperature, top_k, top_p, cfg,
                                coupling, init, tree, lantern)
     cond_arr, prefix_mask = split_cond(config, cond)
