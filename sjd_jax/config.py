@@ -58,6 +58,13 @@ class GPTConfig:
     # LlamaGen rotates interleaved pairs (x[2i], x[2i+1]); HF Llama-style checkpoints rotate halves.
     rope_interleaved: bool = True
     qk_norm: bool = False  # Chameleon-style LayerNorm over head_dim on q and k (before RoPE)
+    # Structure tokens (Lumina-mGPT / Emu3 layouts): the last column of every grid row is this token,
+    # forced (the sampler drafts it deterministically, so it is always accepted). grid_size then
+    # counts it: (rows, codes per row + 1).
+    row_end_token: int | None = None
+    # Token ids [lo, hi) allowed at the free image positions (e.g. Chameleon's image codes); the rest
+    # of the vocabulary gets probability 0 there (applied after CFG, before temperature/top-k/top-p).
+    image_token_range: tuple[int, int] | None = None
     dtype: str = "float32"  # compute dtype; params stay float32
 
     def __post_init__(self):
@@ -87,6 +94,14 @@ class GPTConfig:
             problems.append("class-conditional models use exactly one condition token (cls_token_num=1)")
         if min(self.grid_size) < 1 or self.vocab_size < 2 or self.cls_token_num < 1:
             problems.append("grid_size, vocab_size and cls_token_num must be positive")
+        if self.row_end_token is not None and not (0 <= self.row_end_token < self.vocab_size
+                                                   and self.grid_size[1] >= 2):
+            problems.append("row_end_token must be a token id and rows need >= 2 columns")
+        if self.image_token_range is not None:
+            object.__setattr__(self, "image_token_range", tuple(int(x) for x in self.image_token_range))
+            lo, hi = self.image_token_range
+            if not 0 <= lo < hi <= self.vocab_size:
+                problems.append(f"image_token_range {self.image_token_range} must satisfy 0 <= lo < hi <= vocab_size")
         if self.rope_type not in ("2d", "1d"):
             problems.append(f"unknown rope_type {self.rope_type!r}")
         if problems:
@@ -109,6 +124,25 @@ class GPTConfig:
     def seq_len(self) -> int:
         """Positions the KV cache must hold: C condition + N - 1 fed image tokens."""
         return self.cls_token_num + self.num_image_tokens - 1
+
+    def forced_tokens(self):
+        """``[N]`` int32 numpy: the forced token of each image position, -1 where sampled."""
+        import numpy as np
+
+        forced = np.full(self.grid_size, -1, np.int32)
+        if self.row_end_token is not None:
+            forced[:, -1] = self.row_end_token
+        return forced.reshape(-1)
+
+    def allowed_tokens(self):
+        """``[V]`` bool numpy of the ids allowed at free positions, or None (all)."""
+        import numpy as np
+
+        if self.image_token_range is None:
+            return None
+        allowed = np.zeros(self.vocab_size, bool)
+        allowed[self.image_token_range[0]:self.image_token_range[1]] = True
+        return allowed
 
     @property
     def ffn_hidden(self) -> int:

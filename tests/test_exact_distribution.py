@@ -79,7 +79,11 @@ def index_of(tokens, V):
 
 
 def fit(samples, joint, V=4):
-    counts = np.bincount(index_of(samples, V), minlength=len(joint)).astype(float)
+    return fit_counts(np.bincount(index_of(samples, V), minlength=len(joint)).astype(float), joint)
+
+
+def fit_counts(counts, joint):
+    """(chi-square p-value, TV, TV bound) of observed cell counts against the exact joint."""
     m = counts.sum()
     exp = joint * m
     big = exp >= 5
@@ -195,3 +199,70 @@ def test_lantern_relaxed_acceptance_is_opt_in_and_lossy(params):
     pval, tv, bound = fit(np.asarray(relaxed.tokens), exact_joint(params, 0))
     print(f"lantern delta 0.5: chi2 p={pval:.3g} TV={tv:.4f} bound={bound:.4f}")
     assert pval < 1e-6 and tv > bound, (pval, tv, bound)
+
+
+# ---- structure tokens (Lumina / Emu3 layouts) ----------------------------------------------------
+# Model S: V = 4, rows of 2 codes + a forced row-end token 3, codes restricted to ids [0, 3):
+# positions 2 and 5 are forced, the 4 free positions take 3 values each (81 sequences).
+CONFIG_S = tiny_config(vocab_size=4, grid_size=(2, 3), dim=16, n_layer=2, n_head=2, num_classes=2,
+                       row_end_token=3, image_token_range=(0, 3))
+FREE_S = np.flatnonzero(CONFIG_S.forced_tokens() < 0)
+
+
+def structured_joint(params, cls, cfg_scale=1.0, temperature=1.0, top_k=0, top_p=1.0, cfg=False):
+    """Exact probabilities of the 81 sequences consistent with the layout, and the sequences."""
+    forced = CONFIG_S.forced_tokens()
+    seqs = np.tile(forced, (3 ** FREE_S.size, 1))
+    seqs[:, FREE_S] = np.array(list(itertools.product(range(3), repeat=FREE_S.size)))
+    tf = lambda c: np.asarray(S.teacher_forced_logits(params, CONFIG_S, jnp.full((len(seqs),), c),  # noqa: E731
+                                                      jnp.asarray(seqs)), np.float64)
+    lc = tf(cls)
+    l = tf(CONFIG_S.num_classes) + cfg_scale * (lc - tf(CONFIG_S.num_classes)) if cfg else lc
+    l[..., 3] = -np.inf  # codes only at free positions (independent reference of the range mask)
+    p = np_target(l, None, 1.0, temperature, top_k, top_p)
+    p[:, forced >= 0] = np.eye(4)[forced[forced >= 0]]  # forced positions: one-hot
+    joint = np.take_along_axis(p, seqs[..., None], -1)[..., 0].prod(-1)
+    assert abs(joint.sum() - 1) < 1e-9
+    return joint, seqs
+
+
+STRUCT_CASES = {
+    "sjd-cfg-topk-batched": (4, (0, 1), dict(cfg_scale=2.5, top_k=2), {}),
+    "gumbel-vertical-repeat-temp": (5, (1,), dict(temperature=1.3), dict(coupling="gumbel", init="vertical-repeat")),
+    "tree2x1-maximal-cfg": (4, (0,), dict(cfg_scale=2.0), dict(tree=(2, 1), coupling="maximal")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(STRUCT_CASES))
+def test_exact_distribution_with_structure_tokens(name):
+    window, classes, knobs, options = STRUCT_CASES[name]
+    params = scaled_params(CONFIG_S, seed=7, scale=6.0, head_scale=2.0)
+    cfg = "cfg_scale" in knobs
+    cond = jnp.asarray(np.tile(np.asarray(classes, np.int32), M))
+    out = generate(params, CONFIG_S, cond, jax.random.key(77), method="sjd", window=window, cfg=cfg,
+                   **knobs, **options)
+    tokens = np.asarray(out.tokens)
+    forced = CONFIG_S.forced_tokens()
+    assert (tokens[:, forced >= 0] == 3).all() and (tokens[:, FREE_S] < 3).all()
+    for i, cls in enumerate(classes):
+        joint, _ = structured_joint(params, cls, cfg=cfg, **knobs)
+        idx = (tokens[i::len(classes)][:, FREE_S] * 3 ** np.arange(FREE_S.size - 1, -1, -1)).sum(-1)
+        pval, tv, bound = fit_counts(np.bincount(idx, minlength=len(joint)).astype(float), joint)
+        print(f"structure {name} class {cls}: chi2 p={pval:.3g} TV={tv:.4f} bound={bound:.4f}")
+        assert pval > ALPHA and tv < bound, (pval, tv, bound)
+
+
+def test_forced_tokens_never_cost_a_rejection():
+    """Rows of one free code + a forced row end (3 rows): every iteration commits at least one free
+    position and the forced token after it, so NFE <= 1 + 3 for every row, whatever the draws. If
+    forced positions were drafted at random (uniform over the codes, which excludes the row-end
+    id), nearly every forced draft would be rejected and NFE would reach 6."""
+    config = tiny_config(vocab_size=4, grid_size=(3, 2), dim=16, n_layer=2, n_head=2, num_classes=2,
+                         row_end_token=3, image_token_range=(0, 3))
+    params = scaled_params(config, seed=3, scale=6.0, head_scale=2.0)
+    cond = jnp.asarray(np.arange(256) % 2, jnp.int32)
+    for options in ({}, dict(coupling="gumbel"), dict(init="horizon-sample", coupling="maximal")):
+        out = generate(params, config, cond, jax.random.key(1), method="sjd", window=6, cfg_scale=2.0, **options)
+        nfe = np.asarray(out.nfe)
+        assert nfe.max() <= 4, (options, np.bincount(nfe))
+        assert (np.asarray(out.tokens)[:, 1::2] == 3).all()

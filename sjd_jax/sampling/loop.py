@@ -210,13 +210,33 @@ def _build(spec: SamplerSpec, params, rows, knobs, neighbours):
     def double(x):  # CFG rows: each row's unconditional twin right after it ([b cond, b uncond]),
         return jnp.repeat(x, 2, axis=0) if spec.cfg else x  # so both stay on the row's data shard
 
-    def probs(logits):  # logits: [B or 2B, T, V] -> p [B, T, V]
+    # Structure tokens: forced positions get p = one-hot and are drafted as that token with q =
+    # one-hot (p/q = 1: always accepted, never a wasted draft); free positions may be restricted to
+    # an id range (p renormalised over it; uniform drafts draw from it).
+    forced_np, allowed_np = c.forced_tokens(), c.allowed_tokens()
+    has_forced = bool((forced_np >= 0).any())
+    forced_tab = jnp.asarray(forced_np)
+    allowed_ids = None if allowed_np is None else jnp.asarray(np.flatnonzero(allowed_np), jnp.int32)
+
+    def forced_at(tok):  # tok [B, T] absolute image-token index -> forced id or -1
+        return jnp.where(tok < N, forced_tab[jnp.clip(tok, 0, N - 1)], -1)
+
+    def force(vals, q, tok):  # drafts / targets at forced positions -> the forced token, one-hot
+        if not has_forced:
+            return vals, q
+        f = forced_at(tok)
+        on = f >= 0
+        onehot = jax.nn.one_hot(jnp.maximum(f, 0), V, dtype=jnp.float32)
+        return (None if vals is None else jnp.where(on, f, vals)), jnp.where(on[..., None], onehot, q)
+
+    def probs(logits, tok):  # logits: [B or 2B, T, V], tok [B, T] -> p [B, T, V]
         if spec.cfg:
             pair = logits.reshape((B, 2) + logits.shape[1:])
             l_c, l_u = pair[:, 0], pair[:, 1]
         else:
             l_c, l_u = logits, None
-        return target_probs(l_c, l_u, knobs["cfg_scale"], temperature, knobs["top_k"], knobs["top_p"])
+        p = target_probs(l_c, l_u, knobs["cfg_scale"], temperature, knobs["top_k"], knobs["top_p"], allowed_np)
+        return force(None, p, tok)[1]
 
     def target_draw(tok, it, p):  # a draw from p for tokens tok [B, T] (p [B, T, V])
         if spec.coupling == "gumbel":  # the same Gumbel vector at a position in every iteration
@@ -233,8 +253,15 @@ def _build(spec: SamplerSpec, params, rows, knobs, neighbours):
     def fresh(tok, known_end, buf, p_last, hist, it):
         """Drafts (values [B, F], q [B, F, V]) for tokens ``tok [B, F]`` that have no target yet;
         tokens ``<= known_end [B]`` hold committed tokens or current drafts in ``buf``."""
-        uni = K.randint(K.slot_keys(rows, K.INIT, tok, it), V)
-        uni_q = jnp.full(tok.shape + (V,), 1.0 / V, jnp.float32)
+        return force(*_fresh(tok, known_end, buf, p_last, hist, it), tok)
+
+    def _fresh(tok, known_end, buf, p_last, hist, it):
+        if allowed_ids is None:
+            uni = K.randint(K.slot_keys(rows, K.INIT, tok, it), V)
+            uni_q = jnp.full(tok.shape + (V,), 1.0 / V, jnp.float32)
+        else:  # uniform over the allowed ids
+            uni = allowed_ids[K.randint(K.slot_keys(rows, K.INIT, tok, it), allowed_ids.shape[0])]
+            uni_q = jnp.broadcast_to(jnp.asarray(allowed_np, jnp.float32) / allowed_ids.shape[0], tok.shape + (V,))
         if spec.init == "uniform":
             return uni, uni_q
         if spec.init.startswith("horizon"):  # raster left neighbour (column 0: last of the row above)
@@ -275,8 +302,8 @@ def _build(spec: SamplerSpec, params, rows, knobs, neighbours):
         x = gpt.embed_cond(params, c, double(cond), null)
         cache = init_cache(c, x.shape[0], double(prefix_mask), extra=W if A else 0)
         logits, cache = gpt.forward(params, c, x, cache)
-        p0 = probs(logits[:, -1:])  # [B, 1, V]
         zeros_b = jnp.zeros((B, 1), jnp.int32)
+        p0 = probs(logits[:, -1:], zeros_b)  # [B, 1, V]
         tok0 = target_draw(zeros_b, 0, p0)  # [B, 1]
         hist = jnp.zeros((B, R, V if R > 1 else 1), jnp.float32)
         if R > 1:
@@ -310,7 +337,9 @@ def _build(spec: SamplerSpec, params, rows, knobs, neighbours):
         inputs = jnp.concatenate([win, s.alt], axis=1) if A else win
         logits, cache = gpt.forward(params, c, gpt.embed_tokens(params, c, double(inputs)), cache,
                                     offsets, tree_mask)
-        p = probs(logits)  # [B, W, V]
+        # output slot tokens: chain slot j predicts n + j; branch slot at level d (0-based) n + 1 + d
+        out_tok = n[:, None] + jnp.concatenate([slots, 1 + jnp.tile(jnp.arange(D, dtype=jnp.int32), Kb)])[None]
+        p = probs(logits, out_tok)  # [B, W, V]
         pc = p[:, :Wc]  # chain slot j: p for token n + j
         tok = n[:, None] + slots[None, :]  # [B, Wc] token index of each chain output slot
 

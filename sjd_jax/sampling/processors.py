@@ -58,10 +58,14 @@ def filter_logits(logits: jax.Array, top_k, top_p) -> jax.Array:
     return jax.lax.cond(top_p < 1.0, top_p_fn, lambda l: l, logits)
 
 
-def target_probs(logits_c, logits_u, cfg_scale, temperature, top_k, top_p) -> jax.Array:
-    """p ``[..., V]`` float32. ``temperature == 0`` gives the one-hot argmax (greedy)."""
+def target_probs(logits_c, logits_u, cfg_scale, temperature, top_k, top_p, allowed=None) -> jax.Array:
+    """p ``[..., V]`` float32. ``temperature == 0`` gives the one-hot argmax (greedy).
+    ``allowed``: optional ``[V]`` bool; other tokens get probability 0 (after CFG: masking the
+    two logit rows before would give -inf - -inf)."""
     l = guided_logits(logits_c.astype(jnp.float32),
                       None if logits_u is None else logits_u.astype(jnp.float32), cfg_scale)
+    if allowed is not None:
+        l = jnp.where(jnp.asarray(allowed), l, NEG_INF)
     greedy = temperature <= 0
     l = l / jnp.where(greedy, 1.0, temperature)
     l = filter_logits(l, top_k, top_p)
