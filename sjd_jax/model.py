@@ -93,9 +93,8 @@ class Attention(nn.Module):
             k = HeadLayerNorm(Hkv, c.norm_eps, name="k_norm")(k)
         q = apply_rope(q, cos, sin, c.rope_interleaved)
         k = apply_rope(k, cos, sin, c.rope_interleaved)
-        kv_axes = ("batch", "sequence", "kv_heads", "head_dim")
-        k_cache = shd.constrain(kv.write(k_cache, k, q_pos), kv_axes)
-        v_cache = shd.constrain(kv.write(v_cache, v, q_pos), kv_axes)
+        k_cache = shd.constrain(kv.write(k_cache, k, q_pos), shd.KV_AXES)
+        v_cache = shd.constrain(kv.write(v_cache, v, q_pos), shd.KV_AXES)
         # Grouped heads: query head j uses kv head j // (H / Hkv), as repeat_interleave does.
         qg = q.reshape(B, T, Hkv, H // Hkv, hd)
         scores = jnp.einsum("btkgd,bskd->bkgts", qg, k_cache.astype(dtype),
@@ -310,9 +309,8 @@ def _teacher_forced(params, config, cond, prefix_mask, tokens, mesh=None):
         x = jnp.concatenate([embed_cond(params, config, cond, jnp.zeros((B,), bool)),
                              embed_tokens(params, config, tokens[:, : config.num_image_tokens - 1])], axis=1)
         cache = init_cache(config, B, prefix_mask)
-        kv_axes = ("batch", "sequence", "kv_heads", "head_dim")
-        cache = cache.replace(k=tuple(shd.constrain(k, kv_axes) for k in cache.k),
-                              v=tuple(shd.constrain(v, kv_axes) for v in cache.v))
+        cache = cache.replace(k=tuple(shd.constrain(k, shd.KV_AXES) for k in cache.k),
+                              v=tuple(shd.constrain(v, shd.KV_AXES) for v in cache.v))
         logits, _ = forward(params, config, x, cache)
         return logits[:, config.cls_token_num - 1:]
 

@@ -54,6 +54,8 @@ PARAM_AXES: tuple[tuple[str, tuple], ...] = (
     (r"(cap_fc[12]/kernel|uncond_embedding)$", (None, None)),  # caption projection: small, replicated
 )
 
+KV_AXES = ("batch", "sequence", "kv_heads", "head_dim")  # KV cache [rows, positions, kv heads, head dim]
+
 _WARNED: set = set()
 
 

@@ -130,6 +130,9 @@ def test_tokenize_matches_hf_max_length_padding_and_truncation(tmp_path):
     tok = load_tokenizer(path)
     tokenize(tok, ["cat"], config)
     assert len(tok.encode("a red fox").ids) == 4  # the call left no padding/truncation behind
+    tok.enable_truncation(3)  # ... and a tokenizer's own settings survive the call
+    tokenize(tok, ["cat"], config)
+    assert tok.truncation["max_length"] == 3 and tok.padding is None
     with pytest.raises(ValueError, match="non-empty list"):
         tokenize(tok, "a red fox", config)
     with pytest.raises(ValueError, match="not a readable tokenizer.json"):

@@ -467,8 +467,7 @@ def _build(spec: SamplerSpec, params, rows, knobs, neighbours):
 
 def _state_axes(state: _State) -> _State:
     """Logical axes of every state leaf (``sharding.RULES`` maps them to the mesh)."""
-    kv_axes = ("batch", "sequence", "kv_heads", "head_dim")
-    cache = state.cache.replace(k=tuple(kv_axes for _ in state.cache.k), v=tuple(kv_axes for _ in state.cache.v),
+    cache = state.cache.replace(k=tuple(shd.KV_AXES for _ in state.cache.k), v=tuple(shd.KV_AXES for _ in state.cache.v),
                                 length=("batch",), prefix_mask=("batch", None))
     row, row2, dist = ("batch",), ("batch", None), ("batch", None, "vocab")
     return _State(it=(), n=row, buf=row2, q=dist, alt=row2, alt_q=dist, alt_ok=row2, hist=dist, cache=cache,
@@ -536,14 +535,15 @@ def sharded_jits(spec: SamplerSpec, sig):
     signature ``sig`` (cond, prefix_mask, rows, neighbours); the loop donates the state."""
     mesh = spec.mesh
     cond_s, mask_s, rows_s, nb_s = sig
-    params_sh = shd.param_shardings(gpt.abstract_params(spec.config), mesh)
+    abstract_params = gpt.abstract_params(spec.config)
+    params_sh = shd.param_shardings(abstract_params, mesh)
     rep = shd.replicated(mesh)
     cond_sh = shd.batch_sharding(mesh, cond_s[0], "cond")
     mask_sh = shd.batch_sharding(mesh, mask_s[0], "prefix mask")
     rows_sh = shd.batch_sharding(mesh, rows_s[0], "row keys")
     knobs_sh = rep  # scalars (a prefix of the knobs dict)
     nb_sh = None if nb_s is None else rep
-    abstract = jax.eval_shape(functools.partial(_prefill_impl, spec), gpt.abstract_params(spec.config),
+    abstract = jax.eval_shape(functools.partial(_prefill_impl, spec), abstract_params,
                               jax.ShapeDtypeStruct(*cond_s), jax.ShapeDtypeStruct(*mask_s),
                               jax.ShapeDtypeStruct(*rows_s), make_knobs(1.0, 1.0, 0, 1.0),
                               None if nb_s is None else jax.ShapeDtypeStruct(*nb_s))

@@ -167,7 +167,8 @@ def tokenize(tokenizer, texts: list[str], config: T5Config):
     if isinstance(texts, str) or not all(isinstance(t, str) for t in texts) or not texts:
         raise ValueError("texts must be a non-empty list of strings")
     L = config.max_length
-    tok = tokenizer  # truncation/padding are switched on for this call only
+    tok = tokenizer  # truncation/padding are set for this call, then the tokenizer's own come back
+    before_trunc, before_pad = tok.truncation, tok.padding
     tok.enable_truncation(L)
     tok.enable_padding(length=L, pad_id=config.pad_id, direction="right")
     try:
@@ -175,6 +176,10 @@ def tokenize(tokenizer, texts: list[str], config: T5Config):
     finally:
         tok.no_truncation()
         tok.no_padding()
+        if before_trunc:
+            tok.enable_truncation(**before_trunc)
+        if before_pad:
+            tok.enable_padding(**before_pad)
     ids = np.asarray([e.ids for e in enc], np.int32)
     mask = np.asarray([e.attention_mask for e in enc], bool)
     return ids, mask
