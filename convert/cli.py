@@ -10,6 +10,12 @@ Families and the files each accepts:
                 directory, or its files: ``config.json``, ``model.safetensors`` or
                 ``model-0000i-of-0000n.safetensors`` (+ ``model.safetensors.index.json``),
                 optional ``generation_config.json`` and ``tokenizer.json`` (copied into --out).
+  t5-encoder    HF T5 / flan-T5 snapshot (``google/flan-t5-xl``): the encoder + ``tokenizer.json``.
+  lumina-mgpt   Lumina-mGPT in HF Chameleon format (``Alpha-VLLM/Lumina-mGPT-7B-768`` etc.): the
+                snapshot directory (``config.json`` with ``vocabulary_map``, safetensors shards +
+                index, ``tokenizer.json``) plus ``--vqgan vqgan.ckpt`` (Chameleon's VQGAN, e.g. from
+                ``GAIR/Anole-7b-v0.1/tokenizer/``); image size from the ``-768`` suffix or --image-size.
+  anole         Anole / Chameleon in HF format (``leloy/Anole-7b-v0.1-hf``) + ``--vqgan``; 512 px default.
 The image grid is not stored in GPT weights: it is read from a ``_256``/``_384``/``_512`` file-name
 suffix or given with ``--image-size``.
 """
@@ -23,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-FAMILIES = ("llamagen-c2i", "llamagen-t2i", "llamagen-vq", "janus-pro", "t5-encoder")
+FAMILIES = ("llamagen-c2i", "llamagen-t2i", "llamagen-vq", "janus-pro", "t5-encoder", "lumina-mgpt", "anole")
 _CONTAINERS = ("model", "module", "state_dict")  # LlamaGen / DeepSpeed / Lightning
 _LLAMAGEN_DIM_TO_HEADS = {768: 12, 1024: 16, 1280: 20, 1536: 24, 3200: 32}
 
@@ -241,6 +247,56 @@ def convert_t5(srcs: list[Path], out: Path, args) -> dict:
                     + ("" if extra else "; no tokenizer.json given (pass the snapshot directory)")}
 
 
+def convert_lumina(srcs: list[Path], out: Path, args, layout: str) -> dict:
+    """HF Chameleon snapshot + Chameleon VQGAN -> kind "lumina" (``layout`` lumina or anole)."""
+    import jax
+    from tqdm import tqdm
+
+    from sjd_jax import checkpoint
+    from sjd_jax.lumina import make_config
+
+    from .chameleon import chameleon_config, chameleon_params, skipped
+    from .lumina import latent_of, vocabulary, vqgan_config
+    from .vq import vq_params_from_state_dict
+
+    family = "lumina-mgpt" if layout == "lumina" else "anole"
+    if args.vqgan is None:
+        raise ValueError(f"--family {family} needs --vqgan PATH (Chameleon's vqgan.ckpt, e.g. "
+                         "GAIR/Anole-7b-v0.1/tokenizer/vqgan.ckpt)")
+    files = hf_files(srcs)
+    tok_file = args.tokenizer or files["tokenizer"]
+    cfg = _read_json(files["config"])
+    vocab = vocabulary(cfg, _read_json(tok_file) if tok_file else None)
+    vq_tensors = read_tensors(Path(args.vqgan))
+    vq = vqgan_config(vq_tensors, Path(args.vqgan).name)
+    name = srcs[0].name if len(srcs) == 1 and srcs[0].is_dir() else files["config"].parent.name
+    if layout == "anole" and not args.image_size:
+        args.image_size = 512
+    latent = latent_of(args, name, vq.downsample)
+    gpt = chameleon_config(cfg, latent, 1)
+    config = make_config(gpt, vq, vocab, latent, layout, int(cfg.get("max_position_embeddings") or 4096))
+    tensors = read_all(files["weights"])
+    n_skipped = sum(map(skipped, tensors))
+    with tqdm(total=2, desc=f"converting {family}", unit="model", file=sys.stderr, disable=args.quiet) as bar:
+        llm = chameleon_params(tensors, config.gpt, to_numpy)
+        bar.update()
+        del tensors
+        vq_params = vq_params_from_state_dict(((k, to_numpy(vq_tensors.pop(k))) for k in list(vq_tensors)),
+                                              vq, taming_names=True)
+        bar.update()
+    params = {"gpt": llm, "vq": vq_params}
+    extra = {"tokenizer.json": tok_file} if tok_file else {}
+    checkpoint.save(out, "lumina", config, params, force=args.force, extra_files=extra)
+    leaves = jax.tree.leaves(params)
+    H, W = config.image_size
+    return {"family": family, "out": str(out), "kind": "lumina", "params": int(sum(x.size for x in leaves)),
+            "dtype": "float32", "bytes": int(sum(x.nbytes for x in leaves)),
+            "config": f"{layout} {H}x{W} px, grid {config.gpt.grid_size}, LLM {config.gpt.n_layer}x{config.gpt.dim}, "
+                      f"vocab {config.gpt.vocab_size}, VQGAN {vq.codebook_size} codes",
+            "note": f"skipped {n_skipped} HF VQ-encoder / rotary tensors"
+                    + ("" if extra else "; no tokenizer.json (pass the snapshot directory or --tokenizer)")}
+
+
 def convert(family: str, srcs, out: Path, args) -> dict:
     import jax
     from tqdm import tqdm
@@ -258,6 +314,8 @@ def convert(family: str, srcs, out: Path, args) -> dict:
     srcs = [Path(s) for s in (srcs if isinstance(srcs, (list, tuple)) else [srcs])]
     if family == "t5-encoder":
         return convert_t5(srcs, out, args)
+    if family in ("lumina-mgpt", "anole"):
+        return convert_lumina(srcs, out, args, "lumina" if family == "lumina-mgpt" else "anole")
     if family == "janus-pro":
         params, config, n_skipped = convert_janus(srcs, out, args)
         leaves = jax.tree.leaves(params)
@@ -291,9 +349,14 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--family", required=True, help=" | ".join(FAMILIES))
     ap.add_argument("src", type=Path, nargs="+",
-                    help="checkpoint file (.pt/.pth/.bin/.safetensors); janus-pro, t5-encoder: snapshot dir or files")
+                    help="checkpoint file (.pt/.pth/.bin/.safetensors); janus-pro, t5-encoder, lumina-mgpt, "
+                         "anole: snapshot dir or files")
     ap.add_argument("--out", type=Path, required=True, help="output directory")
-    ap.add_argument("--image-size", type=int, default=None, help="GPT only: pixels (256/384/512)")
+    ap.add_argument("--image-size", type=int, default=None,
+                    help="GPT / lumina-mgpt / anole: pixels (LlamaGen 256/384/512, Lumina 512/768/1024)")
+    ap.add_argument("--vqgan", type=Path, default=None, help="lumina-mgpt / anole: Chameleon's vqgan.ckpt")
+    ap.add_argument("--tokenizer", type=Path, default=None,
+                    help="lumina-mgpt / anole: tokenizer.json to use instead of the snapshot's")
     ap.add_argument("--n-head", type=int, default=None, help="GPT only: heads, for non-released sizes")
     ap.add_argument("--force", action="store_true", help="overwrite --out")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")

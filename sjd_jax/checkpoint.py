@@ -1,7 +1,7 @@
 """sjd-jax checkpoints: an orbax params directory plus a small JSON config, written atomically.
 
 Layout of ``DIR``: ``config.json`` ({"format", "version", "kind", "config"}) and ``params/`` (orbax);
-kinds "janus" and "t5" also hold the source checkpoint's ``tokenizer.json``.
+kinds "janus", "t5" and "lumina" also hold the source checkpoint's ``tokenizer.json``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from .model import abstract_params
 from .vq import VQConfig, abstract_vq_params
 
 FORMAT, VERSION = "sjd-jax", 1
-KINDS = ("gpt", "vq", "janus", "t5")
+KINDS = ("gpt", "vq", "janus", "t5", "lumina")
 
 
 def _abstract(kind: str, config):
@@ -33,6 +33,10 @@ def _abstract(kind: str, config):
         from .janus import abstract_janus_params
 
         return abstract_janus_params(config)
+    if kind == "lumina":
+        from .lumina import abstract_lumina_params
+
+        return abstract_lumina_params(config)
     return abstract_vq_params(config)
 
 
@@ -45,6 +49,10 @@ def config_from_dict(kind: str, d: dict):
         from .janus import JanusConfig
 
         return JanusConfig.from_dict(d)
+    if kind == "lumina":
+        from .lumina import LuminaConfig
+
+        return LuminaConfig.from_dict(d)
     cls = {"gpt": GPTConfig, "vq": VQConfig}[kind]
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - fields)

@@ -48,6 +48,10 @@ class GPTConfig:
     shared_embeddings: bool = False
     cfg_pad_id: int = 0
     cfg_keep_ids: tuple[int, ...] = ()
+    # Lumina-mGPT's CFG instead: the unconditional branch is only the last `cfg_uncond_suffix` prompt
+    # tokens (its image start + size tokens), a separate sequence with positions from 0 (the rest of
+    # the prompt is masked out of those rows; with 1D RoPE positions count real tokens only).
+    cfg_uncond_suffix: int | None = None
     multiple_of: int = 256
     ffn_dim_multiplier: float | None = None
     intermediate_size: int | None = None  # explicit SwiGLU width (HF Llama); overrides the rule above
@@ -94,6 +98,11 @@ class GPTConfig:
             problems.append("class-conditional models use exactly one condition token (cls_token_num=1)")
         if min(self.grid_size) < 1 or self.vocab_size < 2 or self.cls_token_num < 1:
             problems.append("grid_size, vocab_size and cls_token_num must be positive")
+        if self.cfg_uncond_suffix is not None and not (
+                self.cond_kind == "tokens" and 1 <= self.cfg_uncond_suffix <= self.cls_token_num
+                and self.rope_type == "1d"):
+            problems.append("cfg_uncond_suffix needs a prompt-token model with 1d RoPE and "
+                            "1 <= cfg_uncond_suffix <= cls_token_num")
         if self.row_end_token is not None and not (0 <= self.row_end_token < self.vocab_size
                                                    and self.grid_size[1] >= 2):
             problems.append("row_end_token must be a token id and rows need >= 2 columns")

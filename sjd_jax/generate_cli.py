@@ -9,8 +9,13 @@ of ``--batch-per-device`` rows per data shard; rerunning skips finished items. O
 run the same command on every host (``jax.distributed`` starts when the environment says so); only
 process 0 writes. Tokens do not depend on the device count or the chunking.
 
+Text-to-image models (``--model`` one of sjd_jax.pipelines.TEXT_MODELS) take a converted checkpoint
+(``--ckpt DIR``, see ``sjd-jax convert``) and ``--prompt``: one grid column per prompt, ``--n`` rows.
+
 examples:
   sjd-jax generate --class 0 3 --n 8 --method sjd-pac --window 32
+  sjd-jax generate --model lumina-mgpt-7b-768 --ckpt ckpt/lumina_768 --prompt "a red fox in the snow"
+  sjd-jax generate --model llamagen-t2i-xl --ckpt ckpt/llamagen_t2i --prompt "a cat" "a dog" --n 2
   sjd-jax generate --n 1024 --batch-per-device 8 --out-dir samples/
   sjd-jax generate --n 1024 --out-dir samples/ --mesh data=4,model=2
 """
@@ -32,7 +37,13 @@ from .sampling import recipes
 def _parser():
     ap = argparse.ArgumentParser(prog="sjd-jax generate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="fashion-mnist", help="bundled model name (default fashion-mnist)")
+    ap.add_argument("--model", default="fashion-mnist",
+                    help="bundled model (default fashion-mnist) or a text-to-image model: "
+                         "lumina-mgpt-7b-{512,768,1024}, anole-7b, llamagen-t2i-xl, janus-pro-{1b,7b}")
+    ap.add_argument("--ckpt", type=Path, default=None, help="text-to-image models: converted checkpoint dir")
+    ap.add_argument("--prompt", nargs="+", default=None, help="text-to-image models: one or more prompts")
+    ap.add_argument("--t5", type=Path, default=None,
+                    help="llamagen-t2i: converted T5 encoder dir (default <ckpt>/t5)")
     ap.add_argument("--class", dest="classes", type=int, nargs="+", default=None,
                     help="class ids (default: all); one grid column per class")
     ap.add_argument("--n", type=int, default=4, help="samples per class (default 4)")
@@ -122,10 +133,15 @@ def _devices(args):
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    from . import presets
+    from . import pipelines, presets
     from .sampling.generate import check_generate_options
 
+    if args.model in pipelines.TEXT_MODELS:
+        return _text(args)
     try:
+        if args.prompt is not None or args.ckpt is not None or args.t5 is not None:
+            raise ValueError(f"--prompt/--ckpt/--t5 are for text-to-image models "
+                             f"({', '.join(pipelines.TEXT_MODELS)}); {args.model} is class-conditional")
         if args.out_dir is None and (args.batch_per_device is not None or args.no_png):
             raise ValueError("--batch-per-device and --no-png need --out-dir (batch mode)")
         if args.out_dir is not None and args.out is not None:
@@ -234,4 +250,83 @@ def _batch(args, bundle, method, kind, window, classes, knobs, drafting, bpd, me
               f"{st['skipped_done']} already done) on {st['devices']} devices, mesh {st['mesh']}, global batch "
               f"{st['global_batch']}; {method} W={window}: step compression {st['step_compression']:.2f}x; "
               f"{st['wall_s']:.1f}s")
+    return 0
+
+
+def _text(args) -> int:
+    """A text-to-image model: prompts -> one grid column per prompt, ``--n`` samples each."""
+    from . import distributed, pipelines
+    from .imaging import grid, save_png
+    from .sampling.generate import check_generate_options
+
+    try:
+        if args.ckpt is None:
+            fam = pipelines.TEXT_MODELS[args.model]["family"]
+            raise ValueError(f"--model {args.model} needs --ckpt DIR, a converted checkpoint "
+                             f"(sjd-jax convert --family {fam} ... --out DIR)")
+        if not args.prompt:
+            raise ValueError(f"--model {args.model} needs --prompt TEXT [TEXT ...]")
+        if args.classes is not None:
+            raise ValueError("--class is for class-conditional models; text-to-image models take --prompt")
+        if args.out_dir is not None or args.batch_per_device is not None or args.no_png:
+            raise ValueError("batch mode (--out-dir, --batch-per-device, --no-png) is for class-conditional "
+                             "models; text-to-image models write one grid (--out)")
+        if args.n < 1:
+            raise ValueError(f"--n must be >= 1, got {args.n}")
+        bad = [p for p in args.prompt if not p.strip()]
+        if bad:
+            raise ValueError("empty --prompt")
+        out_path = args.out or Path(f"{args.model}.png")
+        if distributed.is_writer():
+            _writable(out_path)
+            if args.stats_json is not None:
+                _writable(args.stats_json)
+        method = args.method or "sjd"
+        window = args.window if args.window is not None else 16
+        recipes.recipe(method, window)
+        mesh = _devices(args)
+        tm = pipelines.load(args.model, args.ckpt, t5=args.t5, mesh=mesh)
+        knobs = dict(tm.defaults)
+        knobs.update({k: v for k, v in dict(cfg_scale=args.cfg_scale, temperature=args.temperature,
+                                            top_k=args.top_k, top_p=args.top_p).items() if v is not None})
+        kind = recipes.RECIPES[method]["method"]
+        window = window if kind != "ar" else 1
+        drafting = recipes.from_args(args, method, window, tm.codebook)
+        check_generate_options(tm.gpt_config, kind, window, knobs, drafting)
+    except ValueError as e:
+        print(f"sjd-jax generate: error: {e}", file=sys.stderr)
+        return 2
+
+    from tqdm import tqdm
+
+    P = len(args.prompt)
+    texts = [args.prompt[j] for _ in range(args.n) for j in range(P)]  # row-major grid, one column per prompt
+    B, N = len(texts), tm.gpt_config.num_image_tokens
+    t0 = time.perf_counter()
+    try:
+        with tqdm(total=B * N, desc=f"{method} decoding", unit="tok", file=sys.stderr, disable=args.quiet) as bar:
+            def progress(done, it):
+                bar.n = done
+                bar.set_postfix(iter=it, acc_per_iter=f"{(done - B) / max(it, 1) / B:.2f}", refresh=False)
+                bar.refresh()
+
+            images, out = tm.generate(texts, args.seed, method=kind, window=window,
+                                      progress=None if args.quiet else progress, **knobs, **drafting)
+    except ValueError as e:  # e.g. a prompt too long for the model's context
+        print(f"sjd-jax generate: error: {e}", file=sys.stderr)
+        return 2
+    wall = time.perf_counter() - t0
+    if not distributed.is_writer():
+        return 0
+    save_png(grid(images, ncols=P, scale=1), out_path)
+    st = stats_of(out, N, window)
+    st.update(model=args.model, ckpt=str(args.ckpt), prompts=list(args.prompt), n_per_prompt=args.n,
+              method=method, lossless=method in recipes.LOSSLESS, window=window,
+              drafting=recipes.describe(drafting, args), seed=args.seed, image_size=list(tm.image_size),
+              wall_s=round(wall, 2), **knobs, png=str(out_path))
+    if args.stats_json is not None:
+        _write_json(args.stats_json, st)
+    print(f"wrote {out_path}: {B} images ({args.n} per prompt x {P} prompts, {tm.image_size[0]}x{tm.image_size[1]}), "
+          f"{method} W={window}: mean NFE {st['nfe_mean']:.1f} per image vs {N} AR steps -> step compression "
+          f"{st['step_compression']:.2f}x, {st['mean_accepted_per_iteration']:.2f} tokens per iteration; {wall:.1f}s")
     return 0

@@ -1,18 +1,36 @@
-"""Lumina-mGPT's image token layout and Chameleon's code <-> BPE-id mapping.
+"""Lumina-mGPT / Anole (Chameleon family) text-to-image: prompt formatting, image token layout,
+CFG in Lumina's form, code <-> BPE mapping and decoding through Chameleon's VQGAN.
 
 Layout of a generated image (Lumina-mGPT ``item_processor`` / ``inference_solver``): ``<racm3:break>``
 (image start), two size tokens ``<reserved0{8800 + h/32}>``, ``<reserved0{8800 + w/32}>``, then
 ``h/16`` rows of ``w/16`` image codes each followed by a newline ``<reserved08799>``, then ``<eoss>``
-(image end) and ``<reserved08706>``. The start and size tokens are deterministic for a requested size:
-sjd-jax puts them at the end of the prompt; the sampler generates the rows, newlines forced
-(``GPTConfig.row_end_token``).
+(image end) and ``<reserved08706>``. The start and size tokens are deterministic for a requested size
+(Lumina samples them with text top-k 10; for a requested size this conditions on it): sjd-jax puts
+them at the end of the prompt; the sampler generates the rows, newlines forced
+(``GPTConfig.row_end_token``) and free positions restricted to the image codes
+(``GPTConfig.image_token_range``, Lumina's ``MultiModalLogitsProcessor``).
+
+Prompt: ``[BOS] + tokens("Generate an image of {W}x{H} according to the following prompt:\n{text}")
++ <reserved08706>`` followed by the image prefix. CFG (Lumina's image-start-triggered processor):
+raw logits, ``uncond + cfg * (cond - uncond)``, the unconditional branch a separate sequence that
+starts at ``<racm3:break>`` with its own positions from 0 (``GPTConfig.cfg_uncond_suffix = 3``).
+
+Anole (``layout="anole"``, Chameleon's own image span): ``[BOS] + tokens(text) + <racm3:break>``,
+then ``h/16 * w/16`` codes with no newlines and no size tokens; CFG's unconditional branch is
+``<racm3:break>`` alone.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
+import jax.numpy as jnp
 import numpy as np
+
+from .config import GPTConfig
+from .model import Prompt
+from .vq import VQConfig
 
 BOI, EOI, NEWLINE, END_OF_TURN = 8197, 8196, 8803, 8710  # <racm3:break>, <eoss>, <reserved08799>, <reserved08706>
 SIZE_BASE = 8804  # <reserved0{8800 + n}> has id 8804 + n
@@ -79,3 +97,189 @@ def bpe_to_code(bpe_ids: np.ndarray, table: np.ndarray) -> np.ndarray:
     if (codes < 0).any():
         raise ValueError(f"token id {int(ids[codes < 0].flat[0])} is not an image code")
     return codes
+
+
+# ---- a converted checkpoint: config, prompts, generation, decoding -------------------------------
+
+PROMPT_TEMPLATE = "Generate an image of {width}x{height} according to the following prompt:\n{prompt}"
+LAYOUTS = ("lumina", "anole")
+# Sampling defaults: Lumina's create_logits_processor / SJD's Lumina-mGPT script (cfg 3, image top-k
+# 2000; Lumina's README uses cfg 4). Chameleon tokens by name (ids read from the vocabulary).
+DEFAULTS = dict(cfg_scale=3.0, top_k=2000, top_p=1.0, temperature=1.0)
+SPECIAL_NAMES = dict(bos_id="<s>", boi_id="<racm3:break>", eoi_id="<eoss>", newline_id="<reserved08799>",
+                     sep_id="<reserved08706>", size_base="<reserved08800>")
+
+
+@dataclasses.dataclass(frozen=True)
+class LuminaConfig:
+    gpt: GPTConfig  # cls_token_num is the prompt length of the last call (set per call)
+    vq: VQConfig
+    layout: str  # "lumina" | "anole"
+    latent: tuple[int, int]  # (h, w) codes of the image
+    code_bpe: tuple[int, ...]  # BPE id of each VQGAN code
+    bos_id: int
+    boi_id: int
+    eoi_id: int
+    newline_id: int
+    sep_id: int
+    size_base: int  # id of <reserved08800>: size token n is size_base + n
+    pad_id: int  # left padding of prompts (masked; any id)
+    max_positions: int  # LLM context: prompt + image tokens must fit
+
+    def __post_init__(self):
+        object.__setattr__(self, "latent", tuple(int(x) for x in self.latent))
+        object.__setattr__(self, "code_bpe", tuple(int(x) for x in self.code_bpe))
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {self.layout!r}; choose one of {', '.join(LAYOUTS)}")
+        if len(self.code_bpe) != self.vq.codebook_size:
+            raise ValueError(f"{len(self.code_bpe)} image tokens for a codebook of {self.vq.codebook_size}")
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(height, width) in pixels."""
+        return self.latent[0] * self.vq.downsample, self.latent[1] * self.vq.downsample
+
+    def image_prefix(self) -> list[int]:
+        """Tokens between the prompt and the first code (deterministic for the checkpoint's size)."""
+        if self.layout == "anole":
+            return [self.boi_id]
+        return [self.boi_id, self.size_base + self.latent[0] // 2, self.size_base + self.latent[1] // 2]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LuminaConfig":
+        from .checkpoint import config_from_dict
+
+        d = dict(d)
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown lumina config field(s) {unknown}: written by a newer sjd-jax?")
+        return cls(gpt=config_from_dict("gpt", d.pop("gpt")), vq=config_from_dict("vq", d.pop("vq")), **d)
+
+    def with_prompt_length(self, length: int) -> GPTConfig:
+        """The GPT config for prompts padded to ``length`` tokens (one compile per length)."""
+        return self.gpt.replace(cls_token_num=int(length))
+
+
+def make_config(gpt: GPTConfig, vq: VQConfig, vocabulary: dict, latent: tuple[int, int], layout: str,
+                max_positions: int) -> LuminaConfig:
+    """The pipeline config of a Chameleon-family LLM (``convert.chameleon.chameleon_config``) and
+    its VQGAN, for images of ``latent = (h, w)`` codes; special ids read from ``vocabulary``
+    (token name -> id, e.g. the HF config's ``vocabulary_map``)."""
+    h, w = (int(x) for x in latent)
+    if layout == "lumina" and (h % 2 or w % 2 or min(h, w) < 2):
+        raise ValueError(f"Lumina-mGPT latent sizes are even (pixels multiples of 32 with Chameleon's VQGAN), "
+                         f"got {h}x{w} codes")
+    missing = [n for k, n in SPECIAL_NAMES.items() if n not in vocabulary
+               and (layout == "lumina" or k in ("bos_id", "boi_id", "eoi_id"))]
+    if missing:
+        raise ValueError(f"the vocabulary lacks {missing}: not a Chameleon tokenizer/vocabulary_map")
+    ids = {k: int(vocabulary.get(n, -1)) for k, n in SPECIAL_NAMES.items()}
+    if layout == "lumina":
+        for n in {h // 2, w // 2}:
+            if vocabulary.get(f"<reserved0{8800 + n}>") != ids["size_base"] + n:
+                raise ValueError(f"size token <reserved0{8800 + n}> is not <reserved08800> + {n} in this vocabulary")
+    table = code_to_bpe(vocabulary)
+    lo, hi = int(table.min()), int(table.max()) + 1
+    if hi - lo != table.size:
+        raise ValueError(f"image tokens are not one contiguous id range ({table.size} codes in ids {lo}..{hi - 1})")
+    if table.size != vq.codebook_size:
+        raise ValueError(f"{table.size} image tokens in the vocabulary but the VQGAN has {vq.codebook_size} codes")
+    grid = (h, w + 1) if layout == "lumina" else (h, w)
+    gpt = gpt.replace(grid_size=grid, image_token_range=(lo, hi), cls_token_num=4,  # set per call
+                      row_end_token=ids["newline_id"] if layout == "lumina" else None,
+                      cfg_uncond_suffix=3 if layout == "lumina" else 1)
+    pad = int(vocabulary.get("<pad>", ids["bos_id"]))
+    return LuminaConfig(gpt=gpt, vq=vq, layout=layout, latent=(h, w), code_bpe=tuple(table.tolist()),
+                        pad_id=pad, max_positions=int(max_positions), **ids)
+
+
+def prompt_ids(tokenizer, config: LuminaConfig, text: str, template: bool = True) -> list[int]:
+    """One prompt's ids: ``[BOS] + tokens(templated text) + [<reserved08706>] + image prefix``
+    (Anole: ``[BOS] + tokens(text) + [<racm3:break>]``)."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"prompt must be a non-empty string, got {text!r}")
+    H, W = config.image_size
+    if config.layout == "lumina" and template:
+        text = PROMPT_TEMPLATE.format(width=W, height=H, prompt=text)
+    ids = list(tokenizer.encode(text).ids)
+    if not ids or ids[0] != config.bos_id:
+        ids = [config.bos_id, *ids]
+    sep = [config.sep_id] if config.layout == "lumina" else []
+    return [*ids, *sep, *config.image_prefix()]
+
+
+def pad_prompts(config: LuminaConfig, rows: list[list[int]], multiple: int = 16) -> Prompt:
+    """Left-pad id rows to the longest, rounded up to ``multiple`` (nearby lengths share a compile;
+    padding never changes the result: masked keys, positions counting real tokens only)."""
+    if not rows:
+        raise ValueError("no prompts given")
+    longest = max(len(r) for r in rows)
+    N = config.gpt.num_image_tokens
+    if longest + N > config.max_positions:
+        raise ValueError(f"prompt too long: {longest} tokens + {N} image tokens exceed the model context "
+                         f"{config.max_positions}")
+    length = min(-(-longest // multiple) * multiple, config.max_positions - N)
+    ids = np.full((len(rows), length), config.pad_id, np.int32)
+    mask = np.zeros((len(rows), length), bool)
+    for b, r in enumerate(rows):
+        ids[b, length - len(r):] = r
+        mask[b, length - len(r):] = True
+    return Prompt(jnp.asarray(ids), jnp.asarray(mask))
+
+
+def defaults(config: LuminaConfig) -> dict:
+    """``DEFAULTS`` with image top-k capped at the number of image codes (tiny test models)."""
+    return {**DEFAULTS, "top_k": min(DEFAULTS["top_k"], len(config.code_bpe))}
+
+
+def generate_tokens(params, config: LuminaConfig, prompts: Prompt, key, mesh=None, **sampling):
+    """Image-span tokens ``[B, rows * (w + 1)]`` (Lumina: newline columns included) for padded
+    prompts; ``sampling`` as in ``sjd_jax.generate``, defaults ``defaults(config)``."""
+    from .sampling import generate
+
+    for k, v in defaults(config).items():
+        sampling.setdefault(k, v)
+    gpt = config.with_prompt_length(prompts.ids.shape[1])
+    return generate(params["gpt"], gpt, prompts, key, mesh=mesh, **sampling)
+
+
+def codes_of(config: LuminaConfig, tokens) -> np.ndarray:
+    """Sampler tokens -> VQGAN codes ``[B, h * w]`` (row ends dropped, BPE ids mapped by name)."""
+    tokens = np.asarray(tokens)
+    if config.layout == "lumina":
+        tokens = strip_row_ends(tokens, config.gpt.grid_size)
+    return bpe_to_code(tokens, np.asarray(config.code_bpe))
+
+
+def decode_images(params, config: LuminaConfig, tokens) -> np.ndarray:
+    """Sampler tokens ``[B, N]`` -> uint8 images ``[B, H, W, 3]``; as Lumina's decoder: clamp to
+    [-1, 1], ``(x + 1) / 2 * 255`` truncated (not rounded)."""
+    from .vq import decode_tokens
+
+    x = decode_tokens(params["vq"], config.vq, jnp.asarray(codes_of(config, tokens)), config.latent)
+    x = np.clip(np.asarray(x, np.float32), -1.0, 1.0)
+    return ((x + 1.0) / 2.0 * 255.0).astype(np.uint8)
+
+
+def text_to_image(params, config: LuminaConfig, tokenizer, texts: list[str], key, *, template: bool = True,
+                  mesh=None, **sampling):
+    """Prompts -> (uint8 images ``[B, H, W, 3]``, the sampler's ``GenerateOutput``)."""
+    if isinstance(texts, str) or not texts:
+        raise ValueError("texts must be a non-empty list of strings")
+    prompts = pad_prompts(config, [prompt_ids(tokenizer, config, t, template) for t in texts])
+    out = generate_tokens(params, config, prompts, key, mesh=mesh, **sampling)
+    from . import distributed
+
+    out = out.replace(**{f: distributed.gather(getattr(out, f)) for f in ("tokens", "nfe", "committed",
+                                                                          "branch_hits")})
+    return decode_images(params, config, out.tokens), out
+
+
+def abstract_lumina_params(config: LuminaConfig):
+    from .model import abstract_params
+    from .vq import abstract_vq_params
+
+    return {"gpt": abstract_params(config.gpt), "vq": abstract_vq_params(config.vq)}

@@ -164,6 +164,9 @@ class GPT(nn.Module):
         cond: class ids ``[B]``, caption features ``[B, C, caption_dim]`` or prompt ids ``[B, C]``.
         """
         c = self.config
+        if c.cond_kind == "tokens" and c.cfg_uncond_suffix is not None:  # Lumina: see null_prefix_mask
+            table = self.tok_embeddings if c.shared_embeddings else self.text_embeddings
+            return table(cond)
         if c.cond_kind == "tokens":  # Janus: null prompt = every token but BOS/BOI replaced by pad
             keep = jnp.isin(cond, jnp.asarray(c.cfg_keep_ids, jnp.int32)) if c.cfg_keep_ids else False
             table = self.tok_embeddings if c.shared_embeddings else self.text_embeddings
@@ -216,6 +219,18 @@ class GPT(nn.Module):
         B = tokens.shape[0]
         x = jnp.concatenate([self.embed_cond(cond, jnp.zeros((B,), bool)), self.embed_tokens(tokens)], 1)
         return self(x, init_cache(self.config, B))
+
+
+def null_prefix_mask(config: GPTConfig, prefix_mask: jax.Array, null: jax.Array) -> jax.Array:
+    """The condition mask ``[B, C]`` with CFG-null rows (``null [B]``) reduced to their last
+    ``cfg_uncond_suffix`` positions (Lumina-mGPT: the unconditional sequence starts at the image
+    start token); unchanged for every other model."""
+    k = config.cfg_uncond_suffix
+    if k is None:
+        return prefix_mask
+    C = prefix_mask.shape[1]
+    tail = jnp.arange(C) >= C - k
+    return jnp.where(null[:, None], prefix_mask & tail[None, :], prefix_mask)
 
 
 def _pads_before(prefix_mask: jax.Array, q_pos: jax.Array) -> jax.Array:
@@ -302,24 +317,25 @@ def forward(params, config: GPTConfig, x, cache: KVCache, offsets=None, tree_mas
     return GPT(config).apply(params, x, cache, offsets, tree_mask)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 5))
-def _teacher_forced(params, config, cond, prefix_mask, tokens, mesh=None):
+@functools.partial(jax.jit, static_argnums=(1, 6))
+def _teacher_forced(params, config, cond, prefix_mask, tokens, null, mesh=None):
     with shd.active(mesh):
-        B = tokens.shape[0]
-        x = jnp.concatenate([embed_cond(params, config, cond, jnp.zeros((B,), bool)),
+        x = jnp.concatenate([embed_cond(params, config, cond, null),
                              embed_tokens(params, config, tokens[:, : config.num_image_tokens - 1])], axis=1)
-        cache = init_cache(config, B, prefix_mask)
+        cache = init_cache(config, tokens.shape[0], null_prefix_mask(config, prefix_mask, null))
         cache = cache.replace(k=tuple(shd.constrain(k, shd.KV_AXES) for k in cache.k),
                               v=tuple(shd.constrain(v, shd.KV_AXES) for v in cache.v))
         logits, _ = forward(params, config, x, cache)
         return logits[:, config.cls_token_num - 1:]
 
 
-def teacher_forced_logits(params, config: GPTConfig, cond, tokens, mesh=None) -> jax.Array:
+def teacher_forced_logits(params, config: GPTConfig, cond, tokens, mesh=None, null=None) -> jax.Array:
     """Raw logits ``[B, N, V]``: entry i predicts image token i from the condition and tokens < i.
 
     cond: class ids ``[B]`` (id ``num_classes`` = null class) or, for text-conditional models,
     caption features ``[B, C, caption_dim]`` or a ``Caption(features, mask)``.
+    ``null``: optional ``[B]`` bool, rows that get the model's CFG null condition (the
+    unconditional branch exactly as the sampler builds it).
     ``mesh``: compute on a device mesh (``sharding.RULES``; params moved there unless already).
     """
     from .validate import check_cond  # local: validate imports this module
@@ -330,8 +346,13 @@ def teacher_forced_logits(params, config: GPTConfig, cond, tokens, mesh=None) ->
         raise ValueError(f"tokens must have shape [B, {N}], got {tuple(tokens.shape)}")
     cond_arr, prefix_mask = split_cond(config, cond)
     check_cond(config, cond_arr, prefix_mask, tokens.shape[0], allow_null=True)
+    B = tokens.shape[0]
+    null = np.zeros((B,), bool) if null is None else np.asarray(null)
+    if null.shape != (B,) or null.dtype != bool:
+        raise ValueError(f"null must be [{B}] bool, got {null.dtype} {null.shape}")
     if mesh is not None:
         params = shd.place_params(params, mesh)
-        cond_arr, prefix_mask, tokens = (shd.to_global(x, shd.batch_sharding(mesh, x.shape, what)) for x, what in
-                                         ((cond_arr, "cond"), (prefix_mask, "prefix mask"), (tokens, "tokens")))
-    return _teacher_forced(params, config, cond_arr, prefix_mask, tokens, mesh)
+        cond_arr, prefix_mask, tokens, null = (
+            shd.to_global(x, shd.batch_sharding(mesh, x.shape, what)) for x, what in
+            ((cond_arr, "cond"), (prefix_mask, "prefix mask"), (tokens, "tokens"), (null, "null rows")))
+    return _teacher_forced(params, config, cond_arr, prefix_mask, tokens, jnp.asarray(null), mesh)

@@ -33,8 +33,9 @@ def check_cond(config: GPTConfig, cond, prefix_mask, batch: int | None, allow_nu
         if bad.size:
             raise ValueError(f"prompt token id {int(bad[0])} out of range: text vocabulary is 0..{V - 1}")
         mask = _concrete(prefix_mask, "prompt mask")
-        if not mask[:, -1].all():
-            raise ValueError("prompt rows must end with a real token (pad on the left)")
+        k = config.cfg_uncond_suffix or 1
+        if not mask[:, -k:].all():
+            raise ValueError(f"prompt rows must end with {k} real token(s) (pad on the left)")
         n = ids.shape[0]
     elif config.text_conditional:
         feats = cond

@@ -300,7 +300,8 @@ def _build(spec: SamplerSpec, params, rows, knobs, neighbours):
     def prefill(cond, prefix_mask):
         null = jnp.tile(jnp.asarray([False, True]), B) if spec.cfg else jnp.zeros((B,), bool)
         x = gpt.embed_cond(params, c, double(cond), null)
-        cache = init_cache(c, x.shape[0], double(prefix_mask), extra=W if A else 0)
+        cache = init_cache(c, x.shape[0], gpt.null_prefix_mask(c, double(prefix_mask), null),
+                           extra=W if A else 0)
         logits, cache = gpt.forward(params, c, x, cache)
         zeros_b = jnp.zeros((B, 1), jnp.int32)
         p0 = probs(logits[:, -1:], zeros_b)  # [B, 1, V]
