@@ -21,7 +21,8 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: sjd-jax {" + ",".join(COMMANDS) + "} [options]\n\n"
-              "  generate  sample a class grid from the bundled fashion-mnist model (PNG)\n"
+              "  generate  sample a class grid from the bundled fashion-mnist model, or prompts from a converted\n"
+              "            text-to-image checkpoint (lumina-mgpt, anole, llamagen-t2i, janus-pro) (PNG)\n"
               "  eval      quality metrics of the bundled model: PSNR, NLL, class accuracy, Frechet distance\n"
               "  bench     AR vs Jacobi-family samplers: NFE, wall time, compile time (JSON)\n"
               "  bench-mesh  throughput of batch generation on device meshes vs one device (JSON)\n"

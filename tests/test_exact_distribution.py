@@ -266,3 +266,49 @@ def test_forced_tokens_never_cost_a_rejection():
         nfe = np.asarray(out.nfe)
         assert nfe.max() <= 4, (options, np.bincount(nfe))
         assert (np.asarray(out.tokens)[:, 1::2] == 3).all()
+
+
+# ---- Chameleon-style model (Lumina-mGPT): prompt tokens in the shared vocabulary, q/k-norm, 1D
+# rotate-half RoPE, Lumina's CFG (the unconditional branch is only the last 2 prompt tokens, a
+# sequence of its own), forced row ends and an image-code range. V = 5: codes 0..2, row end 3,
+# prompt-only token 4; 2 rows x (2 codes + row end) = 81 layout-consistent sequences.
+CONFIG_L = S.GPTConfig(vocab_size=5, text_vocab_size=5, shared_embeddings=True, grid_size=(2, 3), dim=16,
+                       n_layer=2, n_head=2, cls_token_num=4, rope_type="1d", rope_interleaved=False, qk_norm=True,
+                       row_end_token=3, image_token_range=(0, 3), cfg_uncond_suffix=2)
+PROMPTS_L = (np.array([[4, 1, 4, 2], [0, 4, 0, 2]], np.int32),  # row 2 left-padded by one
+             np.array([[True] * 4, [False, True, True, True]]))
+
+
+def test_exact_distribution_chameleon_style_with_lumina_cfg():
+    params = scaled_params(CONFIG_L, seed=5, scale=6.0, head_scale=2.0)
+    knobs = dict(cfg_scale=2.5, top_k=2)
+    ids, mask = PROMPTS_L
+    forced = CONFIG_L.forced_tokens()
+    free = np.flatnonzero(forced < 0)
+    seqs = np.tile(forced, (3 ** free.size, 1))
+    seqs[:, free] = np.array(list(itertools.product(range(3), repeat=free.size)))
+    out = generate(params, CONFIG_L, S.Prompt(jnp.asarray(np.tile(ids, (M, 1))), jnp.asarray(np.tile(mask, (M, 1)))),
+                   jax.random.key(8), method="sjd", window=4, coupling="gumbel", **knobs)
+    tokens = np.asarray(out.tokens)
+    assert (tokens[:, forced >= 0] == 3).all() and (tokens[:, free] < 3).all()
+    assert np.asarray(out.nfe).max() <= 5  # 4 free codes: forced row ends never cost a step
+    for b in range(2):
+        prompt = S.Prompt(jnp.asarray(np.repeat(ids[b:b + 1], len(seqs), 0)),
+                          jnp.asarray(np.repeat(mask[b:b + 1], len(seqs), 0)))
+        tf = lambda null: np.asarray(S.teacher_forced_logits(  # noqa: E731
+            params, CONFIG_L, prompt, jnp.asarray(seqs), null=np.full(len(seqs), null)), np.float64)
+        lc, lu = tf(False), tf(True)
+        # the unconditional branch is the 2-token sequence alone (its own positions from 0)
+        short = S.teacher_forced_logits(params, CONFIG_L.replace(cls_token_num=2, cfg_uncond_suffix=None),
+                                        S.Prompt(jnp.asarray(np.repeat(ids[b:b + 1, -2:], len(seqs), 0)),
+                                                 jnp.ones((len(seqs), 2), bool)), jnp.asarray(seqs))
+        np.testing.assert_allclose(lu, np.asarray(short), atol=1e-5)
+        l = lu + knobs["cfg_scale"] * (lc - lu)
+        l[..., 3:] = -np.inf
+        p = np_target(l, None, 1.0, 1.0, knobs["top_k"], 1.0)
+        p[:, forced >= 0] = np.eye(5)[forced[forced >= 0]]
+        joint = np.take_along_axis(p, seqs[..., None], -1)[..., 0].prod(-1)
+        idx = (tokens[b::2][:, free] * 3 ** np.arange(free.size - 1, -1, -1)).sum(-1)
+        pval, tv, bound = fit_counts(np.bincount(idx, minlength=len(joint)).astype(float), joint)
+        print(f"chameleon-style lumina cfg prompt {b}: chi2 p={pval:.3g} TV={tv:.4f} bound={bound:.4f}")
+        assert pval > ALPHA and tv < bound, (pval, tv, bound)

@@ -174,6 +174,27 @@ def test_text_to_image_with_tokenizer(converted):
         J.prompt_ids(tok, config, "  ")
 
 
+def test_cli_generate(converted, tmp_path, capsys):
+    """``sjd-jax generate --model janus-pro-1b --ckpt DIR --prompt ...`` writes exactly the images of
+    ``text_to_image`` (grid column per prompt, example id = grid index, Janus' cfg 5 default)."""
+    from PIL import Image
+
+    from sjd_jax.cli import main as cli_main
+
+    _, config, params, d = converted
+    out = tmp_path / "j.png"
+    rc = cli_main(["generate", "--model", "janus-pro-1b", "--ckpt", str(d / "sjd"), "--prompt", "a red cat",
+                   "big blue house", "--window", "4", "--seed", "2", "--out", str(out), "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    want, _ = J.text_to_image(params, config, J.load_tokenizer(d / "sjd"), ["a red cat", "big blue house"], 2,
+                              window=4)
+    got = np.asarray(Image.open(out).convert("RGB"))
+    np.testing.assert_array_equal(got[2:18, 2:18], want[0])
+    np.testing.assert_array_equal(got[2:18, 20:36], want[1])
+    rc = cli_main(["generate", "--model", "lumina-mgpt-7b-768", "--ckpt", str(d / "sjd"), "--prompt", "x", "--quiet"])
+    assert rc == 2 and "holds a 'janus' checkpoint" in capsys.readouterr().err
+
+
 def _break(d, tmp_path, edit):
     src = tmp_path / "broken"
     shutil.copytree(d / "hf", src)

@@ -131,15 +131,17 @@ def _hf_logits(model, ids):
         return model.lm_head(model.model(torch.tensor([ids])).last_hidden_state)[0, -1].numpy().astype(np.float64)
 
 
-def reference_greedy(model, prompt_ids, cfg, h, w):
+def reference_greedy(model, prompt_ids, cfg, h, w, layout="lumina"):
     """Lumina's decoding, written independently with HF's ChameleonModel (no cache): the conditional
     sequence is the whole prompt, the unconditional one starts at <racm3:break> (its own positions
     from 0); scores = uncond + cfg * (cond - uncond) on raw logits; a newline is forced after each row
-    of w codes; elsewhere only image ids 4..19 are allowed; greedy."""
-    cond, uncond = list(prompt_ids), list(prompt_ids[-3:])
+    of w codes; elsewhere only image ids 4..19 are allowed; greedy. Anole: no size tokens, no newlines."""
+    lumina_layout = layout == "lumina"
+    cond, uncond = list(prompt_ids), list(prompt_ids[-3:] if lumina_layout else prompt_ids[-1:])
+    assert uncond[0] == BOI
     out = []
-    for i in range(h * (w + 1)):
-        if i % (w + 1) == w:
+    for i in range(h * (w + 1) if lumina_layout else h * w):
+        if lumina_layout and i % (w + 1) == w:
             t = NL
         else:
             lc, lu = _hf_logits(model, cond), _hf_logits(model, uncond)
@@ -174,6 +176,24 @@ def test_greedy_tokens_and_pixels_equal_reference(converted, method):
     want = ((np.clip(ref, -1, 1) + 1) / 2 * 255)
     assert images.shape == (2, 16, 16, 3) and images.dtype == np.uint8
     assert np.abs(images.astype(float) - want).max() < 1.0 + 1e-3  # truncation of values within 1e-5
+
+
+def test_anole_layout(converted, tmp_path):
+    """--family anole: prompt + <racm3:break>, codes only (no size tokens, no newlines), CFG's
+    unconditional branch <racm3:break> alone; greedy tokens equal the reference loop."""
+    out = tmp_path / "anole"
+    assert convert_main(["--family", "anole", str(converted["snap"]), "--vqgan", str(converted["root"] / "vqgan.ckpt"),
+                         "--image-size", "16", "--out", str(out), "--quiet"]) == 0
+    c, params = checkpoint.load(out)
+    assert c.layout == "anole" and c.gpt.grid_size == (4, 4) and c.gpt.row_end_token is None
+    assert c.gpt.cfg_uncond_suffix == 1 and c.image_prefix() == [BOI]
+    tok = converted["tok"]
+    ids = lumina.prompt_ids(tok, c, "a red fox")
+    assert ids == [0, VOCAB["a"], VOCAB["red"], VOCAB["fox"], BOI]
+    images, res = lumina.text_to_image(params, c, tok, ["a red fox"], 0, window=5, temperature=0.0)
+    np.testing.assert_array_equal(np.asarray(res.tokens)[0],
+                                  reference_greedy(converted["model"], ids, lumina.DEFAULTS["cfg_scale"], 4, 4, "anole"))
+    assert images.shape == (1, 16, 16, 3)
 
 
 def test_sampling_is_per_example_and_respects_layout(converted):
