@@ -34,8 +34,11 @@ _CONTAINERS = ("model", "module", "state_dict")  # LlamaGen / DeepSpeed / Lightn
 _LLAMAGEN_DIM_TO_HEADS = {768: 12, 1024: 16, 1280: 20, 1536: 24, 3200: 32}
 
 
-def read_tensors(path: Path) -> dict:
-    """name -> array-like (torch tensors stay lazy/mmapped until converted one by one)."""
+def read_tensors(path: Path, trust_pickle: bool = False) -> dict:
+    """name -> array-like (torch tensors stay lazy/mmapped until converted one by one).
+
+    ``trust_pickle`` (``--trust-pickle``): load a PyTorch file with ``weights_only=False``, which runs
+    whatever code the pickle holds; only for files from a source you trust."""
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
     if path.suffix == ".safetensors":
@@ -43,7 +46,7 @@ def read_tensors(path: Path) -> dict:
 
         try:
             f = safe_open(str(path), framework="numpy")
-            return {k: _Lazy(f, k) for k in f.keys()}
+            return {k: _Lazy(f, k, path) for k in f.keys()}
         except Exception as e:
             raise ValueError(f"{path}: not a readable safetensors file ({e})") from e
     import argparse as _argparse
@@ -54,10 +57,12 @@ def read_tensors(path: Path) -> dict:
         # weights_only: never run pickled code. LlamaGen training files also pickle their argparse
         # Namespace; exactly that class is allow-listed.
         with torch.serialization.safe_globals([_argparse.Namespace]):
-            obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+            obj = torch.load(str(path), map_location="cpu", weights_only=not trust_pickle, mmap=True)
     except Exception as e:
-        raise ValueError(f"{path}: cannot be read as a PyTorch checkpoint with weights_only=True "
-                         f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+        hint = "" if trust_pickle else (" (if it pickles other objects and you trust its source, "
+                                        "--trust-pickle loads it with weights_only=False)")
+        raise ValueError(f"{path}: cannot be read as a PyTorch checkpoint with weights_only={not trust_pickle} "
+                         f"({type(e).__name__}: {str(e).splitlines()[0][:200]}){hint}") from e
     if isinstance(obj, dict):
         for key in _CONTAINERS:
             if isinstance(obj.get(key), dict):
@@ -71,12 +76,34 @@ def read_tensors(path: Path) -> dict:
 class _Lazy:
     """A safetensors entry read only when converted (shape from the header)."""
 
-    def __init__(self, f, key):
-        self.f, self.key = f, key
-        self.shape = tuple(f.get_slice(key).get_shape())
+    def __init__(self, f, key, path: Path):
+        self.f, self.key, self.path = f, key, path
+        part = f.get_slice(key)
+        self.shape, self.dtype = tuple(part.get_shape()), part.get_dtype()
 
     def numpy(self):
+        if self.dtype == "BF16":  # numpy has no bfloat16 (safetensors' numpy reader refuses it)
+            return _bf16_view(self.path, self.key)
         return self.f.get_tensor(self.key)
+
+
+def _bf16_view(path: Path, key: str) -> np.ndarray:
+    """A bfloat16 tensor of a safetensors file as a read-only memmap of ml_dtypes.bfloat16 (jax's
+    own bfloat16 type): header = 8-byte little-endian length + JSON with each tensor's offsets."""
+    import json
+
+    import ml_dtypes
+
+    with open(path, "rb") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        info = json.loads(fh.read(n))[key]
+    start, end = info["data_offsets"]
+    shape = tuple(info["shape"])
+    if end - start != 2 * int(np.prod(shape, dtype=np.int64)):
+        raise ValueError(f"{path}: tensor {key} has {end - start} bytes for bf16 shape {shape}")
+    if not shape or 0 in shape:
+        return np.zeros(shape, ml_dtypes.bfloat16)
+    return np.memmap(path, dtype=ml_dtypes.bfloat16, mode="r", offset=8 + n + start, shape=shape)
 
 
 def to_numpy(x) -> np.ndarray:
@@ -186,10 +213,10 @@ def hf_files(srcs: list[Path]) -> dict:
             "tokenizer": named.get("tokenizer.json"), "weights": weights}
 
 
-def read_all(paths: list[Path]) -> dict:
+def read_all(paths: list[Path], trust_pickle: bool = False) -> dict:
     tensors: dict = {}
     for p in paths:
-        part = read_tensors(p)
+        part = read_tensors(p, trust_pickle)
         dup = sorted(set(part) & set(tensors))
         if dup:
             raise ValueError(f"{p.name} repeats tensors from another shard: {dup[:4]}")
@@ -214,7 +241,7 @@ def convert_janus(srcs: list[Path], out: Path, args) -> dict:
                       if isinstance(t, dict) and "content" in t and "id" in t})
     config = janus_config(_read_json(files["config"]),
                           _read_json(files["generation"]) if files["generation"] else {}, vocab)
-    tensors = read_all(files["weights"])
+    tensors = read_all(files["weights"], args.trust_pickle)
     n_skipped = sum(map(skipped, tensors))
     with tqdm(total=len(tensors) - n_skipped, desc="converting janus-pro", unit="tensor",
               file=sys.stderr, disable=args.quiet) as bar:
@@ -235,7 +262,7 @@ def convert_t5(srcs: list[Path], out: Path, args) -> dict:
 
     files = hf_files(srcs)
     config = t5_config(_read_json(files["config"]))
-    tensors = read_all(files["weights"])
+    tensors = read_all(files["weights"], args.trust_pickle)
     n_skipped = sum(skipped(n) for n in tensors)
     params = t5_params(tensors, config, to_numpy)
     extra = {"tokenizer.json": files["tokenizer"]} if files["tokenizer"] else {}
@@ -267,7 +294,7 @@ def convert_lumina(srcs: list[Path], out: Path, args, layout: str) -> dict:
     tok_file = args.tokenizer or files["tokenizer"]
     cfg = _read_json(files["config"])
     vocab = vocabulary(cfg, _read_json(tok_file) if tok_file else None)
-    vq_tensors = read_tensors(Path(args.vqgan))
+    vq_tensors = read_tensors(Path(args.vqgan), args.trust_pickle)
     vq = vqgan_config(vq_tensors, Path(args.vqgan).name)
     name = srcs[0].name if len(srcs) == 1 and srcs[0].is_dir() else files["config"].parent.name
     if layout == "anole" and not args.image_size:
@@ -275,7 +302,7 @@ def convert_lumina(srcs: list[Path], out: Path, args, layout: str) -> dict:
     latent = latent_of(args, name, vq.downsample)
     gpt = chameleon_config(cfg, latent, 1)
     config = make_config(gpt, vq, vocab, latent, layout, int(cfg.get("max_position_embeddings") or 4096))
-    tensors = read_all(files["weights"])
+    tensors = read_all(files["weights"], args.trust_pickle)
     n_skipped = sum(map(skipped, tensors))
     with tqdm(total=2, desc=f"converting {family}", unit="model", file=sys.stderr, disable=args.quiet) as bar:
         llm = chameleon_params(tensors, config.gpt, to_numpy)
@@ -325,7 +352,7 @@ def convert(family: str, srcs, out: Path, args) -> dict:
     if len(srcs) != 1:
         raise ValueError(f"--family {family} takes exactly one checkpoint file, got {len(srcs)}")
     src = srcs[0]
-    tensors = read_tensors(src)
+    tensors = read_tensors(src, args.trust_pickle)
     if family == "llamagen-vq":
         kind, config = "vq", vq_config(tensors, src)
     else:
@@ -359,6 +386,8 @@ def main(argv=None) -> int:
                     help="lumina-mgpt / anole: tokenizer.json to use instead of the snapshot's")
     ap.add_argument("--n-head", type=int, default=None, help="GPT only: heads, for non-released sizes")
     ap.add_argument("--force", action="store_true", help="overwrite --out")
+    ap.add_argument("--trust-pickle", action="store_true",
+                    help=".pt/.ckpt files: load with weights_only=False (runs the pickle's code; trusted files only)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     try:
         args = ap.parse_args(argv)

@@ -112,3 +112,20 @@ def test_errors_exit_2_and_leave_nothing(tmp_path, capsys):
         assert "error:" in err and __import__("re").search(match, err), (name, err)
         assert not out.exists(), name
         assert not list(tmp_path.glob(".out.tmp*")), name
+
+
+def test_bf16_safetensors_read_without_torch(tmp_path):
+    """Released Lumina / Janus shards are bf16, which safetensors' numpy reader refuses: they are
+    memory-mapped as ml_dtypes.bfloat16 and widened exactly; other dtypes go through safetensors."""
+    from convert.cli import read_tensors, to_numpy
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(3, 5, generator=g).to(torch.bfloat16), torch.randn(4, generator=g)
+    from safetensors.torch import save_file as save_torch
+
+    save_torch({"a": a, "b": b, "z": torch.zeros(0, 2, dtype=torch.bfloat16)}, str(tmp_path / "m.safetensors"))
+    t = read_tensors(tmp_path / "m.safetensors")
+    assert t["a"].shape == (3, 5) and t["a"].dtype == "BF16"
+    np.testing.assert_array_equal(to_numpy(t["a"]), a.float().numpy())
+    np.testing.assert_array_equal(to_numpy(t["b"]), b.numpy())
+    assert to_numpy(t["z"]).shape == (0, 2)

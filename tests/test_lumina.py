@@ -70,7 +70,11 @@ def converted(tmp_path_factory):
                 norm.weight.copy_(torch.randn(1, norm.weight.shape[1]).mul(0.3).add(1.0).expand_as(norm.weight))
                 norm.bias.copy_(torch.randn(1, norm.bias.shape[1]).mul(0.3).expand_as(norm.bias))
         model.lm_head.weight.mul_(4.0)  # peaked enough that CFG and the layout matter for argmax
-    model.save_pretrained(snap)
+    # as released: bf16 safetensors shards + index (the reference keeps the same bf16-exact weights)
+    model = model.to(torch.bfloat16)
+    model.save_pretrained(snap, max_shard_size="100KB")
+    model = model.float()
+    assert len(list(snap.glob("model-*-of-*.safetensors"))) > 1 and (snap / "model.safetensors.index.json").is_file()
     _tokenizer().save(str(snap / "tokenizer.json"))
     enc, dec, qc, pqc, codebook, sd = _taming_vqgan([8])
     torch.save({"state_dict": sd}, root / "vqgan.ckpt")
@@ -280,3 +284,12 @@ def test_convert_errors(converted, tmp_path, capsys):
                          "--out", str(tmp_path / "e"), "--quiet"]) == 2
     assert "<reserved08799>" in capsys.readouterr().err
     assert not any((tmp_path / n).exists() for n in "abcde")
+    # a Lightning file that pickles more than tensors: refused by default, loaded with --trust-pickle
+    import fractions
+
+    sd = torch.load(root / "vqgan.ckpt", weights_only=True)["state_dict"]
+    torch.save({"state_dict": sd, "callbacks": {"best": fractions.Fraction(1, 3)}}, tmp_path / "lightning.ckpt")
+    args = ["--family", "lumina-mgpt", str(snap), "--vqgan", str(tmp_path / "lightning.ckpt"), "--quiet"]
+    assert convert_main([*args, "--out", str(tmp_path / "f")]) == 2
+    assert "--trust-pickle" in capsys.readouterr().err and not (tmp_path / "f").exists()
+    assert convert_main([*args, "--out", str(tmp_path / "g"), "--trust-pickle"]) == 0
