@@ -39,17 +39,20 @@ def skipped(name: str) -> bool:
     return any(re.fullmatch(p, name) for p in _SKIPPED)
 
 
-def chameleon_config(cfg: dict, grid_size, prompt_len: int) -> GPTConfig:
-    """HF ``ChameleonConfig`` dict -> GPTConfig over a ``prompt_len`` prompt and an image-token grid."""
+def llama_family_config(cfg: dict, grid_size, prompt_len: int, family: str, qk_norm: bool) -> GPTConfig:
+    """An HF Llama-style config dict (Chameleon, Emu3's text model) -> GPTConfig with one shared
+    prompt/image vocabulary and 1D rotate-half RoPE, over a ``prompt_len`` prompt and a grid."""
     for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
         if key not in cfg:
-            raise ValueError(f"Chameleon config.json lacks {key}")
+            raise ValueError(f"{family} config.json lacks {key}")
     if cfg.get("swin_norm", False):
         raise ValueError("swin_norm=True (Chameleon-34B's post-norm) is not supported")
     if cfg.get("attention_bias", False) or cfg.get("mlp_bias", False):
         raise ValueError("biased attention/MLP layers are not supported")
     if cfg.get("hidden_act", "silu") != "silu":
         raise ValueError(f"unsupported hidden_act {cfg['hidden_act']!r}")
+    if cfg.get("tie_word_embeddings", False):
+        raise ValueError("tied input/output embeddings are not supported")
     rope = cfg.get("rope_parameters") or {}
     if (rope.get("rope_type") or "default") != "default" or cfg.get("rope_scaling"):
         raise ValueError(f"rope scaling is not supported ({rope or cfg.get('rope_scaling')})")
@@ -61,7 +64,12 @@ def chameleon_config(cfg: dict, grid_size, prompt_len: int) -> GPTConfig:
                      dim=int(cfg["hidden_size"]), n_layer=int(cfg["num_hidden_layers"]), n_head=n_head,
                      n_kv_head=None if kv == n_head else kv, intermediate_size=int(cfg["intermediate_size"]),
                      cls_token_num=prompt_len, norm_eps=float(cfg.get("rms_norm_eps", 1e-5)),
-                     rope_theta=theta, rope_type="1d", rope_interleaved=False, qk_norm=True)
+                     rope_theta=theta, rope_type="1d", rope_interleaved=False, qk_norm=qk_norm)
+
+
+def chameleon_config(cfg: dict, grid_size, prompt_len: int) -> GPTConfig:
+    """HF ``ChameleonConfig`` dict -> GPTConfig over a ``prompt_len`` prompt and an image-token grid."""
+    return llama_family_config(cfg, grid_size, prompt_len, "Chameleon", qk_norm=True)
 
 
 def _expand_norm(arr: np.ndarray, heads: int, name: str) -> np.ndarray:

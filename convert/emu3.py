@@ -1,0 +1,49 @@
+"""Emu3-Gen's LLM (``BAAI/Emu3-Gen`` original names, ``BAAI/Emu3-Gen-hf`` / HF v5 names) -> GPT.
+
+A Llama decoder (GQA, RoPE theta 1e6, rotate-half, untied ``lm_head``) over one vocabulary of text
+and visual tokens. Names are normalised to Chameleon's HF layout (``model.layers.N...``, ``lm_head``)
+and mapped by ``convert.chameleon``: HF v5 ``model.text_model.*`` and the legacy hub's
+``text_model.*`` drop that prefix; ``model.vqmodel.*`` / ``vqmodel.*`` (the vision tokenizer,
+converted on its own) are skipped.
+"""
+
+from __future__ import annotations
+
+import re
+
+from sjd_jax.config import GPTConfig
+
+from .chameleon import chameleon_params, llama_family_config
+
+_RENAMES = [(r"^model\.text_model\.", "model."), (r"^text_model\.lm_head\.", "lm_head."),
+            (r"^text_model\.", "model.")]
+_VQ = re.compile(r"^(model\.)?vqmodel\.")
+
+
+def emu3_name(name: str) -> str | None:
+    """Checkpoint name -> Chameleon-layout name, or None for vision-tokenizer tensors."""
+    if _VQ.match(name):
+        return None
+    for pat, rep in _RENAMES:
+        if re.match(pat, name):
+            return re.sub(pat, rep, name)
+    return name
+
+
+def emu3_config(cfg: dict, grid_size, prompt_len: int) -> GPTConfig:
+    """Emu3 ``config.json`` (original flat keys, or HF v5 with ``text_config``) -> GPTConfig."""
+    text = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else cfg
+    return llama_family_config(text, grid_size, prompt_len, "Emu3", qk_norm=False)
+
+
+def emu3_params(tensors: dict, config: GPTConfig, to_numpy) -> dict:
+    """Lazy ``{name: tensor}`` -> ``{"params": ...}`` (strict; q/k/v fused into wqkv)."""
+    renamed = {}
+    for name, t in tensors.items():
+        new = emu3_name(name)
+        if new is None:
+            continue
+        if new in renamed:
+            raise ValueError(f"{name} and another tensor both map to {new}")
+        renamed[new] = t
+    return chameleon_params(renamed, config, to_numpy)
