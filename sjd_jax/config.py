@@ -52,6 +52,9 @@ class GPTConfig:
     # tokens (its image start + size tokens), a separate sequence with positions from 0 (the rest of
     # the prompt is masked out of those rows; with 1D RoPE positions count real tokens only).
     cfg_uncond_suffix: int | None = None
+    # Emu3's CFG instead: the condition is ids [B, 2, C], each prompt with its own negative prompt
+    # (both left-padded to C); the unconditional rows run the negative prompt.
+    cfg_negative_prompt: bool = False
     multiple_of: int = 256
     ffn_dim_multiplier: float | None = None
     intermediate_size: int | None = None  # explicit SwiGLU width (HF Llama); overrides the rule above
@@ -103,6 +106,8 @@ class GPTConfig:
                 and self.rope_type == "1d"):
             problems.append("cfg_uncond_suffix needs a prompt-token model with 1d RoPE and "
                             "1 <= cfg_uncond_suffix <= cls_token_num")
+        if self.cfg_negative_prompt and (self.cond_kind != "tokens" or self.cfg_uncond_suffix is not None):
+            problems.append("cfg_negative_prompt needs a prompt-token model (and excludes cfg_uncond_suffix)")
         if self.row_end_token is not None and not (0 <= self.row_end_token < self.vocab_size
                                                    and self.grid_size[1] >= 2):
             problems.append("row_end_token must be a token id and rows need >= 2 columns")

@@ -164,7 +164,8 @@ class GPT(nn.Module):
         cond: class ids ``[B]``, caption features ``[B, C, caption_dim]`` or prompt ids ``[B, C]``.
         """
         c = self.config
-        if c.cond_kind == "tokens" and c.cfg_uncond_suffix is not None:  # Lumina: see null_prefix_mask
+        if c.cond_kind == "tokens" and (c.cfg_uncond_suffix is not None or c.cfg_negative_prompt):
+            # Lumina: see null_prefix_mask; Emu3: null rows already hold the negative prompt
             table = self.tok_embeddings if c.shared_embeddings else self.text_embeddings
             return table(cond)
         if c.cond_kind == "tokens":  # Janus: null prompt = every token but BOS/BOI replaced by pad
@@ -219,6 +220,15 @@ class GPT(nn.Module):
         B = tokens.shape[0]
         x = jnp.concatenate([self.embed_cond(cond, jnp.zeros((B,), bool)), self.embed_tokens(tokens)], 1)
         return self(x, init_cache(self.config, B))
+
+
+def pick_prompt(config: GPTConfig, cond: jax.Array, prefix_mask: jax.Array, null: jax.Array):
+    """Negative-prompt models (Emu3): ids/mask ``[B, 2, C]`` -> each row's prompt (``null`` False)
+    or negative prompt (``null`` True), ``[B, C]``; unchanged otherwise."""
+    if not config.cfg_negative_prompt:
+        return cond, prefix_mask
+    return (jnp.where(null[:, None], cond[:, 1], cond[:, 0]),
+            jnp.where(null[:, None], prefix_mask[:, 1], prefix_mask[:, 0]))
 
 
 def null_prefix_mask(config: GPTConfig, prefix_mask: jax.Array, null: jax.Array) -> jax.Array:
@@ -290,6 +300,8 @@ def split_cond(config: GPTConfig, cond):
         ids, mask = _with_mask(cond, "ids")
         if not jnp.issubdtype(ids.dtype, jnp.integer):
             raise ValueError(f"prompt token ids must be integers, got dtype {ids.dtype}")
+        if ids.ndim == 3 and mask.shape == ids.shape[:2]:  # no mask given: all real
+            mask = jnp.ones(ids.shape, bool)
         return ids.astype(jnp.int32), mask
     if config.text_conditional:
         return _with_mask(cond, "features")
@@ -320,6 +332,7 @@ def forward(params, config: GPTConfig, x, cache: KVCache, offsets=None, tree_mas
 @functools.partial(jax.jit, static_argnums=(1, 6))
 def _teacher_forced(params, config, cond, prefix_mask, tokens, null, mesh=None):
     with shd.active(mesh):
+        cond, prefix_mask = pick_prompt(config, cond, prefix_mask, null)
         x = jnp.concatenate([embed_cond(params, config, cond, null),
                              embed_tokens(params, config, tokens[:, : config.num_image_tokens - 1])], axis=1)
         cache = init_cache(config, tokens.shape[0], null_prefix_mask(config, prefix_mask, null))

@@ -23,18 +23,20 @@ def check_cond(config: GPTConfig, cond, prefix_mask, batch: int | None, allow_nu
     if config.cond_kind == "tokens":
         ids = _concrete(cond, "prompt ids")
         C, V = config.cls_token_num, config.text_vocab_size
-        if ids.ndim != 2 or ids.shape[1] != C:
-            raise ValueError(f"prompt ids must have shape [B, {C}] (this config's prompt length; "
+        want = (2, C) if config.cfg_negative_prompt else (C,)
+        if ids.ndim != 1 + len(want) or tuple(ids.shape[1:]) != want:
+            what = f"[B, 2, {C}] (each prompt and its negative prompt, " if config.cfg_negative_prompt else f"[B, {C}] ("
+            raise ValueError(f"prompt ids must have shape {what}this config's prompt length; "
                              f"pad on the left), got {tuple(ids.shape)}")
         if tuple(prefix_mask.shape) != tuple(ids.shape):
-            raise ValueError(f"prompt mask must have shape [B, {C}] matching the ids, "
+            raise ValueError(f"prompt mask must have the ids' shape {tuple(ids.shape)}, "
                              f"got {tuple(prefix_mask.shape)}")
         bad = ids[(ids < 0) | (ids >= V)]
         if bad.size:
             raise ValueError(f"prompt token id {int(bad[0])} out of range: text vocabulary is 0..{V - 1}")
         mask = _concrete(prefix_mask, "prompt mask")
         k = config.cfg_uncond_suffix or 1
-        if not mask[:, -k:].all():
+        if not mask[..., -k:].all():
             raise ValueError(f"prompt rows must end with {k} real token(s) (pad on the left)")
         n = ids.shape[0]
     elif config.text_conditional:

@@ -312,3 +312,56 @@ def test_exact_distribution_chameleon_style_with_lumina_cfg():
         pval, tv, bound = fit_counts(np.bincount(idx, minlength=len(joint)).astype(float), joint)
         print(f"chameleon-style lumina cfg prompt {b}: chi2 p={pval:.3g} TV={tv:.4f} bound={bound:.4f}")
         assert pval > ALPHA and tv < bound, (pval, tv, bound)
+
+
+# ---- Emu3-style model: Llama (GQA, RoPE theta 1e6), one vocabulary, a negative prompt per row as
+# CFG's unconditional branch, CFG in Emu3's log-softmax form (HF's unbatched CFG processor), row ends.
+CONFIG_E = S.GPTConfig(vocab_size=5, text_vocab_size=5, shared_embeddings=True, grid_size=(2, 3), dim=16,
+                       n_layer=2, n_head=4, n_kv_head=2, cls_token_num=3, rope_type="1d", rope_interleaved=False,
+                       rope_theta=1e6, row_end_token=3, image_token_range=(0, 3), cfg_negative_prompt=True)
+PROMPTS_E = (np.array([[[4, 1, 2], [0, 4, 2]], [[1, 4, 4], [0, 0, 4]]], np.int32),  # [B, 2 (prompt, negative), C]
+             np.array([[[True] * 3, [False, True, True]], [[True] * 3, [False, False, True]]]))
+
+
+def _log_softmax(x):
+    return x - np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1, keepdims=True)) - x.max(-1, keepdims=True)
+
+
+def test_exact_distribution_emu3_style_negative_prompt_log_softmax_cfg():
+    """Emu3's CFG, ``lsm(u) + s (lsm(c) - lsm(u))`` over the whole vocabulary, then the layout mask
+    and top-k, differs from raw-logit CFG by a per-row constant: the same p. Checked exactly on
+    the enumerated conditionals and by sampling (SJD-PAC-style tree + maximal coupling)."""
+    params = scaled_params(CONFIG_E, seed=9, scale=6.0, head_scale=2.0)
+    ids, mask = PROMPTS_E
+    forced = CONFIG_E.forced_tokens()
+    free = np.flatnonzero(forced < 0)
+    seqs = np.tile(forced, (3 ** free.size, 1))
+    seqs[:, free] = np.array(list(itertools.product(range(3), repeat=free.size)))
+    s, k = 3.0, 2
+    out = generate(params, CONFIG_E, S.Prompt(jnp.asarray(np.tile(ids, (M, 1, 1))), jnp.asarray(np.tile(mask, (M, 1, 1)))),
+                   jax.random.key(12), method="sjd", window=4, coupling="maximal", tree=(2, 1), cfg_scale=s, top_k=k)
+    tokens = np.asarray(out.tokens)
+    assert (tokens[:, forced >= 0] == 3).all() and (tokens[:, free] < 3).all()
+    for b in range(2):
+        prompt = S.Prompt(jnp.asarray(np.repeat(ids[b:b + 1], len(seqs), 0)), jnp.asarray(np.repeat(mask[b:b + 1], len(seqs), 0)))
+        tf = lambda null: np.asarray(S.teacher_forced_logits(  # noqa: E731
+            params, CONFIG_E, prompt, jnp.asarray(seqs), null=np.full(len(seqs), null)), np.float64)
+        lc, lu = tf(False), tf(True)
+        # the unconditional branch is the negative prompt alone (left padding ignored)
+        neg = CONFIG_E.replace(cfg_negative_prompt=False)
+        alone = S.teacher_forced_logits(params, neg, S.Prompt(jnp.asarray(np.repeat(ids[b:b + 1, 1], len(seqs), 0)),
+                                                              jnp.asarray(np.repeat(mask[b:b + 1, 1], len(seqs), 0))),
+                                        jnp.asarray(seqs))
+        np.testing.assert_allclose(lu, np.asarray(alone), atol=1e-5)
+        l = _log_softmax(lu) + s * (_log_softmax(lc) - _log_softmax(lu))  # Emu3 / HF form
+        l[..., 3:] = -np.inf
+        p = np_target(l, None, 1.0, 1.0, k, 1.0)
+        raw = lu + s * (lc - lu)
+        raw[..., 3:] = -np.inf
+        np.testing.assert_allclose(p, np_target(raw, None, 1.0, 1.0, k, 1.0), atol=1e-12)  # same p
+        p[:, forced >= 0] = np.eye(5)[forced[forced >= 0]]
+        joint = np.take_along_axis(p, seqs[..., None], -1)[..., 0].prod(-1)
+        idx = (tokens[b::2][:, free] * 3 ** np.arange(free.size - 1, -1, -1)).sum(-1)
+        pval, tv, bound = fit_counts(np.bincount(idx, minlength=len(joint)).astype(float), joint)
+        print(f"emu3-style negative prompt prompt {b}: chi2 p={pval:.3g} TV={tv:.4f} bound={bound:.4f}")
+        assert pval > ALPHA and tv < bound, (pval, tv, bound)

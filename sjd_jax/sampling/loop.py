@@ -299,9 +299,9 @@ def _build(spec: SamplerSpec, params, rows, knobs, neighbours):
     # ---- prefill: condition positions, then token 0 from the last condition output ----------
     def prefill(cond, prefix_mask):
         null = jnp.tile(jnp.asarray([False, True]), B) if spec.cfg else jnp.zeros((B,), bool)
-        x = gpt.embed_cond(params, c, double(cond), null)
-        cache = init_cache(c, x.shape[0], gpt.null_prefix_mask(c, double(prefix_mask), null),
-                           extra=W if A else 0)
+        cond, prefix_mask = gpt.pick_prompt(c, double(cond), double(prefix_mask), null)
+        x = gpt.embed_cond(params, c, cond, null)
+        cache = init_cache(c, x.shape[0], gpt.null_prefix_mask(c, prefix_mask, null), extra=W if A else 0)
         logits, cache = gpt.forward(params, c, x, cache)
         zeros_b = jnp.zeros((B, 1), jnp.int32)
         p0 = probs(logits[:, -1:], zeros_b)  # [B, 1, V]
