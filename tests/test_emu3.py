@@ -76,3 +76,107 @@ def test_names_and_errors():
         emu3_config({**cfg["text_config"], "tie_word_embeddings": True}, (2, 3), 4)
     with pytest.raises(ValueError, match="rope scaling"):
         emu3_config({**cfg["text_config"], "rope_parameters": {"rope_type": "linear", "factor": 2.0}}, (2, 3), 4)
+
+
+# ---- the Emu3 pipeline: prompt format, layout, negative-prompt CFG vs HF generate ---------------
+
+from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
+
+from convert.emu3_vq import emu3_vq_config, emu3_vq_params  # noqa: E402
+from sjd_jax import emu3  # noqa: E402
+
+SPECIAL = ["<|endoftext|>", "<|extra_203|>", "<|extra_204|>", "<|extra_200|>", "<|extra_201|>",
+           "<|image start|>", "<|image end|>", "<|image token|>", "<image>"]
+WORDS = "a red fox cat in snow blurry ugly 4*4 masterpiece, film grained, best quality. [UNK]".split()
+H = W = 4
+
+
+def _pipeline_vocab():
+    v = {t: i for i, t in enumerate(SPECIAL)}
+    for t in WORDS:
+        v[t] = len(v)
+    start = len(v)
+    v.update({f"<|visual token{i:06d}|>": start + i for i in range(N_VIS)})
+    return v
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    vocab = _pipeline_vocab()
+    text = dict(vocab_size=len(vocab), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, pad_token_id=0,
+                bos_token_id=1, eos_token_id=2, rope_parameters={"rope_type": "default", "rope_theta": 1e6})
+    torch.manual_seed(1)
+    model = Emu3ForConditionalGeneration(Emu3Config(text_config=text, vq_config=VQ, vocabulary_map=vocab)).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(4.0)
+    sd = model.state_dict()
+    vqc = emu3_vq_config(model.config.to_dict())
+    gpt = emu3_config(model.config.to_dict(), (H, W + 1), 4)
+    config = emu3.make_config(gpt, vqc, vocab, (H, W), 512)
+    params = {"gpt": emu3_params(sd, config.gpt, to_numpy),
+              "vq": emu3_vq_params({k: v for k, v in sd.items() if k.startswith("model.vqmodel.")}, vqc, to_numpy)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.add_special_tokens(SPECIAL)
+    return dict(model=model, config=config, params=params, tok=tok, vocab=vocab)
+
+
+def test_config_layout_and_prompt(pipeline):
+    c, v, tok = pipeline["config"], pipeline["vocab"], pipeline["tok"]
+    assert c.gpt.grid_size == (H, W + 1) and c.gpt.row_end_token == v["<|extra_200|>"]
+    assert c.gpt.image_token_range == (v["<|visual token000000|>"], v["<|visual token000000|>"] + N_VIS)
+    assert c.gpt.cfg_negative_prompt and c.image_size == (8, 8)
+    ids = emu3.prompt_ids(tok, c, "a red fox")
+    words = "a red fox masterpiece, film grained, best quality.".split()
+    assert ids == [v["<|extra_203|>"], *[v[w] for w in words], v["<|image start|>"], v["4*4"], v["<|image token|>"]]
+    assert emu3.prompt_ids(tok, c, "blurry", positive=False)[1:-3] == [v["blurry"]]
+    t = np.tile(np.r_[np.arange(W) + c.visual_start + 5, v["<|extra_200|>"]], H)[None]
+    np.testing.assert_array_equal(emu3.codes_of(c, t), np.tile(np.arange(W) + 5, H)[None])
+    full = emu3.full_image_tokens(c, t)
+    assert full.shape == (1, H * (W + 1) + 3) and full[0, -3:].tolist() == [c.eof_id, c.eoi_id, c.eos_id]
+    with pytest.raises(ValueError, match="not a visual token"):
+        emu3.codes_of(c, np.zeros((1, H * (W + 1)), int))
+
+
+def _hf_greedy(model, prompt, neg, cfg):
+    vis = model.vocabulary_mapping.image_tokens
+    img_wrap, eol = 7, 3
+
+    def allowed(batch_id, input_ids):  # BAAI's layout constraint (rows of W codes + EOL)
+        pos = torch.nonzero(input_ids == img_wrap, as_tuple=True)[0][0]
+        off = input_ids.shape[0] - pos
+        return [eol] if off % (W + 1) == 0 else vis
+
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                             do_sample=False, max_new_tokens=(W + 1) * H, prefix_allowed_tokens_fn=allowed,
+                             guidance_scale=cfg, negative_prompt_ids=torch.tensor([neg]),
+                             negative_prompt_attention_mask=torch.ones(1, len(neg), dtype=torch.long),
+                             pad_token_id=0, eos_token_id=2)
+    return out[0, len(prompt):].numpy()
+
+
+@pytest.mark.parametrize("method", ["ar", "sjd"])
+def test_greedy_tokens_and_pixels_equal_hf_generate(pipeline, method):
+    """Greedy tokens with CFG 3 against a negative prompt equal HF ``generate`` (unbatched
+    log-softmax CFG, BAAI's layout constraint) for two prompts of different lengths in one batch;
+    pixels equal HF ``decode_image_tokens``."""
+    c, tok, model, params = pipeline["config"], pipeline["tok"], pipeline["model"], pipeline["params"]
+    texts = ["a red fox in snow", "cat"]
+    images, out = emu3.text_to_image(params, c, tok, texts, 0, negative="blurry ugly", method=method, window=6,
+                                     temperature=0.0, cfg_scale=3.0)
+    tokens = np.asarray(out.tokens)
+    neg = emu3.prompt_ids(tok, c, "blurry ugly", positive=False)
+    for b, t in enumerate(texts):
+        np.testing.assert_array_equal(tokens[b], _hf_greedy(model, emu3.prompt_ids(tok, c, t), neg, 3.0))
+    plain = emu3.text_to_image(params, c, tok, texts, 0, negative="blurry ugly", method=method, window=6,
+                               temperature=0.0, cfg_scale=1.0)[1]
+    assert (np.asarray(plain.tokens) != tokens).any()  # the negative prompt matters here
+    with torch.no_grad():
+        ref = model.decode_image_tokens(image_tokens=torch.from_numpy(emu3.full_image_tokens(c, tokens)),
+                                        height=H, width=W).permute(0, 2, 3, 1).numpy()
+    from sjd_jax.vq import to_uint8
+
+    assert images.shape == (2, 8, 8, 3)
+    assert np.abs(images.astype(int) - to_uint8(ref).astype(int)).max() <= 1

@@ -1,0 +1,188 @@
+"""Emu3-Gen text-to-image: prompt formatting, image layout, CFG against a negative prompt, decoding
+through Emu3's vision tokenizer.
+
+Prompt (BAAI's processor, generation mode): ``<bos> + text + POSITIVE_PROMPT + <|image start|> +
+"{h}*{w}" + <|image token|>``; the negative prompt is formatted the same way and is CFG's
+unconditional branch (``GPTConfig.cfg_negative_prompt``: prompt ids ``[B, 2, C]``, each branch
+left-padded on its own). Emu3 applies CFG to log-softmaxed logits (HF's unbatched CFG processor):
+that differs from raw-logit CFG by a per-row constant, so the same p (tested).
+
+Image (720 px: 90 x 90 codes): ``h`` rows of ``w`` visual tokens each followed by ``<|extra_200|>``
+(end of line, forced: ``GPTConfig.row_end_token``), then end of frame, image end and eos (not
+sampled). Free positions may only take visual tokens (``image_token_range``; the layout constraint
+of BAAI's prefix-constrained logits helper). Visual token ``<|visual token{i:06d}|>`` is code ``i``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import jax.numpy as jnp
+import numpy as np
+
+from .config import GPTConfig
+from .model import Prompt
+from .vq.emu3 import Emu3VQConfig
+
+# BAAI Emu3 README's generation example (sampling defaults: cfg 3.0, top-k 2048).
+POSITIVE_PROMPT = " masterpiece, film grained, best quality."
+NEGATIVE_PROMPT = ("lowres, bad anatomy, bad hands, text, error, missing fingers, extra digit, fewer digits, "
+                   "cropped, worst quality, low quality, normal quality, jpeg artifacts, signature, watermark, "
+                   "username, blurry.")
+DEFAULTS = dict(cfg_scale=3.0, top_k=2048, top_p=1.0, temperature=1.0)
+SPECIAL_NAMES = dict(bos_id="<|extra_203|>", eos_id="<|extra_204|>", pad_id="<|endoftext|>", eol_id="<|extra_200|>",
+                     eof_id="<|extra_201|>", boi_id="<|image start|>", eoi_id="<|image end|>",
+                     img_id="<|image token|>")
+_VISUAL = re.compile(r"<\|visual token(\d{6})\|>")
+
+
+@dataclasses.dataclass(frozen=True)
+class Emu3Config:
+    gpt: GPTConfig  # cls_token_num is the (padded) prompt length of the last call
+    vq: Emu3VQConfig
+    latent: tuple[int, int]  # (h, w) codes
+    visual_start: int  # id of <|visual token000000|>; code i is visual_start + i
+    bos_id: int
+    eos_id: int
+    pad_id: int
+    eol_id: int
+    eof_id: int
+    boi_id: int
+    eoi_id: int
+    img_id: int
+    max_positions: int
+
+    def __post_init__(self):
+        object.__setattr__(self, "latent", tuple(int(x) for x in self.latent))
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.latent[0] * self.vq.downsample, self.latent[1] * self.vq.downsample
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Emu3Config":
+        from .checkpoint import config_from_dict
+
+        d = dict(d)
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown emu3 config field(s) {unknown}: written by a newer sjd-jax?")
+        return cls(gpt=config_from_dict("gpt", d.pop("gpt")), vq=Emu3VQConfig.from_dict(d.pop("vq")), **d)
+
+    def with_prompt_length(self, length: int) -> GPTConfig:
+        return self.gpt.replace(cls_token_num=int(length))
+
+
+def make_config(gpt: GPTConfig, vq: Emu3VQConfig, vocabulary: dict, latent: tuple[int, int],
+                max_positions: int) -> Emu3Config:
+    """The pipeline config of Emu3's LLM (``convert.emu3.emu3_config``) and vision tokenizer for
+    images of ``latent = (h, w)`` codes; special and visual ids read by name from ``vocabulary``."""
+    missing = [n for n in SPECIAL_NAMES.values() if n not in vocabulary]
+    if missing:
+        raise ValueError(f"the vocabulary lacks {missing}: not an Emu3 tokenizer/vocabulary_map")
+    codes = {int(m.group(1)): int(i) for name, i in vocabulary.items() if (m := _VISUAL.fullmatch(name))}
+    if len(codes) != vq.codebook_size or sorted(codes) != list(range(vq.codebook_size)):
+        raise ValueError(f"the vocabulary has {len(codes)} visual tokens; the vision tokenizer has "
+                         f"{vq.codebook_size} codes")
+    start = codes[0]
+    if any(codes[i] != start + i for i in codes):
+        raise ValueError("visual token ids are not contiguous in code order")
+    h, w = (int(x) for x in latent)
+    gpt = gpt.replace(grid_size=(h, w + 1), row_end_token=int(vocabulary[SPECIAL_NAMES["eol_id"]]),
+                      image_token_range=(start, start + vq.codebook_size), cfg_negative_prompt=True,
+                      cls_token_num=4)  # set per call
+    return Emu3Config(gpt=gpt, vq=vq, latent=(h, w), visual_start=start, max_positions=int(max_positions),
+                      **{k: int(vocabulary[n]) for k, n in SPECIAL_NAMES.items()})
+
+
+def defaults(config: Emu3Config) -> dict:
+    """``DEFAULTS`` with top-k capped at the number of codes (tiny test models)."""
+    return {**DEFAULTS, "top_k": min(DEFAULTS["top_k"], config.vq.codebook_size)}
+
+
+def prompt_ids(tokenizer, config: Emu3Config, text: str, positive: bool = True) -> list[int]:
+    """``<bos> + tokens(text [+ POSITIVE_PROMPT]) + <|image start|> + tokens("{h}*{w}") + <|image token|>``."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"prompt must be a non-empty string, got {text!r}")
+    enc = lambda s: list(tokenizer.encode(s, add_special_tokens=False).ids)  # noqa: E731
+    h, w = config.latent
+    return [config.bos_id, *enc(text + (POSITIVE_PROMPT if positive else "")), config.boi_id,
+            *enc(f"{h}*{w}"), config.img_id]
+
+
+def pad_prompts(config: Emu3Config, rows: list[list[int]], negatives: list[list[int]], multiple: int = 16) -> Prompt:
+    """Prompt and negative-prompt rows -> ``Prompt(ids [B, 2, C], mask [B, 2, C])``, each left-padded."""
+    if not rows or len(rows) != len(negatives):
+        raise ValueError("need one negative prompt per prompt")
+    longest = max(len(r) for r in rows + negatives)
+    N = config.gpt.num_image_tokens
+    if longest + N > config.max_positions:
+        raise ValueError(f"prompt too long: {longest} tokens + {N} image tokens exceed the model context "
+                         f"{config.max_positions}")
+    length = min(-(-longest // multiple) * multiple, config.max_positions - N)
+    ids = np.full((len(rows), 2, length), config.pad_id, np.int32)
+    mask = np.zeros((len(rows), 2, length), bool)
+    for b, pair in enumerate(zip(rows, negatives)):
+        for j, r in enumerate(pair):
+            ids[b, j, length - len(r):] = r
+            mask[b, j, length - len(r):] = True
+    return Prompt(jnp.asarray(ids), jnp.asarray(mask))
+
+
+def generate_tokens(params, config: Emu3Config, prompts: Prompt, key, mesh=None, **sampling):
+    """Image tokens ``[B, h * (w + 1)]`` (end-of-line columns included); defaults ``defaults(config)``."""
+    from .sampling import generate
+
+    for k, v in defaults(config).items():
+        sampling.setdefault(k, v)
+    return generate(params["gpt"], config.with_prompt_length(prompts.ids.shape[-1]), prompts, key, mesh=mesh,
+                    **sampling)
+
+
+def codes_of(config: Emu3Config, tokens) -> np.ndarray:
+    """Sampler tokens -> codes ``[B, h * w]`` (end-of-line columns dropped)."""
+    h, w = config.latent
+    t = np.asarray(tokens).reshape(-1, h, w + 1)[:, :, :w].reshape(-1, h * w) - config.visual_start
+    if (t < 0).any() or (t >= config.vq.codebook_size).any():
+        raise ValueError("a token at a code position is not a visual token")
+    return t
+
+
+def full_image_tokens(config: Emu3Config, tokens) -> np.ndarray:
+    """Sampler tokens -> the image section as Emu3 writes it: rows + EOL, then EOF, image end, EOS."""
+    tokens = np.asarray(tokens)
+    tail = np.broadcast_to(np.asarray([config.eof_id, config.eoi_id, config.eos_id]), (tokens.shape[0], 3))
+    return np.concatenate([tokens, tail], axis=1)
+
+
+def decode_images(params, config: Emu3Config, tokens) -> np.ndarray:
+    """Sampler tokens -> uint8 images ``[B, H, W, 3]`` (frame 0 of the vision tokenizer's clip)."""
+    from .vq import to_uint8
+    from .vq.emu3 import decode_codes
+
+    return to_uint8(decode_codes(params["vq"], config.vq, jnp.asarray(codes_of(config, tokens)), config.latent))
+
+
+def text_to_image(params, config: Emu3Config, tokenizer, texts: list[str], key, *, negative: str = NEGATIVE_PROMPT,
+                  positive: bool = True, mesh=None, **sampling):
+    """Prompts -> (uint8 images ``[B, H, W, 3]``, the sampler's ``GenerateOutput``)."""
+    if isinstance(texts, str) or not texts:
+        raise ValueError("texts must be a non-empty list of strings")
+    rows = [prompt_ids(tokenizer, config, t, positive) for t in texts]
+    neg = prompt_ids(tokenizer, config, negative, positive=False)
+    out = generate_tokens(params, config, pad_prompts(config, rows, [neg] * len(rows)), key, mesh=mesh, **sampling)
+    from . import distributed
+
+    out = out.replace(**{f: distributed.gather(getattr(out, f)) for f in ("tokens", "nfe", "committed", "branch_hits")})
+    return decode_images(params, config, out.tokens), out
+
+
+def abstract_emu3_params(config: Emu3Config):
+    from .model import abstract_params
+    from .vq.emu3 import abstract_emu3_vq_params
+
+    return {"gpt": abstract_params(config.gpt), "vq": abstract_emu3_vq_params(config.vq)}
