@@ -16,6 +16,9 @@ Families and the files each accepts:
                 index, ``tokenizer.json``) plus ``--vqgan vqgan.ckpt`` (Chameleon's VQGAN, e.g. from
                 ``GAIR/Anole-7b-v0.1/tokenizer/``); image size from the ``-768`` suffix or --image-size.
   anole         Anole / Chameleon in HF format (``leloy/Anole-7b-v0.1-hf``) + ``--vqgan``; 512 px default.
+  emu3          Emu3-Gen: ``BAAI/Emu3-Gen-hf`` (LLM + vision tokenizer in one snapshot) or ``BAAI/Emu3-Gen``
+                with ``--vq`` the ``BAAI/Emu3-VisionTokenizer`` snapshot; a ``tokenizer.json`` is needed
+                (the HF snapshot's, or ``--tokenizer``); 720 px default (--image-size).
 The image grid is not stored in GPT weights: it is read from a ``_256``/``_384``/``_512`` file-name
 suffix or given with ``--image-size``.
 """
@@ -29,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-FAMILIES = ("llamagen-c2i", "llamagen-t2i", "llamagen-vq", "janus-pro", "t5-encoder", "lumina-mgpt", "anole")
+FAMILIES = ("llamagen-c2i", "llamagen-t2i", "llamagen-vq", "janus-pro", "t5-encoder", "lumina-mgpt", "anole",
+            "emu3")
 _CONTAINERS = ("model", "module", "state_dict")  # LlamaGen / DeepSpeed / Lightning
 _LLAMAGEN_DIM_TO_HEADS = {768: 12, 1024: 16, 1280: 20, 1536: 24, 3200: 32}
 
@@ -324,6 +328,57 @@ def convert_lumina(srcs: list[Path], out: Path, args, layout: str) -> dict:
                     + ("" if extra else "; no tokenizer.json (pass the snapshot directory or --tokenizer)")}
 
 
+def convert_emu3(srcs: list[Path], out: Path, args) -> dict:
+    """Emu3-Gen LLM (+ its vision tokenizer, in the snapshot or ``--vq``) -> kind "emu3"."""
+    import jax
+
+    from sjd_jax import checkpoint
+    from sjd_jax.emu3 import make_config
+
+    from .emu3 import emu3_config, emu3_params
+    from .emu3_vq import emu3_vq_config, emu3_vq_params
+    from .lumina import vocabulary
+
+    files = hf_files(srcs)
+    tok_file = args.tokenizer or files["tokenizer"]
+    if tok_file is None:
+        raise ValueError("no tokenizer.json: BAAI/Emu3-Gen ships a tiktoken file; pass --tokenizer with the "
+                         "tokenizer.json of BAAI/Emu3-Gen-hf")
+    cfg = _read_json(files["config"])
+    vocab = vocabulary(cfg, _read_json(tok_file))
+    tensors = read_all(files["weights"], args.trust_pickle)
+    if any(k.startswith(("model.vqmodel.", "vqmodel.")) for k in tensors):
+        if args.vq is not None:
+            raise ValueError("the snapshot already holds the vision tokenizer (model.vqmodel.*); drop --vq")
+        vq_cfg = cfg
+        vq_tensors = {re.sub(r"^(model\.)?vqmodel\.", "", k): v for k, v in tensors.items()
+                      if k.startswith(("model.vqmodel.", "vqmodel."))}
+    else:
+        if args.vq is None:
+            raise ValueError("the snapshot has no vision tokenizer: pass --vq with the BAAI/Emu3-VisionTokenizer "
+                             "snapshot directory")
+        vq_files = hf_files([Path(args.vq)])
+        vq_cfg = _read_json(vq_files["config"])
+        vq_tensors = read_all(vq_files["weights"], args.trust_pickle)
+    vq = emu3_vq_config(vq_cfg)
+    size = args.image_size or 720
+    if size % vq.downsample:
+        raise ValueError(f"image size {size} is not a multiple of the vision tokenizer's {vq.downsample}x downsampling")
+    latent = (size // vq.downsample, size // vq.downsample)
+    text_cfg = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else cfg
+    config = make_config(emu3_config(cfg, (latent[0], latent[1] + 1), 4), vq, vocab, latent,
+                         int(text_cfg.get("max_position_embeddings") or 9216))
+    params = {"gpt": emu3_params(tensors, config.gpt, to_numpy), "vq": emu3_vq_params(vq_tensors, vq, to_numpy)}
+    del tensors, vq_tensors
+    checkpoint.save(out, "emu3", config, params, force=args.force, extra_files={"tokenizer.json": tok_file})
+    leaves = jax.tree.leaves(params)
+    H, W = config.image_size
+    return {"family": "emu3", "out": str(out), "kind": "emu3", "params": int(sum(x.size for x in leaves)),
+            "dtype": "float32", "bytes": int(sum(x.nbytes for x in leaves)),
+            "config": f"{H}x{W} px, grid {config.gpt.grid_size}, LLM {config.gpt.n_layer}x{config.gpt.dim} "
+                      f"({config.gpt.kv_heads} KV heads), vocab {config.gpt.vocab_size}, {vq.codebook_size} codes"}
+
+
 def convert(family: str, srcs, out: Path, args) -> dict:
     import jax
     from tqdm import tqdm
@@ -341,6 +396,8 @@ def convert(family: str, srcs, out: Path, args) -> dict:
     srcs = [Path(s) for s in (srcs if isinstance(srcs, (list, tuple)) else [srcs])]
     if family == "t5-encoder":
         return convert_t5(srcs, out, args)
+    if family == "emu3":
+        return convert_emu3(srcs, out, args)
     if family in ("lumina-mgpt", "anole"):
         return convert_lumina(srcs, out, args, "lumina" if family == "lumina-mgpt" else "anole")
     if family == "janus-pro":
@@ -380,10 +437,11 @@ def main(argv=None) -> int:
                          "anole: snapshot dir or files")
     ap.add_argument("--out", type=Path, required=True, help="output directory")
     ap.add_argument("--image-size", type=int, default=None,
-                    help="GPT / lumina-mgpt / anole: pixels (LlamaGen 256/384/512, Lumina 512/768/1024)")
+                    help="GPT / lumina-mgpt / anole / emu3: pixels (LlamaGen 256/384/512, Lumina 512/768/1024, Emu3 720)")
     ap.add_argument("--vqgan", type=Path, default=None, help="lumina-mgpt / anole: Chameleon's vqgan.ckpt")
     ap.add_argument("--tokenizer", type=Path, default=None,
-                    help="lumina-mgpt / anole: tokenizer.json to use instead of the snapshot's")
+                    help="lumina-mgpt / anole / emu3: tokenizer.json to use instead of the snapshot's")
+    ap.add_argument("--vq", type=Path, default=None, help="emu3: the BAAI/Emu3-VisionTokenizer snapshot dir")
     ap.add_argument("--n-head", type=int, default=None, help="GPT only: heads, for non-released sizes")
     ap.add_argument("--force", action="store_true", help="overwrite --out")
     ap.add_argument("--trust-pickle", action="store_true",

@@ -2,8 +2,8 @@
 
 A Llama decoder (GQA, RoPE theta 1e6, rotate-half, untied ``lm_head``) over one vocabulary of text
 and visual tokens. Names are normalised to Chameleon's HF layout (``model.layers.N...``, ``lm_head``)
-and mapped by ``convert.chameleon``: HF v5 ``model.text_model.*`` and the legacy hub's
-``text_model.*`` drop that prefix; ``model.vqmodel.*`` / ``vqmodel.*`` (the vision tokenizer,
+and mapped by ``convert.chameleon``: HF v5 in memory ``model.text_model.*`` and the hub files of
+``BAAI/Emu3-Gen-hf`` (what ``save_pretrained`` writes) ``text_model.model.*`` / ``text_model.lm_head``; ``model.vqmodel.*`` / ``vqmodel.*`` (the vision tokenizer,
 converted on its own) are skipped.
 """
 
@@ -16,7 +16,7 @@ from sjd_jax.config import GPTConfig
 from .chameleon import chameleon_params, llama_family_config
 
 _RENAMES = [(r"^model\.text_model\.", "model."), (r"^text_model\.lm_head\.", "lm_head."),
-            (r"^text_model\.", "model.")]
+            (r"^text_model\.model\.", "model.")]
 _VQ = re.compile(r"^(model\.)?vqmodel\.")
 
 

@@ -1,7 +1,7 @@
 """sjd-jax checkpoints: an orbax params directory plus a small JSON config, written atomically.
 
 Layout of ``DIR``: ``config.json`` ({"format", "version", "kind", "config"}) and ``params/`` (orbax);
-kinds "janus", "t5" and "lumina" also hold the source checkpoint's ``tokenizer.json``.
+kinds "janus", "t5", "lumina" and "emu3" also hold the source checkpoint's ``tokenizer.json``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from .model import abstract_params
 from .vq import VQConfig, abstract_vq_params
 
 FORMAT, VERSION = "sjd-jax", 1
-KINDS = ("gpt", "vq", "janus", "t5", "lumina")
+KINDS = ("gpt", "vq", "janus", "t5", "lumina", "emu3")
 
 
 def _abstract(kind: str, config):
@@ -37,6 +37,10 @@ def _abstract(kind: str, config):
         from .lumina import abstract_lumina_params
 
         return abstract_lumina_params(config)
+    if kind == "emu3":
+        from .emu3 import abstract_emu3_params
+
+        return abstract_emu3_params(config)
     return abstract_vq_params(config)
 
 
@@ -53,6 +57,10 @@ def config_from_dict(kind: str, d: dict):
         from .lumina import LuminaConfig
 
         return LuminaConfig.from_dict(d)
+    if kind == "emu3":
+        from .emu3 import Emu3Config
+
+        return Emu3Config.from_dict(d)
     cls = {"gpt": GPTConfig, "vq": VQConfig}[kind]
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - fields)

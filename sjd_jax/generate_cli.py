@@ -39,7 +39,7 @@ def _parser():
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="fashion-mnist",
                     help="bundled model (default fashion-mnist) or a text-to-image model: "
-                         "lumina-mgpt-7b-{512,768,1024}, anole-7b, llamagen-t2i-xl, janus-pro-{1b,7b}")
+                         "lumina-mgpt-7b-{512,768,1024}, anole-7b, llamagen-t2i-xl, janus-pro-{1b,7b}, emu3-gen")
     ap.add_argument("--ckpt", type=Path, default=None, help="text-to-image models: converted checkpoint dir")
     ap.add_argument("--prompt", nargs="+", default=None, help="text-to-image models: one or more prompts")
     ap.add_argument("--t5", type=Path, default=None,

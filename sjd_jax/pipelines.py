@@ -6,6 +6,7 @@
 | anole-7b              | ``anole`` (512 px, Chameleon's own image span)                           |
 | llamagen-t2i-xl       | a directory with ``gpt/`` (``llamagen-t2i``), ``vq/`` (``llamagen-vq``) and ``t5/`` (``t5-encoder``) |
 | janus-pro-1b / -7b    | ``janus-pro``                                                            |
+| emu3-gen              | ``emu3`` (LLM + vision tokenizer + tokenizer; its image size, 720 px)     |
 
 The name picks the pipeline (prompt format, CFG form, layout, sampling defaults) and, for Lumina,
 the image size the checkpoint must have been converted for; the weights come from ``--ckpt``.
@@ -29,6 +30,7 @@ TEXT_MODELS = {
     "llamagen-t2i-xl": dict(family="llamagen-t2i", size=None),
     "janus-pro-1b": dict(family="janus-pro", size=None),
     "janus-pro-7b": dict(family="janus-pro", size=None),
+    "emu3-gen": dict(family="emu3", size=None),
 }
 
 
@@ -107,6 +109,18 @@ def load(name: str, ckpt, t5=None, mesh=None) -> TextModel:
         return TextModel(name, spec["family"], dict(cfg_scale=5.0, temperature=1.0, top_k=0, top_p=1.0),
                          config.gpt, (config.image_size, config.image_size),
                          codebook_vectors(params["vq"], config.vq), run)
+    if spec["family"] == "emu3":
+        from . import emu3
+        from .janus import load_tokenizer
+
+        _need_kind(ckpt, "emu3", spec["family"])
+        config, params = checkpoint.load(ckpt, mesh=mesh)
+        tok = load_tokenizer(ckpt)
+
+        def run(texts, key, **sampling):
+            return emu3.text_to_image(params, config, tok, texts, key, mesh=mesh, **sampling)
+
+        return TextModel(name, spec["family"], emu3.defaults(config), config.gpt, config.image_size, None, run)
     from . import lumina
     from .janus import load_tokenizer
 

@@ -1,6 +1,7 @@
 """Emu3's LLM: raw logits vs HF ``Emu3ForConditionalGeneration`` (text model + lm_head) on a tiny
 random config, from HF v5 names, the original BAAI names and the legacy hub names."""
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -35,9 +36,10 @@ def _raw_logits(model, ids):
 
 ORIGINAL = {"hf": lambda k: k,  # HF v5
             "original": lambda k: k.replace("model.text_model.", "model.").replace("model.vqmodel.", "vqmodel."),
-            "legacy-hub": lambda k: ("text_model.lm_head." + k[len("lm_head."):] if k.startswith("lm_head.")
-                                     else k.replace("model.text_model.", "text_model.")
-                                     .replace("model.vqmodel.", "vqmodel."))}
+            # the hub files (what save_pretrained writes): text_model.model.*, text_model.lm_head, vqmodel.*
+            "hub": lambda k: ("text_model.lm_head." + k[len("lm_head."):] if k.startswith("lm_head.")
+                              else k.replace("model.text_model.", "text_model.model.")
+                              .replace("model.vqmodel.", "vqmodel."))}
 
 
 @pytest.mark.parametrize("names", sorted(ORIGINAL))
@@ -61,6 +63,7 @@ def test_logits_match_hf_emu3(names):
 def test_names_and_errors():
     assert emu3_name("model.text_model.layers.3.mlp.up_proj.weight") == "model.layers.3.mlp.up_proj.weight"
     assert emu3_name("text_model.lm_head.weight") == "lm_head.weight"
+    assert emu3_name("text_model.model.norm.weight") == "model.norm.weight"
     assert emu3_name("model.vqmodel.decoder.conv_in.weight") is None and emu3_name("vqmodel.quantize.x") is None
     model = _hf_model()
     cfg = model.config.to_dict()
@@ -180,3 +183,63 @@ def test_greedy_tokens_and_pixels_equal_hf_generate(pipeline, method):
 
     assert images.shape == (2, 8, 8, 3)
     assert np.abs(images.astype(int) - to_uint8(ref).astype(int)).max() <= 1
+
+
+def test_convert_and_cli_generate(pipeline, tmp_path, capsys):
+    """``sjd-jax convert --family emu3`` on an HF-format snapshot (LLM + vision tokenizer in bf16
+    shards, tokenizer.json), then ``sjd-jax generate --model emu3-gen``: the PNG holds exactly the
+    pipeline's images; the vision tokenizer from a separate directory (--vq) gives the same params."""
+    import json
+
+    from PIL import Image
+
+    from convert.cli import main as convert_main
+    from sjd_jax import checkpoint
+    from sjd_jax.cli import main as cli_main
+
+    model, tok = pipeline["model"], pipeline["tok"]
+    snap = tmp_path / "Emu3-Gen-hf"
+    model.save_pretrained(snap, max_shard_size="200KB")
+    tok.save(str(snap / "tokenizer.json"))
+    out = tmp_path / "ck"
+    assert convert_main(["--family", "emu3", str(snap), "--image-size", "8", "--out", str(out), "--quiet"]) == 0
+    c, params = checkpoint.load(out)
+    assert c == pipeline["config"]  # max_positions 512 from the text config, ids by name
+    png, stats = tmp_path / "e.png", tmp_path / "s.json"
+    rc = cli_main(["generate", "--model", "emu3-gen", "--ckpt", str(out), "--prompt", "a red fox", "cat",
+                   "--window", "6", "--seed", "4", "--out", str(png), "--stats-json", str(stats), "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    want, _ = emu3.text_to_image(params, c, tok, ["a red fox", "cat"], 4, window=6)
+    got = np.asarray(Image.open(png).convert("RGB"))
+    np.testing.assert_array_equal(got[2:10, 2:10], want[0])
+    np.testing.assert_array_equal(got[2:10, 12:20], want[1])
+    st = json.loads(stats.read_text())
+    assert (st["cfg_scale"], st["top_k"]) == (3.0, N_VIS)
+    # errors: no vision tokenizer, --vq given twice over, no tokenizer.json
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "config.json").write_text((snap / "config.json").read_text())
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in model.state_dict().items() if "vqmodel" not in k},
+              str(bare / "model.safetensors"))
+    (bare / "tokenizer.json").write_text((snap / "tokenizer.json").read_text())
+    assert convert_main(["--family", "emu3", str(bare), "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert "pass --vq" in capsys.readouterr().err
+    vqdir = tmp_path / "Emu3-VisionTokenizer"
+    vqdir.mkdir()
+    (vqdir / "config.json").write_text(json.dumps(model.config.vq_config.to_dict()))
+    save_file({k[len("model.vqmodel."):]: v.contiguous() for k, v in model.state_dict().items() if "vqmodel" in k},
+              str(vqdir / "model.safetensors"))
+    assert convert_main(["--family", "emu3", str(bare), "--vq", str(vqdir), "--image-size", "8", "--out",
+                         str(tmp_path / "w"), "--quiet"]) == 0
+    c2, p2 = checkpoint.load(tmp_path / "w")
+    assert c2 == c
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(p2)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert convert_main(["--family", "emu3", str(snap), "--vq", str(bare), "--out", str(tmp_path / "y"), "--quiet"]) == 2
+    assert "drop --vq" in capsys.readouterr().err
+    (bare / "tokenizer.json").unlink()
+    assert convert_main(["--family", "emu3", str(bare), "--out", str(tmp_path / "z"), "--quiet"]) == 2
+    assert "--tokenizer" in capsys.readouterr().err
+    assert not any((tmp_path / n).exists() for n in "xyz")
