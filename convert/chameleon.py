@@ -104,11 +104,12 @@ def _items(items: Iterable, config: GPTConfig):
         raise ValueError(f"layers {sorted(qkv)} are missing some of q_proj/k_proj/v_proj")
 
 
-def chameleon_params(tensors: dict, config: GPTConfig, to_numpy) -> dict:
-    """Lazy ``{HF name: tensor}`` -> ``{"params": ...}`` for ``config`` (strict)."""
+def chameleon_params(tensors: dict, config: GPTConfig, to_numpy, place=None) -> dict:
+    """Lazy ``{HF name: tensor}`` -> ``{"params": ...}`` for ``config`` (strict; ``place`` as in
+    ``convert.tree.assign``)."""
     names = [n for n in tensors if not skipped(n)]
     stream = ((n, to_numpy(tensors[n])) for n in names)
     return {"params": assign(_items(stream, config), abstract_params(config)["params"],
                              lambda name, pair: ((tuple(pair[0].split("/")), pair[1]) if pair[0] != "<unknown>"
                                                  else (("<unknown>", name), pair[1])),
-                             "Chameleon LLM")}
+                             "Chameleon LLM", place)}

@@ -338,6 +338,7 @@ def convert_emu3(srcs: list[Path], out: Path, args) -> dict:
     from .emu3 import emu3_config, emu3_params
     from .emu3_vq import emu3_vq_config, emu3_vq_params
     from .lumina import vocabulary
+    from .staging import Staging, save_bounded
 
     files = hf_files(srcs)
     tok_file = args.tokenizer or files["tokenizer"]
@@ -368,13 +369,19 @@ def convert_emu3(srcs: list[Path], out: Path, args) -> dict:
     text_cfg = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else cfg
     config = make_config(emu3_config(cfg, (latent[0], latent[1] + 1), 4), vq, vocab, latent,
                          int(text_cfg.get("max_position_embeddings") or 9216))
-    params = {"gpt": emu3_params(tensors, config.gpt, to_numpy), "vq": emu3_vq_params(vq_tensors, vq, to_numpy)}
-    del tensors, vq_tensors
-    checkpoint.save(out, "emu3", config, params, force=args.force, extra_files={"tokenizer.json": tok_file})
-    leaves = jax.tree.leaves(params)
+    # Bounded memory (Emu3-Gen is 34 GB of float32): each converted tensor goes to a disk-backed
+    # memmap next to --out, and the save reads those pages (convert.staging; about 2x the largest
+    # tensor of anonymous memory).
+    with Staging(out=out) as st:
+        params = {"gpt": emu3_params(tensors, config.gpt, to_numpy, place=lambda p, a: st.put(("gpt",) + p, a)),
+                  "vq": emu3_vq_params(vq_tensors, vq, to_numpy, place=lambda p, a: st.put(("vq",) + p, a))}
+        del tensors, vq_tensors
+        save_bounded(out, "emu3", config, params, force=args.force, extra_files={"tokenizer.json": tok_file})
+        leaves = jax.tree.leaves(params)
+        n, nbytes = int(sum(x.size for x in leaves)), int(sum(x.nbytes for x in leaves))
+        del params, leaves
     H, W = config.image_size
-    return {"family": "emu3", "out": str(out), "kind": "emu3", "params": int(sum(x.size for x in leaves)),
-            "dtype": "float32", "bytes": int(sum(x.nbytes for x in leaves)),
+    return {"family": "emu3", "out": str(out), "kind": "emu3", "params": n, "dtype": "float32", "bytes": nbytes,
             "config": f"{H}x{W} px, grid {config.gpt.grid_size}, LLM {config.gpt.n_layer}x{config.gpt.dim} "
                       f"({config.gpt.kv_heads} KV heads), vocab {config.gpt.vocab_size}, {vq.codebook_size} codes"}
 

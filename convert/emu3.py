@@ -36,8 +36,9 @@ def emu3_config(cfg: dict, grid_size, prompt_len: int) -> GPTConfig:
     return llama_family_config(text, grid_size, prompt_len, "Emu3", qk_norm=False)
 
 
-def emu3_params(tensors: dict, config: GPTConfig, to_numpy) -> dict:
-    """Lazy ``{name: tensor}`` -> ``{"params": ...}`` (strict; q/k/v fused into wqkv)."""
+def emu3_params(tensors: dict, config: GPTConfig, to_numpy, place=None) -> dict:
+    """Lazy ``{name: tensor}`` -> ``{"params": ...}`` (strict; q/k/v fused into wqkv; ``place`` as
+    in ``convert.tree.assign``)."""
     renamed = {}
     for name, t in tensors.items():
         new = emu3_name(name)
@@ -46,4 +47,4 @@ def emu3_params(tensors: dict, config: GPTConfig, to_numpy) -> dict:
         if new in renamed:
             raise ValueError(f"{name} and another tensor both map to {new}")
         renamed[new] = t
-    return chameleon_params(renamed, config, to_numpy)
+    return chameleon_params(renamed, config, to_numpy, place)

@@ -116,11 +116,11 @@ def emu3_vq_config(cfg: dict) -> Emu3VQConfig:
     )
 
 
-def emu3_vq_params(tensors: dict, config: Emu3VQConfig, to_numpy: Callable = np.asarray) -> dict:
+def emu3_vq_params(tensors: dict, config: Emu3VQConfig, to_numpy: Callable = np.asarray, place=None) -> dict:
     """``{name: tensor}`` (BAAI names, HF names, or HF names under ``model.vqmodel.``) ->
     ``{"params": ..., "batch_stats": ...}`` for :mod:`sjd_jax.vq.emu3` (strict)."""
     keys = {n: hf_to_original_key(n) for n in tensors}
     names = [n for n, k in keys.items() if not skipped(k)]
     stream = ((n, to_numpy(tensors[n])) for n in names)
     return assign(stream, abstract_emu3_vq_params(config),
-                  lambda name, arr: flax_path(keys[name], np.asarray(arr)), "Emu3 VQ")
+                  lambda name, arr: flax_path(keys[name], np.asarray(arr)), "Emu3 VQ", place)

@@ -133,7 +133,7 @@ def as_cpu_arrays(params, strict: bool = True):
 
 
 def save_bounded(out, kind: str, config, params, *, force: bool = False, extra_files=None,
-                 strict: bool = True) -> Path:
+                 strict: bool = True, trim_every_s: float | None = 0.25) -> Path:
     """``checkpoint.save`` for a tree of staged (memmap) leaves in bounded anonymous memory.
 
     Leaves become zero-copy CPU jax arrays, so ``checkpoint.save`` (unchanged: same layout, same
@@ -144,9 +144,40 @@ def save_bounded(out, kind: str, config, params, *, force: bool = False, extra_f
 
     arrays = as_cpu_arrays(params, strict=strict)
     try:
-        return checkpoint.save(out, kind, config, arrays, force=force, extra_files=extra_files)
+        with _TrimFreedMemory(trim_every_s):
+            return checkpoint.save(out, kind, config, arrays, force=force, extra_files=extra_files)
     finally:
         del arrays
+
+
+class _TrimFreedMemory:
+    """Calls glibc ``malloc_trim(0)`` every ``every_s`` seconds in a thread (no-op off glibc or with
+    ``every_s=None``): orbax/tensorstore free their per-leaf write buffers, but glibc arenas keep the
+    freed pages resident, so anonymous memory otherwise creeps up with the number of leaves written."""
+
+    def __init__(self, every_s):
+        self.every_s = every_s
+
+    def __enter__(self):
+        import threading
+
+        from .tree import _malloc_trim
+
+        self._stop = threading.Event()
+        self._t = None
+        if self.every_s and _malloc_trim is not None:
+            def run():
+                while not self._stop.wait(self.every_s):
+                    _malloc_trim(0)
+
+            self._t = threading.Thread(target=run, daemon=True)
+            self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._t is not None:
+            self._t.join()
 
 
 def rss_anon() -> int:

@@ -27,11 +27,13 @@ def paths_of(abstract) -> dict[Path, jax.ShapeDtypeStruct]:
             for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]}
 
 
-def assign(items: Iterable[tuple[str, np.ndarray]], abstract, to_path: Callable, what: str):
+def assign(items: Iterable[tuple[str, np.ndarray]], abstract, to_path: Callable, what: str,
+           place: Callable | None = None):
     """Place ``(checkpoint_name, array)`` pairs at ``to_path(name, array) -> (path | None, array)``.
 
     ``path=None`` means the tensor is deliberately ignored. Fails on unused names, params filled
-    twice or never, and shape mismatches. Returns a nested dict of jax arrays.
+    twice or never, and shape mismatches. Returns a nested dict of jax arrays, or of whatever
+    ``place(path, float32 array)`` returns (``convert.staging.Staging.put``: disk-backed leaves).
     """
     want = paths_of(abstract)
     out: dict[Path, jax.Array] = {}
@@ -52,7 +54,8 @@ def assign(items: Iterable[tuple[str, np.ndarray]], abstract, to_path: Callable,
                              f"model {tuple(want[path].shape)} at {'/'.join(path)}")
         # one tensor at a time: the re-laid-out copy goes straight to a jax array (orbax writes
         # those without another host copy) and the numpy temporaries are freed
-        out[path] = jax.device_put(np.ascontiguousarray(arr), cpu)
+        out[path] = (jax.device_put(np.ascontiguousarray(arr), cpu) if place is None
+                     else place(path, np.ascontiguousarray(arr)))
         del arr, value
         _release_freed_memory()
     missing = sorted("/".join(p) for p in want if p not in out)
