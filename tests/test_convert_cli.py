@@ -99,7 +99,7 @@ def _bad_files(tmp_path):
     out["truncated file"] = (trunc, "llamagen-c2i", "cannot be read")
     out["wrong family (vq flag)"] = (good, "llamagen-vq", "not a LlamaGen VQ checkpoint")
     out["wrong family (t2i flag)"] = (good, "llamagen-t2i", "looks like llamagen-c2i")
-    out["unknown family"] = (good, "emu3", "unknown family")
+    out["unknown family"] = (good, "emu4", "unknown family")
     out["missing file"] = (tmp_path / "nope_64.pt", "llamagen-c2i", "no such file")
     return out
 
