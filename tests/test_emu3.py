@@ -243,3 +243,33 @@ def test_convert_and_cli_generate(pipeline, tmp_path, capsys):
     assert convert_main(["--family", "emu3", str(bare), "--out", str(tmp_path / "z"), "--quiet"]) == 2
     assert "--tokenizer" in capsys.readouterr().err
     assert not any((tmp_path / n).exists() for n in "xyz")
+
+
+def test_layout_at_720px():
+    """Emu3-Gen at 720 px: 90 x 90 codes, 8190 positions with the end-of-line column (+ EOF, image
+    end, EOS = 8193 in the image section); end of line at every 91st position; codes over the
+    32768 visual tokens only."""
+    vocab = {n: 151643 + i for i, n in enumerate(emu3.SPECIAL_NAMES.values())}
+    vocab.update({f"<|visual token{i:06d}|>": 151854 + i for i in range(32768)})
+    gpt = S.GPTConfig(vocab_size=184622, text_vocab_size=184622, shared_embeddings=True, dim=32, n_layer=1,
+                      n_head=2, rope_type="1d", rope_interleaved=False, grid_size=(90, 91))
+    from sjd_jax.vq.emu3 import Emu3VQConfig
+
+    c = emu3.make_config(gpt, Emu3VQConfig(), vocab, (90, 90), 9216)
+    assert c.image_size == (720, 720) and c.gpt.num_image_tokens == 8190
+    forced = c.gpt.forced_tokens()
+    np.testing.assert_array_equal(np.flatnonzero(forced >= 0), np.arange(90, 8190, 91))
+    assert (forced[forced >= 0] == vocab["<|extra_200|>"]).all() and (forced < 0).sum() == 8100
+    assert c.gpt.image_token_range == (151854, 184622)
+    assert emu3.full_image_tokens(c, np.zeros((1, 8190), int)).shape == (1, 8193)
+
+
+def test_sharded_generation_equals_single_device(pipeline):
+    from sjd_jax import sharding
+
+    mesh = sharding.make_mesh({"data": 2, "model": 2})
+    c, tok, params = pipeline["config"], pipeline["tok"], pipeline["params"]
+    a_img, a = emu3.text_to_image(params, c, tok, ["a red fox", "cat"], 4, negative="blurry", window=6)
+    b_img, b = emu3.text_to_image(params, c, tok, ["a red fox", "cat"], 4, negative="blurry", window=6, mesh=mesh)
+    np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
+    np.testing.assert_array_equal(a_img, b_img)
