@@ -120,6 +120,7 @@ def run_naive(gib: float, work: Path) -> dict:
     from sjd_jax import checkpoint
 
     from .staging import PeakAnon
+    from .tree import nest
 
     config = config_for(gib)
     out = work / "naive-ckpt"
@@ -131,12 +132,7 @@ def run_naive(gib: float, work: Path) -> dict:
             for r, chunk in leaf_chunks(i, sds.shape):
                 a[r:r + len(chunk)] = chunk
             flat[path] = a
-        params: dict = {}
-        for path, a in flat.items():
-            d = params
-            for k in path[:-1]:
-                d = d.setdefault(k, {})
-            d[path[-1]] = a
+        params = nest(flat)
         del flat
     t1 = time.perf_counter()
     with PeakAnon() as p_save:

@@ -100,15 +100,11 @@ class Staging:
         return self.seal(path)
 
     def tree(self) -> dict:
-        out: dict = {}
+        from .tree import nest
+
         for path in self.leaves:
             self.seal(path)
-        for path, leaf in self.leaves.items():
-            d = out
-            for k in path[:-1]:
-                d = d.setdefault(k, {})
-            d[path[-1]] = leaf
-        return out
+        return nest(self.leaves)
 
 
 def as_cpu_arrays(params, strict: bool = True):

@@ -27,6 +27,17 @@ def paths_of(abstract) -> dict[Path, jax.ShapeDtypeStruct]:
             for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]}
 
 
+def nest(leaves: dict[Path, object]) -> dict:
+    """``{(k1, k2, ..., name): leaf}`` -> the nested dict ``{k1: {k2: {... name: leaf}}}``."""
+    tree: dict = {}
+    for path, leaf in leaves.items():
+        node = tree
+        for p in path[:-1]:
+            node = node.setdefault(p, {})
+        node[path[-1]] = leaf
+    return tree
+
+
 def assign(items: Iterable[tuple[str, np.ndarray]], abstract, to_path: Callable, what: str,
            place: Callable | None = None):
     """Place ``(checkpoint_name, array)`` pairs at ``to_path(name, array) -> (path | None, array)``.
@@ -63,10 +74,4 @@ def assign(items: Iterable[tuple[str, np.ndarray]], abstract, to_path: Callable,
         raise ValueError(f"{what} checkpoint does not match the config: "
                          + (f"unused keys {unused[:8]}{' ...' if len(unused) > 8 else ''}; " if unused else "")
                          + (f"unfilled params {missing[:8]}{' ...' if len(missing) > 8 else ''}" if missing else ""))
-    tree: dict = {}
-    for path, arr in out.items():
-        node = tree
-        for p in path[:-1]:
-            node = node.setdefault(p, {})
-        node[path[-1]] = arr
-    return tree
+    return nest(out)

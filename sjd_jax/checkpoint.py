@@ -14,7 +14,7 @@ from pathlib import Path
 
 import jax
 
-from .config import GPTConfig
+from .config import GPTConfig, check_fields
 from .model import abstract_params
 from .vq import VQConfig, abstract_vq_params
 
@@ -62,10 +62,7 @@ def config_from_dict(kind: str, d: dict):
 
         return Emu3Config.from_dict(d)
     cls = {"gpt": GPTConfig, "vq": VQConfig}[kind]
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - fields)
-    if unknown:
-        raise ValueError(f"unknown {kind} config field(s) {unknown}: written by a newer sjd-jax?")
+    check_fields(cls, d, kind)
     d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
     return cls(**d)
 

@@ -6,6 +6,13 @@ import dataclasses
 from typing import Literal
 
 
+def check_fields(cls, d: dict, what: str) -> None:
+    """A config dict read from disk has only ``cls``'s dataclass fields (else: a newer writer)."""
+    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ValueError(f"unknown {what} config field(s) {unknown}: written by a newer sjd-jax?")
+
+
 def find_multiple(n: int, k: int) -> int:
     """Smallest multiple of k that is >= n."""
     return n if n % k == 0 else n + k - (n % k)

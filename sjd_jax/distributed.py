@@ -68,9 +68,15 @@ def broadcast(x: np.ndarray) -> np.ndarray:
     return np.asarray(multihost_utils.broadcast_one_to_all(np.asarray(x)))
 
 
+def gather_output(out):
+    """A sampler ``GenerateOutput`` with its per-row fields as host arrays on every process."""
+    return out.replace(**{f: gather(getattr(out, f)) for f in ("tokens", "nfe", "committed", "branch_hits")})
+
+
 def gather(x: jax.Array) -> np.ndarray:
-    """A global (possibly not fully addressable) array as one host array on every process."""
-    if x.is_fully_addressable:
+    """A global (possibly not fully addressable) array as one host array on every process (host
+    arrays pass through)."""
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
         return np.asarray(x)
     from jax.experimental import multihost_utils
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from .config import GPTConfig
 from .model import Prompt
+from .prompting import PipelineConfig, pad_rows
 from .vq.emu3 import Emu3VQConfig
 
 # BAAI Emu3 README's generation example (sampling defaults: cfg 3.0, top-k 2048).
@@ -38,7 +39,9 @@ _VISUAL = re.compile(r"<\|visual token(\d{6})\|>")
 
 
 @dataclasses.dataclass(frozen=True)
-class Emu3Config:
+class Emu3Config(PipelineConfig):
+    KIND = "emu3"
+
     gpt: GPTConfig  # cls_token_num is the (padded) prompt length of the last call
     vq: Emu3VQConfig
     latent: tuple[int, int]  # (h, w) codes
@@ -60,21 +63,9 @@ class Emu3Config:
     def image_size(self) -> tuple[int, int]:
         return self.latent[0] * self.vq.downsample, self.latent[1] * self.vq.downsample
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
     @classmethod
-    def from_dict(cls, d: dict) -> "Emu3Config":
-        from .checkpoint import config_from_dict
-
-        d = dict(d)
-        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown emu3 config field(s) {unknown}: written by a newer sjd-jax?")
-        return cls(gpt=config_from_dict("gpt", d.pop("gpt")), vq=Emu3VQConfig.from_dict(d.pop("vq")), **d)
-
-    def with_prompt_length(self, length: int) -> GPTConfig:
-        return self.gpt.replace(cls_token_num=int(length))
+    def vq_from_dict(cls, d: dict) -> Emu3VQConfig:
+        return Emu3VQConfig.from_dict(d)
 
 
 def make_config(gpt: GPTConfig, vq: Emu3VQConfig, vocabulary: dict, latent: tuple[int, int],
@@ -118,19 +109,8 @@ def pad_prompts(config: Emu3Config, rows: list[list[int]], negatives: list[list[
     """Prompt and negative-prompt rows -> ``Prompt(ids [B, 2, C], mask [B, 2, C])``, each left-padded."""
     if not rows or len(rows) != len(negatives):
         raise ValueError("need one negative prompt per prompt")
-    longest = max(len(r) for r in rows + negatives)
-    N = config.gpt.num_image_tokens
-    if longest + N > config.max_positions:
-        raise ValueError(f"prompt too long: {longest} tokens + {N} image tokens exceed the model context "
-                         f"{config.max_positions}")
-    length = min(-(-longest // multiple) * multiple, config.max_positions - N)
-    ids = np.full((len(rows), 2, length), config.pad_id, np.int32)
-    mask = np.zeros((len(rows), 2, length), bool)
-    for b, pair in enumerate(zip(rows, negatives)):
-        for j, r in enumerate(pair):
-            ids[b, j, length - len(r):] = r
-            mask[b, j, length - len(r):] = True
-    return Prompt(jnp.asarray(ids), jnp.asarray(mask))
+    ids, mask = pad_rows(config, [r for pair in zip(rows, negatives) for r in pair], multiple=multiple)
+    return Prompt(jnp.asarray(ids.reshape(len(rows), 2, -1)), jnp.asarray(mask.reshape(len(rows), 2, -1)))
 
 
 def generate_tokens(params, config: Emu3Config, prompts: Prompt, key, mesh=None, **sampling):
@@ -175,9 +155,9 @@ def text_to_image(params, config: Emu3Config, tokenizer, texts: list[str], key, 
     rows = [prompt_ids(tokenizer, config, t, positive) for t in texts]
     neg = prompt_ids(tokenizer, config, negative, positive=False)
     out = generate_tokens(params, config, pad_prompts(config, rows, [neg] * len(rows)), key, mesh=mesh, **sampling)
-    from . import distributed
+    from .distributed import gather_output
 
-    out = out.replace(**{f: distributed.gather(getattr(out, f)) for f in ("tokens", "nfe", "committed", "branch_hits")})
+    out = gather_output(out)
     return decode_images(params, config, out.tokens), out
 
 

@@ -206,8 +206,7 @@ def main(argv=None) -> int:
         out = generate(bundle.gpt_params, c, jnp.asarray(labels), args.seed, method=kind, window=window,
                        progress=None if args.quiet else progress, mesh=mesh, **knobs, **drafting)
         # global arrays -> host arrays on every process (multi-host safe); only process 0 writes
-        out = out.replace(**{f: distributed.gather(getattr(out, f))
-                             for f in ("tokens", "nfe", "committed", "branch_hits")})
+        out = distributed.gather_output(out)
         tokens = out.tokens
     if not distributed.is_writer():
         return 0

@@ -18,6 +18,7 @@ import numpy as np
 
 from .config import GPTConfig
 from .model import Prompt
+from .prompting import PipelineConfig, pad_prompts
 from .vq import VQConfig
 
 # DeepSeek's chat format for image generation (Janus-Pro, empty system prompt); the image-start
@@ -26,7 +27,9 @@ PROMPT_TEMPLATE = "<|User|>: {prompt}\n\n<|Assistant|>:"
 
 
 @dataclasses.dataclass(frozen=True)
-class JanusConfig:
+class JanusConfig(PipelineConfig):
+    KIND = "janus"
+
     gpt: GPTConfig  # cls_token_num is the prompt length of the last call (set per call)
     vq: VQConfig
     bos_id: int
@@ -37,23 +40,6 @@ class JanusConfig:
     @property
     def image_size(self) -> int:
         return self.gpt.grid_size[0] * self.vq.downsample
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "JanusConfig":
-        from .checkpoint import config_from_dict
-
-        d = dict(d)
-        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown janus config field(s) {unknown}: written by a newer sjd-jax?")
-        return cls(gpt=config_from_dict("gpt", d.pop("gpt")), vq=config_from_dict("vq", d.pop("vq")), **d)
-
-    def with_prompt_length(self, length: int) -> GPTConfig:
-        """The GPT config for prompts padded to ``length`` tokens (one compile per length)."""
-        return self.gpt.replace(cls_token_num=int(length))
 
 
 def load_tokenizer(path):
@@ -81,29 +67,6 @@ def prompt_ids(tokenizer, config: JanusConfig, text: str, template: bool = True)
     return [*ids, config.boi_id]
 
 
-def pad_prompts(config: JanusConfig, rows: list[list[int]], length: int | None = None,
-                multiple: int = 16) -> Prompt:
-    """Left-pad token rows to ``length`` (default: the longest, rounded up to ``multiple`` so that
-    nearby prompt lengths share one compile). Padding never changes the result (masked keys, RoPE
-    positions that count real tokens only)."""
-    if not rows:
-        raise ValueError("no prompts given")
-    longest = max(len(r) for r in rows)
-    if length is None:
-        length = -(-longest // multiple) * multiple
-    N = config.gpt.num_image_tokens
-    if longest > length or longest + N > config.max_positions:
-        raise ValueError(f"prompt too long: {longest} tokens + {N} image tokens exceed "
-                         f"{'the padded length ' + str(length) if longest > length else 'the model context ' + str(config.max_positions)}")
-    length = min(length, config.max_positions - N)
-    ids = np.full((len(rows), length), config.pad_id, np.int32)
-    mask = np.zeros((len(rows), length), bool)
-    for b, r in enumerate(rows):
-        ids[b, length - len(r):] = r
-        mask[b, length - len(r):] = True
-    return Prompt(jnp.asarray(ids), jnp.asarray(mask))
-
-
 def generate_tokens(params, config: JanusConfig, prompts: Prompt, key, **sampling):
     """Image tokens for padded prompts; ``sampling`` as in ``sjd_jax.generate`` (method, window,
     cfg_scale (Janus default 5), temperature, top_k, top_p)."""
@@ -124,9 +87,12 @@ def decode_images(params, config: JanusConfig, tokens) -> np.ndarray:
 
 def text_to_image(params, config: JanusConfig, tokenizer, texts: list[str], key, *,
                   template: bool = True, **sampling):
-    """Prompts -> (uint8 images ``[B, H, W, 3]``, the sampler's ``GenerateOutput``)."""
+    """Prompts -> (uint8 images ``[B, H, W, 3]``, the sampler's ``GenerateOutput`` with host arrays;
+    ``mesh=`` in ``sampling`` runs the LLM on it)."""
+    from .distributed import gather_output
+
     prompts = pad_prompts(config, [prompt_ids(tokenizer, config, t, template) for t in texts])
-    out = generate_tokens(params, config, prompts, key, **sampling)
+    out = gather_output(generate_tokens(params, config, prompts, key, **sampling))
     return decode_images(params, config, out.tokens), out
 
 

@@ -199,8 +199,10 @@ def text_to_image(bundle: T2IBundle, texts: list[str], key, *, clean: bool = Tru
     from .sampling import generate
 
     cond = captions(bundle, texts, clean=clean)
-    out = generate(bundle.gpt_params, bundle.gpt_config, cond, key, mesh=mesh,
-                   **sampling_options(bundle, **sampling))
+    from .distributed import gather_output
+
+    out = gather_output(generate(bundle.gpt_params, bundle.gpt_config, cond, key, mesh=mesh,
+                                 **sampling_options(bundle, **sampling)))
     return decode_images(bundle, out.tokens), out
 
 

@@ -30,6 +30,7 @@ import numpy as np
 
 from .config import GPTConfig
 from .model import Prompt
+from .prompting import PipelineConfig, pad_prompts
 from .vq import VQConfig
 
 BOI, EOI, NEWLINE, END_OF_TURN = 8197, 8196, 8803, 8710  # <racm3:break>, <eoss>, <reserved08799>, <reserved08706>
@@ -111,7 +112,9 @@ SPECIAL_NAMES = dict(bos_id="<s>", boi_id="<racm3:break>", eoi_id="<eoss>", newl
 
 
 @dataclasses.dataclass(frozen=True)
-class LuminaConfig:
+class LuminaConfig(PipelineConfig):
+    KIND = "lumina"
+
     gpt: GPTConfig  # cls_token_num is the prompt length of the last call (set per call)
     vq: VQConfig
     layout: str  # "lumina" | "anole"
@@ -144,23 +147,6 @@ class LuminaConfig:
         if self.layout == "anole":
             return [self.boi_id]
         return [self.boi_id, self.size_base + self.latent[0] // 2, self.size_base + self.latent[1] // 2]
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "LuminaConfig":
-        from .checkpoint import config_from_dict
-
-        d = dict(d)
-        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown lumina config field(s) {unknown}: written by a newer sjd-jax?")
-        return cls(gpt=config_from_dict("gpt", d.pop("gpt")), vq=config_from_dict("vq", d.pop("vq")), **d)
-
-    def with_prompt_length(self, length: int) -> GPTConfig:
-        """The GPT config for prompts padded to ``length`` tokens (one compile per length)."""
-        return self.gpt.replace(cls_token_num=int(length))
 
 
 def make_config(gpt: GPTConfig, vq: VQConfig, vocabulary: dict, latent: tuple[int, int], layout: str,
@@ -211,25 +197,6 @@ def prompt_ids(tokenizer, config: LuminaConfig, text: str, template: bool = True
     return [*ids, *sep, *config.image_prefix()]
 
 
-def pad_prompts(config: LuminaConfig, rows: list[list[int]], multiple: int = 16) -> Prompt:
-    """Left-pad id rows to the longest, rounded up to ``multiple`` (nearby lengths share a compile;
-    padding never changes the result: masked keys, positions counting real tokens only)."""
-    if not rows:
-        raise ValueError("no prompts given")
-    longest = max(len(r) for r in rows)
-    N = config.gpt.num_image_tokens
-    if longest + N > config.max_positions:
-        raise ValueError(f"prompt too long: {longest} tokens + {N} image tokens exceed the model context "
-                         f"{config.max_positions}")
-    length = min(-(-longest // multiple) * multiple, config.max_positions - N)
-    ids = np.full((len(rows), length), config.pad_id, np.int32)
-    mask = np.zeros((len(rows), length), bool)
-    for b, r in enumerate(rows):
-        ids[b, length - len(r):] = r
-        mask[b, length - len(r):] = True
-    return Prompt(jnp.asarray(ids), jnp.asarray(mask))
-
-
 def defaults(config: LuminaConfig) -> dict:
     """``DEFAULTS`` with image top-k capped at the number of image codes (tiny test models)."""
     return {**DEFAULTS, "top_k": min(DEFAULTS["top_k"], len(config.code_bpe))}
@@ -271,10 +238,9 @@ def text_to_image(params, config: LuminaConfig, tokenizer, texts: list[str], key
         raise ValueError("texts must be a non-empty list of strings")
     prompts = pad_prompts(config, [prompt_ids(tokenizer, config, t, template) for t in texts])
     out = generate_tokens(params, config, prompts, key, mesh=mesh, **sampling)
-    from . import distributed
+    from .distributed import gather_output
 
-    out = out.replace(**{f: distributed.gather(getattr(out, f)) for f in ("tokens", "nfe", "committed",
-                                                                          "branch_hits")})
+    out = gather_output(out)
     return decode_images(params, config, out.tokens), out
 
 

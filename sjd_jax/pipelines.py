@@ -68,7 +68,6 @@ def load(name: str, ckpt, t5=None, mesh=None) -> TextModel:
     """The named text-to-image model from its converted checkpoint directory ``ckpt`` (LlamaGen-T2I:
     ``t5`` overrides ``ckpt/t5``)."""
     from . import checkpoint
-    from .distributed import gather
 
     if name not in TEXT_MODELS:
         raise ValueError(f"unknown text-to-image model {name!r}; choose one of {', '.join(TEXT_MODELS)}")
@@ -85,9 +84,7 @@ def load(name: str, ckpt, t5=None, mesh=None) -> TextModel:
         b = llamagen_t2i.load(ckpt, t5_dir=t5, mesh=mesh)
 
         def run(texts, key, **sampling):
-            images, out = llamagen_t2i.text_to_image(b, texts, key, mesh=mesh, **sampling)
-            return images, out.replace(**{f: gather(getattr(out, f))
-                                          for f in ("tokens", "nfe", "committed", "branch_hits")})
+            return llamagen_t2i.text_to_image(b, texts, key, mesh=mesh, **sampling)
 
         knobs = {k: v for k, v in llamagen_t2i.sampling_options(b).items() if k in llamagen_t2i.DEFAULTS}
         return TextModel(name, spec["family"], knobs, b.gpt_config,
@@ -101,10 +98,7 @@ def load(name: str, ckpt, t5=None, mesh=None) -> TextModel:
         tok = janus.load_tokenizer(ckpt)
 
         def run(texts, key, **sampling):
-            prompts = janus.pad_prompts(config, [janus.prompt_ids(tok, config, t) for t in texts])
-            out = janus.generate_tokens(params, config, prompts, key, mesh=mesh, **sampling)
-            out = out.replace(**{f: gather(getattr(out, f)) for f in ("tokens", "nfe", "committed", "branch_hits")})
-            return janus.decode_images(params, config, out.tokens), out
+            return janus.text_to_image(params, config, tok, texts, key, mesh=mesh, **sampling)
 
         return TextModel(name, spec["family"], dict(cfg_scale=5.0, temperature=1.0, top_k=0, top_p=1.0),
                          config.gpt, (config.image_size, config.image_size),

@@ -209,11 +209,30 @@ CONFIG_S = tiny_config(vocab_size=4, grid_size=(2, 3), dim=16, n_layer=2, n_head
 FREE_S = np.flatnonzero(CONFIG_S.forced_tokens() < 0)
 
 
+def layout_seqs(config, codes=3):
+    """(forced [N], free positions, every layout-consistent sequence [codes^free, N])."""
+    forced = config.forced_tokens()
+    free = np.flatnonzero(forced < 0)
+    seqs = np.tile(forced, (codes ** free.size, 1))
+    seqs[:, free] = np.array(list(itertools.product(range(codes), repeat=free.size)))
+    return forced, free, seqs
+
+
+def fit_layout(p, seqs, forced, free, tokens, label, codes=3):
+    """p [S, N, V] over ``seqs`` (forced positions set one-hot here) vs the free codes of the
+    sampled ``tokens`` [M, N]: chi-square and TV decision, printed with ``label``."""
+    p[:, forced >= 0] = np.eye(p.shape[-1])[forced[forced >= 0]]
+    joint = np.take_along_axis(p, seqs[..., None], -1)[..., 0].prod(-1)
+    assert abs(joint.sum() - 1) < 1e-9
+    idx = (tokens[:, free] * codes ** np.arange(free.size - 1, -1, -1)).sum(-1)
+    pval, tv, bound = fit_counts(np.bincount(idx, minlength=len(joint)).astype(float), joint)
+    print(f"{label}: chi2 p={pval:.3g} TV={tv:.4f} bound={bound:.4f}")
+    assert pval > ALPHA and tv < bound, (pval, tv, bound)
+
+
 def structured_joint(params, cls, cfg_scale=1.0, temperature=1.0, top_k=0, top_p=1.0, cfg=False):
     """Exact probabilities of the 81 sequences consistent with the layout, and the sequences."""
-    forced = CONFIG_S.forced_tokens()
-    seqs = np.tile(forced, (3 ** FREE_S.size, 1))
-    seqs[:, FREE_S] = np.array(list(itertools.product(range(3), repeat=FREE_S.size)))
+    forced, _, seqs = layout_seqs(CONFIG_S)
     tf = lambda c: np.asarray(S.teacher_forced_logits(params, CONFIG_S, jnp.full((len(seqs),), c),  # noqa: E731
                                                       jnp.asarray(seqs)), np.float64)
     lc = tf(cls)
@@ -283,10 +302,7 @@ def test_exact_distribution_chameleon_style_with_lumina_cfg():
     params = scaled_params(CONFIG_L, seed=5, scale=6.0, head_scale=2.0)
     knobs = dict(cfg_scale=2.5, top_k=2)
     ids, mask = PROMPTS_L
-    forced = CONFIG_L.forced_tokens()
-    free = np.flatnonzero(forced < 0)
-    seqs = np.tile(forced, (3 ** free.size, 1))
-    seqs[:, free] = np.array(list(itertools.product(range(3), repeat=free.size)))
+    forced, free, seqs = layout_seqs(CONFIG_L)
     out = generate(params, CONFIG_L, S.Prompt(jnp.asarray(np.tile(ids, (M, 1))), jnp.asarray(np.tile(mask, (M, 1)))),
                    jax.random.key(8), method="sjd", window=4, coupling="gumbel", **knobs)
     tokens = np.asarray(out.tokens)
@@ -306,12 +322,7 @@ def test_exact_distribution_chameleon_style_with_lumina_cfg():
         l = lu + knobs["cfg_scale"] * (lc - lu)
         l[..., 3:] = -np.inf
         p = np_target(l, None, 1.0, 1.0, knobs["top_k"], 1.0)
-        p[:, forced >= 0] = np.eye(5)[forced[forced >= 0]]
-        joint = np.take_along_axis(p, seqs[..., None], -1)[..., 0].prod(-1)
-        idx = (tokens[b::2][:, free] * 3 ** np.arange(free.size - 1, -1, -1)).sum(-1)
-        pval, tv, bound = fit_counts(np.bincount(idx, minlength=len(joint)).astype(float), joint)
-        print(f"chameleon-style lumina cfg prompt {b}: chi2 p={pval:.3g} TV={tv:.4f} bound={bound:.4f}")
-        assert pval > ALPHA and tv < bound, (pval, tv, bound)
+        fit_layout(p, seqs, forced, free, tokens[b::2], f"chameleon-style lumina cfg prompt {b}")
 
 
 # ---- Emu3-style model: Llama (GQA, RoPE theta 1e6), one vocabulary, a negative prompt per row as
@@ -333,10 +344,7 @@ def test_exact_distribution_emu3_style_negative_prompt_log_softmax_cfg():
     the enumerated conditionals and by sampling (SJD-PAC-style tree + maximal coupling)."""
     params = scaled_params(CONFIG_E, seed=9, scale=6.0, head_scale=2.0)
     ids, mask = PROMPTS_E
-    forced = CONFIG_E.forced_tokens()
-    free = np.flatnonzero(forced < 0)
-    seqs = np.tile(forced, (3 ** free.size, 1))
-    seqs[:, free] = np.array(list(itertools.product(range(3), repeat=free.size)))
+    forced, free, seqs = layout_seqs(CONFIG_E)
     s, k = 3.0, 2
     out = generate(params, CONFIG_E, S.Prompt(jnp.asarray(np.tile(ids, (M, 1, 1))), jnp.asarray(np.tile(mask, (M, 1, 1)))),
                    jax.random.key(12), method="sjd", window=4, coupling="maximal", tree=(2, 1), cfg_scale=s, top_k=k)
@@ -359,9 +367,4 @@ def test_exact_distribution_emu3_style_negative_prompt_log_softmax_cfg():
         raw = lu + s * (lc - lu)
         raw[..., 3:] = -np.inf
         np.testing.assert_allclose(p, np_target(raw, None, 1.0, 1.0, k, 1.0), atol=1e-12)  # same p
-        p[:, forced >= 0] = np.eye(5)[forced[forced >= 0]]
-        joint = np.take_along_axis(p, seqs[..., None], -1)[..., 0].prod(-1)
-        idx = (tokens[b::2][:, free] * 3 ** np.arange(free.size - 1, -1, -1)).sum(-1)
-        pval, tv, bound = fit_counts(np.bincount(idx, minlength=len(joint)).astype(float), joint)
-        print(f"emu3-style negative prompt prompt {b}: chi2 p={pval:.3g} TV={tv:.4f} bound={bound:.4f}")
-        assert pval > ALPHA and tv < bound, (pval, tv, bound)
+        fit_layout(p, seqs, forced, free, tokens[b::2], f"emu3-style negative prompt prompt {b}")

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..config import check_fields
+
 FF_KINDS = ("relu", "gated-gelu")
 
 
@@ -47,10 +49,7 @@ class T5Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> "T5Config":
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - fields)
-        if unknown:
-            raise ValueError(f"unknown T5 config field(s) {unknown}")
+        check_fields(cls, d, "T5")
         return cls(**d)
 
 

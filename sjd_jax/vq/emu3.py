@@ -33,6 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..config import check_fields
+
 BATCHNORM_EPS = 1e-5  # torch.nn.BatchNorm3d default (HF / BAAI leave it)
 GROUPNORM_EPS = 1e-6
 
@@ -81,10 +83,7 @@ class Emu3VQConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Emu3VQConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown Emu3VQConfig fields {unknown}")
+        check_fields(cls, d, "Emu3 VQ")
         return cls(**d)
 
 

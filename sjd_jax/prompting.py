@@ -1,0 +1,70 @@
+"""Pieces shared by the prompt-token pipelines (Janus-Pro, Lumina-mGPT / Anole, Emu3): their config
+base (serialisation, per-call prompt length) and left padding of prompt id rows."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+
+from .config import GPTConfig, check_fields
+from .model import Prompt
+
+
+class PipelineConfig:
+    """Base of a frozen pipeline-config dataclass with fields ``gpt`` (``cls_token_num`` is the
+    padded prompt length of the last call), ``vq``, ``pad_id`` and ``max_positions``."""
+
+    KIND = ""  # checkpoint kind, for messages
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def vq_from_dict(cls, d: dict):
+        from .checkpoint import config_from_dict
+
+        return config_from_dict("vq", d)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        from .checkpoint import config_from_dict
+
+        d = dict(d)
+        check_fields(cls, d, cls.KIND)
+        return cls(gpt=config_from_dict("gpt", d.pop("gpt")), vq=cls.vq_from_dict(d.pop("vq")), **d)
+
+    def with_prompt_length(self, length: int) -> GPTConfig:
+        """The GPT config for prompts padded to ``length`` tokens (one compile per length)."""
+        return self.gpt.replace(cls_token_num=int(length))
+
+
+def pad_rows(config: PipelineConfig, rows: list[list[int]], length: int | None = None,
+             multiple: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Left-pad id rows to ``length`` (default: the longest, rounded up to ``multiple`` so that
+    nearby prompt lengths share one compile) -> (ids [R, L] int32, mask [R, L] bool). Padding never
+    changes the result (masked keys, RoPE positions that count real tokens only)."""
+    if not rows:
+        raise ValueError("no prompts given")
+    longest = max(len(r) for r in rows)
+    if length is None:
+        length = -(-longest // multiple) * multiple
+    N = config.gpt.num_image_tokens
+    if longest > length or longest + N > config.max_positions:
+        raise ValueError(f"prompt too long: {longest} tokens + {N} image tokens exceed "
+                         f"{'the padded length ' + str(length) if longest > length else 'the model context ' + str(config.max_positions)}")
+    length = min(length, config.max_positions - N)
+    ids = np.full((len(rows), length), config.pad_id, np.int32)
+    mask = np.zeros((len(rows), length), bool)
+    for b, r in enumerate(rows):
+        ids[b, length - len(r):] = r
+        mask[b, length - len(r):] = True
+    return ids, mask
+
+
+def pad_prompts(config: PipelineConfig, rows: list[list[int]], length: int | None = None,
+                multiple: int = 16) -> Prompt:
+    """``pad_rows`` as the sampler's ``Prompt(ids [B, L], mask [B, L])``."""
+    ids, mask = pad_rows(config, rows, length, multiple)
+    return Prompt(jnp.asarray(ids), jnp.asarray(mask))
