@@ -33,17 +33,21 @@ from .config import GPTConfig
 from .model import init_params, param_count, split_cond
 from .sampling import keys as K
 from .sampling.loop import SamplerSpec, _generate_jit, acceptance_stats, make_knobs
+from .sampling.qstore import Q_STORAGE, q_capacity
 from .sampling.recipes import LOSSLESS, RECIPES, recipe
 from .validate import INITS, check_drafting, check_sampling
 
 DEFAULT_METHODS = "sjd,sjd-gumbel,sjd-ac,sjd-pac"
 
 
-def _load(name: str, grid: int):
+def _load(name: str, grid: int, vocab: int | None = None):
     """(config, params, lantern codebook or None, default cfg scale)."""
     if name.startswith("random:"):
-        config = GPTConfig.llamagen(name.split(":", 1)[1], grid_size=grid)
+        extra = {} if vocab is None else {"vocab_size": vocab}
+        config = GPTConfig.llamagen(name.split(":", 1)[1], grid_size=grid, **extra)
         return config, None, None, 4.0
+    if vocab is not None:
+        raise ValueError("--vocab applies to random: models only")
     from . import presets
     from .vq import codebook_vectors
 
@@ -54,14 +58,15 @@ def _load(name: str, grid: int):
     return b.gpt_config, b.gpt_params, codebook_vectors(b.vq_params, b.vq_config), b.preset.cfg_scale
 
 
-def _spec_and_args(config, name, window, init, lantern):
+def _spec_and_args(config, name, window, init, lantern, knobs, q_storage="auto"):
     kw = recipe(name, window)
     tree = kw.pop("tree", (1, 0))
     use_lantern = kw.pop("lantern", False)
     lantern_k = lantern[0].shape[1] if use_lantern else 0
+    q_slots = q_capacity(config.vocab_size, kw["method"], knobs["temperature"], knobs["top_k"], q_storage, tree[0])
     spec = SamplerSpec(config=config, method=kw["method"], window=1 if kw["method"] == "ar" else window,
                        cfg=True, coupling=kw.get("coupling", "none"), init=init, tree_width=tree[0],
-                       tree_depth=tree[1], lantern_k=lantern_k)
+                       tree_depth=tree[1], lantern_k=lantern_k, q_slots=q_slots)
     return spec, (jnp.asarray(lantern[0]) if use_lantern else None)
 
 
@@ -76,11 +81,11 @@ def _memory(compiled) -> dict:
 
 def run_one(params, config: GPTConfig, method: str, window: int, batch: int, knobs: dict,
             seed: int = 0, repeat: int = 1, images: int | None = None, init: str = "uniform",
-            lantern=None) -> dict:
+            lantern=None, q_storage: str = "auto") -> dict:
     """One configuration over ``images`` images (default: one batch), in batches of ``batch``.
     ``lantern``: (neighbours [V, k], delta), used by the lantern recipe only."""
     images = batch if images is None else images
-    spec, neighbours = _spec_and_args(config, method, window, init, lantern)
+    spec, neighbours = _spec_and_args(config, method, window, init, lantern, knobs, q_storage)
     kn = make_knobs(**knobs, lantern_delta=lantern[1] if neighbours is not None else 0.0)
     ids = np.arange(images)
     chunks = [ids[i:i + batch] for i in range(0, images, batch)]
@@ -110,6 +115,7 @@ def run_one(params, config: GPTConfig, method: str, window: int, batch: int, kno
     return {
         "method": method, "lossless": method in LOSSLESS, "window": W, "init": init,
         "tree": [spec.tree_width, spec.tree_depth] if spec.branches else None, "batch": batch,
+        "q_storage": q_storage, "q_slots": spec.q_slots,
         "images": images, "nfe_per_row": nfe.tolist(), "forwards": int(sum(int(o.iterations) + 1 for o in outs)),
         **acceptance_stats(nfe, committed, config.num_image_tokens, W),
         "branch_hits_per_image": float(hits.mean()),
@@ -264,6 +270,8 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="fashion-mnist",
                     help="a bundled model (fashion-mnist) or random:<LlamaGen preset> (random init)")
     ap.add_argument("--grid", type=int, default=16, help="random models: image token grid side")
+    ap.add_argument("--vocab", type=int, default=None,
+                    help="random models: vocabulary size (e.g. 184622, Emu3's, to measure q storage)")
     ap.add_argument("--methods", default=DEFAULT_METHODS,
                     help=f"comma-separated recipes ({', '.join(RECIPES)}); AR always runs as the baseline")
     ap.add_argument("--windows", default="8,16,32,64", help="comma-separated windows")
@@ -276,6 +284,9 @@ def main(argv=None) -> int:
     ap.add_argument("--top-p", type=float, default=1.0)
     ap.add_argument("--lantern-k", type=int, default=8, help="lantern: latent neighbours per code")
     ap.add_argument("--lantern-delta", type=float, default=0.1, help="lantern: neighbour mass budget")
+    ap.add_argument("--q-storage", default="auto",
+                    help=f"comma-separated draft q storage modes ({', '.join(Q_STORAGE)}); each Jacobi run "
+                         "is repeated per mode (XLA memory columns show the difference)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeat", type=int, default=1, help="timed passes per configuration (best kept)")
     ap.add_argument("--out", default="bench.json", help="JSON output path")
@@ -287,11 +298,12 @@ def main(argv=None) -> int:
         windows = [int(w) for w in args.windows.split(",")]
         inits = [i.strip() for i in args.inits.split(",") if i.strip()]
         batches = [int(b) for b in args.batch.split(",")]
+        storages = [q.strip() for q in args.q_storage.split(",") if q.strip()]
         if min(batches) < 1 or args.repeat < 1 or args.images < 1:
             raise ValueError("batch sizes, --images and --repeat must be >= 1")
         for m in methods:
             recipe(m, 16)
-        config, params, codebook, cfg_default = _load(args.model, args.grid)
+        config, params, codebook, cfg_default = _load(args.model, args.grid, args.vocab)
         knobs = dict(cfg_scale=cfg_default if args.cfg_scale is None else args.cfg_scale,
                      temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
         lantern = None
@@ -311,6 +323,8 @@ def main(argv=None) -> int:
                     check_drafting(config, kw["method"], w, kw.get("coupling", "none"),
                                    "uniform" if kw["method"] == "ar" else init, tree[0], tree[1],
                                    args.lantern_k if kw.get("lantern") else 0, args.lantern_delta)
+                    for q in storages:
+                        q_capacity(config.vocab_size, kw["method"], args.temperature, args.top_k, q, tree[0])
         plot_path = None if args.no_plot else (args.plot or os.path.splitext(args.out)[0] + ".png")
         if plot_path:
             import matplotlib  # noqa: F401  (fail before hours of work, not after)
@@ -332,17 +346,18 @@ def main(argv=None) -> int:
         costs[str(b)] = forward_cost(params, config, b, windows)
         print(f"  forward cost ratio W/1 at batch {b}: " + ", ".join(
             f"W={w}: {c['ratio']:.2f}" for w, c in costs[str(b)].items()), file=sys.stderr)
-        runs = [("ar", 1, "uniform")] + [(m, w, i) for m in methods for w in windows
-                                          for i in (["uniform"] if m == "jacobi" else inits)]
-        for m, w, init in runs:
-            r = run_one(params, config, m, w, b, knobs, args.seed, args.repeat, args.images, init, lantern)
+        runs = [("ar", 1, "uniform", "auto")] + [(m, w, i, q) for m in methods for w in windows
+                                                  for i in (["uniform"] if m == "jacobi" else inits) for q in storages]
+        for m, w, init, q in runs:
+            r = run_one(params, config, m, w, b, knobs, args.seed, args.repeat, args.images, init, lantern, q)
             jax.clear_caches()  # free each loop's code: hundreds of executables exhaust the mappings on CPU
             results.append(r)
             report = _report(args, config, params, knobs, lantern, costs, results)
             _write_json(report, args.out)  # after every row: an interrupted run keeps what it measured
             print(f"  {m:15s} W={r['window']:<3d} {init:15s} B={b}: NFE {r['nfe_mean']:6.1f} "
                   f"(x{r['step_compression']:.2f}), {r['mean_accepted_per_iteration']:.2f} tok/it, "
-                  f"{r['wall_s_per_image'] * 1e3:.0f} ms/image, compile {r['compile_s']:.1f}s",
+                  f"{r['wall_s_per_image'] * 1e3:.0f} ms/image, compile {r['compile_s']:.1f}s, "
+                  f"q {q} (S={r['q_slots']}), XLA temp {r.get('xla_temp_mb', float('nan')):.0f} MiB",
                   file=sys.stderr, flush=True)
     if plot_path:
         plot(report, plot_path)

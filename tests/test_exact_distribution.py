@@ -130,6 +130,13 @@ CASES = {
     "tree3x1-maximal-cfg-batched": ("B", "sjd", 4, (0, 1), dict(cfg_scale=2.0), dict(tree=(3, 1), coupling="maximal")),
     "tree2x2-gumbel-vertical-temp": ("B", "sjd", 5, (1,), dict(temperature=1.3), dict(tree=(2, 2), coupling="gumbel",
                                                                                     init="vertical-repeat")),
+    # compact q storage with 2 entries per q (top-k 2 < V): every kind of stored q in one case each
+    "compact-maximal-tree2x1-horizon-sample-cfg-topk2-batched": (
+        "A", "sjd", 3, (0, 1), dict(cfg_scale=1.5, temperature=1.5, top_k=2),
+        dict(q_storage="compact", coupling="maximal", tree=(2, 1), init="horizon-sample")),
+    "compact-gumbel-vertical-sample-temp-topk2": (
+        "B", "sjd", 5, (1,), dict(temperature=1.3, top_k=2), dict(q_storage="compact", coupling="gumbel",
+                                                                  init="vertical-sample")),
 }
 
 
@@ -249,6 +256,9 @@ STRUCT_CASES = {
     "sjd-cfg-topk-batched": (4, (0, 1), dict(cfg_scale=2.5, top_k=2), {}),
     "gumbel-vertical-repeat-temp": (5, (1,), dict(temperature=1.3), dict(coupling="gumbel", init="vertical-repeat")),
     "tree2x1-maximal-cfg": (4, (0,), dict(cfg_scale=2.0), dict(tree=(2, 1), coupling="maximal")),
+    # compact q (2 entries) with the structure tokens: forced one-hots, uniform over the code range
+    "compact-sjd-tree2x1-cfg-topk2-batched": (4, (0, 1), dict(cfg_scale=2.5, top_k=2),
+                                              dict(q_storage="compact", tree=(2, 1))),
 }
 
 

@@ -35,9 +35,10 @@ def np_target(lc, lu, cfg_scale, temperature, top_k, top_p):
     """Independent numpy reference of p: CFG on raw logits, temperature, top-k, top-p."""
     l = lu + cfg_scale * (lc - lu) if lu is not None else lc.copy()
     l = l.astype(np.float64) / temperature
-    if top_k:
-        kth = np.sort(l, axis=-1)[..., -top_k][..., None]
-        l = np.where(l < kth, -np.inf, l)
+    if top_k:  # exactly k: ties with the k-th value go to the lower ids (stable order)
+        keep = np.zeros(l.shape, bool)
+        np.put_along_axis(keep, np.argsort(-l, axis=-1, kind="stable")[..., :top_k], True, -1)
+        l = np.where(keep, l, -np.inf)
     p = np.exp(l - l.max(-1, keepdims=True))
     p /= p.sum(-1, keepdims=True)
     if top_p < 1:

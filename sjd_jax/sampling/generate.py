@@ -10,10 +10,12 @@ from ..model import split_cond
 from ..validate import check_cond, check_drafting, check_sampling
 from . import keys as K
 from .loop import GenerateOutput, SamplerSpec, make_knobs, run
+from .qstore import q_capacity
 
 
-def _check(config, method, window, cfg_scale, temperature, top_k, top_p, cfg, coupling, init, tree, lantern):
-    """Every argument check before tracing; returns (lantern neighbours [V, k] or None, delta)."""
+def _check(config, method, window, cfg_scale, temperature, top_k, top_p, cfg, coupling, init, tree, lantern,
+           q_storage="auto"):
+    """Every argument check before tracing; returns (lantern neighbours [V, k] or None, delta, q slots)."""
     check_sampling(config, method, window, cfg_scale, temperature, top_k, top_p, cfg)
     if not (isinstance(tree, (tuple, list)) and len(tree) == 2):
         raise ValueError(f"tree must be a (width, depth) pair, got {tree!r}")
@@ -31,17 +33,17 @@ def _check(config, method, window, cfg_scale, temperature, top_k, top_p, cfg, co
             raise ValueError("lantern neighbours table has k = 0 columns")
         neighbours = jnp.asarray(neighbours, jnp.int32)
     check_drafting(config, method, window, coupling, init, int(tree[0]), int(tree[1]), lantern_k, float(delta))
-    return neighbours, delta
+    return neighbours, delta, q_capacity(config.vocab_size, method, temperature, top_k, q_storage, int(tree[0]))
 
 
 def check_generate_options(config: GPTConfig, method: str, window: int, knobs: dict, drafting: dict,
                            cfg: bool = True) -> None:
     """What ``generate`` checks first, for CLIs that validate before loading or writing anything.
-    ``knobs``: cfg_scale/temperature/top_k/top_p; ``drafting``: coupling/init/tree/lantern."""
-    d = dict(coupling="none", init="uniform", tree=(1, 0), lantern=None)
+    ``knobs``: cfg_scale/temperature/top_k/top_p; ``drafting``: coupling/init/tree/lantern/q_storage."""
+    d = dict(coupling="none", init="uniform", tree=(1, 0), lantern=None, q_storage="auto")
     d.update(drafting)
     _check(config, method, window, knobs["cfg_scale"], knobs["temperature"], knobs["top_k"], knobs["top_p"],
-           cfg, d["coupling"], d["init"], d["tree"], d["lantern"])
+           cfg, d["coupling"], d["init"], d["tree"], d["lantern"], d["q_storage"])
 
 
 def _place(mesh, params, cond, prefix_mask, rows, knobs, neighbours):
@@ -65,7 +67,8 @@ def _place(mesh, params, cond, prefix_mask, rows, knobs, neighbours):
 def generate(params, config: GPTConfig, cond, key, *, method: str = "sjd", window: int = 16,
              cfg_scale: float = 1.0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
              cfg: bool = True, example_ids=None, progress=None, coupling: str = "none",
-             init: str = "uniform", tree: tuple[int, int] = (1, 0), lantern=None, mesh=None) -> GenerateOutput:
+             init: str = "uniform", tree: tuple[int, int] = (1, 0), lantern=None, mesh=None,
+             q_storage: str = "auto") -> GenerateOutput:
     """Sample image tokens ``[B, N]`` with ``method`` in {"ar", "jacobi", "sjd"}.
 
     Drafting options of jacobi/sjd (``sampling.loop`` explains each): ``coupling`` "none" (SJD),
@@ -74,6 +77,9 @@ def generate(params, config: GPTConfig, cond, key, *, method: str = "sjd", windo
     candidates for the first draft and side branches D deep (``window`` counts every tree slot).
     All of these are lossless. ``lantern=(neighbours [V, k] int, delta)`` turns on LANTERN's relaxed
     acceptance, which is NOT lossless (see ``sampling.lantern.codebook_neighbours``).
+    ``q_storage``: how the drafts' distributions are kept between iterations (``sampling.qstore``):
+    "dense" ``[B, W, V]`` rows, "compact" (at most k entries per row; needs top-k or greedy) or
+    "auto" (compact where that bound exists and saves memory). Tokens are the same either way.
 
     cond: class ids ``[B]`` or (text models) caption features ``[B, C, caption_dim]`` or
     ``Caption(features, mask)``. key: int seed or PRNG key; row b uses ``fold_in(key, example_ids[b])``
@@ -90,8 +96,8 @@ def generate(params, config: GPTConfig, cond, key, *, method: str = "sjd", windo
     global arrays sharded over rows. Tokens do not depend on the mesh: keys are per example.
     """
     window = 1 if method == "ar" else window  # ar ignores it: one compile whatever is passed
-    neighbours, delta = _check(config, method, window, cfg_scale, temperature, top_k, top_p, cfg,
-                               coupling, init, tree, lantern)
+    neighbours, delta, q_slots = _check(config, method, window, cfg_scale, temperature, top_k, top_p, cfg,
+                                        coupling, init, tree, lantern, q_storage)
     cond_arr, prefix_mask = split_cond(config, cond)
     B = cond_arr.shape[0]
     key = K.as_key(key)
@@ -113,7 +119,8 @@ def generate(params, config: GPTConfig, cond, key, *, method: str = "sjd", windo
     spec = SamplerSpec(config=config, method=method, window=int(window), cfg=bool(cfg),
                        progress=progress is not None, coupling=coupling, init=init,
                        tree_width=int(tree[0]), tree_depth=int(tree[1]),
-                       lantern_k=0 if neighbours is None else int(neighbours.shape[1]), mesh=mesh)
+                       lantern_k=0 if neighbours is None else int(neighbours.shape[1]), mesh=mesh,
+                       q_slots=q_slots)
     if mesh is not None:
         params, cond_arr, prefix_mask, rows, knobs, neighbours = _place(
             mesh, params, cond_arr, prefix_mask, rows, knobs, neighbours)

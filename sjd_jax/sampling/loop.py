@@ -54,6 +54,7 @@ from ..config import GPTConfig
 from ..validate import COUPLINGS, INITS  # noqa: F401  (re-exported)
 from . import keys as K
 from .processors import target_probs
+from .qstore import QStore, SparseQ
 
 TRACE_COUNT = 0  # incremented each time the sampler is traced (tests assert no recompiles)
 PROGRESS_HOOKS: list = []  # host callbacks f(committed_tokens, iteration); the last one is called
@@ -78,6 +79,9 @@ class SamplerSpec:
     tree_width: int = 1  # K candidates for the window's first draft (1 = no tree)
     tree_depth: int = 0  # D tokens per side branch
     lantern_k: int = 0  # LOSSY relaxed acceptance over k latent neighbours (0 = off)
+    # Draft distributions q: 0 = dense [..., V] rows; S > 0 = compact rows of S entries
+    # (``qstore``; exact when p has at most S non-zeros, which ``qstore.q_capacity`` ensures).
+    q_slots: int = 0
     # Device mesh (``sharding.make_mesh``) or None (one device). Part of the compile key: the
     # sampler pins params, cache and state to ``sharding.RULES`` on it.
     mesh: Any = None
@@ -153,11 +157,11 @@ class _State:
     it: jax.Array  # [] int32 iteration id (prefill = 0)
     n: jax.Array  # [B] committed image tokens
     buf: jax.Array  # [B, N + 2W] committed tokens at [0, n), current chain drafts at [n, n + Wc - 1)
-    q: jax.Array  # [B, Wc, V] chain draft distributions by window slot (slot 0 unused)
+    q: Any  # [B, Wc] chain draft distributions by window slot (slot 0 unused), stored by ``QStore``
     alt: jax.Array  # [B, A] side-branch tokens (A = branches * depth; branch-major)
-    alt_q: jax.Array  # [B, A, V] their draft distributions
+    alt_q: Any  # [B, A] their draft distributions
     alt_ok: jax.Array  # [B, A] candidate exists (a q with mass left) and lies inside the image
-    hist: jax.Array  # [B, R, V] latest p per position mod R (vertical-sample only; else [B, 1, 1])
+    hist: Any  # [B, R] latest p per position mod R (vertical-sample only; else a [B, 1, 1] array)
     cache: KVCache  # rows [cond; uncond] when cfg
     nfe: jax.Array  # [B]
     committed: jax.Array  # [B, N]
@@ -175,11 +179,6 @@ def _slice_rows(buf: jax.Array, start: jax.Array, size: int) -> jax.Array:
 
 def _update_rows(buf: jax.Array, vals: jax.Array, start: jax.Array) -> jax.Array:
     return jax.vmap(lambda b, v, s: jax.lax.dynamic_update_slice(b, v, (s,)))(buf, vals, start)
-
-
-def _take(p: jax.Array, x: jax.Array) -> jax.Array:
-    """p: [..., V], x: [...] -> p[..., x]."""
-    return jnp.take_along_axis(p, x[..., None], axis=-1)[..., 0]
 
 
 def _log(p):
@@ -206,6 +205,13 @@ def _build(spec: SamplerSpec, params, rows, knobs, neighbours):
     offsets, tree_mask = spec.tree_structure()
     temperature = jnp.where(spec.method == "jacobi", 0.0, knobs["temperature"])
     R = gw + Wc if spec.init == "vertical-sample" else 1
+    qs = QStore(V, c.allowed_tokens(), spec.q_slots)
+
+    def sl(q, start, stop=None):  # q[:, start:stop] along the slot axis
+        return qs.map(lambda x: x[:, start:stop], q)
+
+    def rows_at(q, idx):  # q[b, idx[b]]
+        return qs.map(lambda x: _gather_rows(x, idx), q)
 
     def double(x):  # CFG rows: each row's unconditional twin right after it ([b cond, b uncond]),
         return jnp.repeat(x, 2, axis=0) if spec.cfg else x  # so both stay on the row's data shard
@@ -226,8 +232,9 @@ def _build(spec: SamplerSpec, params, rows, knobs, neighbours):
             return vals, q
         f = forced_at(tok)
         on = f >= 0
-        onehot = jax.nn.one_hot(jnp.maximum(f, 0), V, dtype=jnp.float32)
-        return (None if vals is None else jnp.where(on, f, vals)), jnp.where(on[..., None], onehot, q)
+        if vals is None:  # a target p (dense)
+            return None, jnp.where(on[..., None], jax.nn.one_hot(jnp.maximum(f, 0), V, dtype=jnp.float32), q)
+        return jnp.where(on, f, vals), qs.where(on, qs.onehot(jnp.maximum(f, 0)), q)
 
     def probs(logits, tok):  # logits: [B or 2B, T, V], tok [B, T] -> p [B, T, V]
         if spec.cfg:
@@ -244,24 +251,23 @@ def _build(spec: SamplerSpec, params, rows, knobs, neighbours):
         return K.categorical(K.slot_keys(rows, K.SAMPLE, tok, it), _log(p))
 
     def accept_mass(p, x):  # p(x), or LANTERN's relaxed p(x) + nearby latent-neighbour mass
-        px = _take(p, x)
+        px = jnp.take_along_axis(p, x[..., None], axis=-1)[..., 0]
         if not spec.lantern_k:
             return px
         pn = jnp.take_along_axis(p, neighbours[x], axis=-1)  # [..., k] nearest first
         return px + jnp.sum(jnp.where(jnp.cumsum(pn, -1) <= knobs["lantern_delta"], pn, 0.0), -1)
 
     def fresh(tok, known_end, buf, p_last, hist, it):
-        """Drafts (values [B, F], q [B, F, V]) for tokens ``tok [B, F]`` that have no target yet;
+        """Drafts (values [B, F], stored q [B, F]) for tokens ``tok [B, F]`` that have no target yet;
         tokens ``<= known_end [B]`` hold committed tokens or current drafts in ``buf``."""
         return force(*_fresh(tok, known_end, buf, p_last, hist, it), tok)
 
     def _fresh(tok, known_end, buf, p_last, hist, it):
         if allowed_ids is None:
             uni = K.randint(K.slot_keys(rows, K.INIT, tok, it), V)
-            uni_q = jnp.full(tok.shape + (V,), 1.0 / V, jnp.float32)
         else:  # uniform over the allowed ids
             uni = allowed_ids[K.randint(K.slot_keys(rows, K.INIT, tok, it), allowed_ids.shape[0])]
-            uni_q = jnp.broadcast_to(jnp.asarray(allowed_np, jnp.float32) / allowed_ids.shape[0], tok.shape + (V,))
+        uni_q = qs.uniform(tok.shape)
         if spec.init == "uniform":
             return uni, uni_q
         if spec.init.startswith("horizon"):  # raster left neighbour (column 0: last of the row above)
@@ -271,30 +277,30 @@ def _build(spec: SamplerSpec, params, rows, knobs, neighbours):
         has = src >= 0
         if spec.init.endswith("repeat"):
             vals = jnp.take_along_axis(buf, jnp.maximum(src, 0), axis=1)
-            q = jax.nn.one_hot(vals, V, dtype=jnp.float32)
+            q = qs.onehot(vals)
         else:
             if spec.init == "horizon-sample":
                 dist = jnp.broadcast_to(p_last[:, None], tok.shape + (V,))
+                q = qs.map(lambda x: jnp.broadcast_to(x[:, None], tok.shape + x.shape[1:]), qs.from_p(p_last))
             else:
-                dist = jax.vmap(lambda h, i: h[i])(hist, jnp.maximum(src, 0) % R)
-            vals, q = K.categorical(K.slot_keys(rows, K.INIT, tok, it), _log(dist)), dist
-        return jnp.where(has, vals, uni), jnp.where(has[..., None], q, uni_q)
+                q = qs.take(hist, jnp.maximum(src, 0) % R)
+                dist = qs.dense(q)
+            vals = K.categorical(K.slot_keys(rows, K.INIT, tok, it), _log(dist))
+        return jnp.where(has, vals, uni), qs.where(has, q, uni_q)
 
     def branches(primary, qp, tok, it):
-        """Side-branch candidates for window levels 1..D: ``primary [B, D]`` with ``qp [B, D, V]``.
-        Returns tokens [B, A], q [B, A, V], ok [B, A] (branch-major)."""
+        """Side-branch candidates for window levels 1..D: ``primary [B, D]`` with stored q ``qp [B, D]``.
+        Returns tokens [B, A], stored q [B, A], ok [B, A] (branch-major)."""
         g = K.gumbel(K.slot_keys(rows, K.TREE, tok, it), V)
         first = jax.nn.one_hot(primary, V, dtype=bool)
-        score = jnp.where(first, -jnp.inf, _log(qp) + g)
+        score = jnp.where(first, -jnp.inf, _log(qs.dense(qp)) + g)
         top, idx = jax.lax.top_k(score, Kb)  # Gumbel top-k = sequential draws without replacement
-        excl, qs = first, []
-        for k in range(Kb):
-            rest = jnp.where(excl, 0.0, qp)
-            qs.append(rest / jnp.maximum(jnp.sum(rest, -1, keepdims=True), 1e-30))
-            excl = excl | jax.nn.one_hot(idx[..., k], V, dtype=bool)
+        removed = jnp.concatenate([primary[..., None], idx.astype(jnp.int32)], -1)  # [B, D, 1 + Kb]
+        sib = [qs.exclude(qp, removed[..., :k + 1]) for k in range(Kb)]  # q without the earlier candidates
         ok = jnp.isfinite(top) & (tok < N)[..., None]  # [B, D, Kb]
         alt = jnp.moveaxis(idx, -1, 1).reshape(B, A).astype(jnp.int32)
-        return alt, jnp.stack(qs, 1).reshape(B, A, V), jnp.moveaxis(ok, -1, 1).reshape(B, A)
+        alt_q = qs.map(lambda *xs: jnp.stack(xs, 1).reshape((B, A) + xs[0].shape[2:]), *sib)
+        return alt, alt_q, jnp.moveaxis(ok, -1, 1).reshape(B, A)
 
     # ---- prefill: condition positions, then token 0 from the last condition output ----------
     def prefill(cond, prefix_mask):
@@ -306,20 +312,19 @@ def _build(spec: SamplerSpec, params, rows, knobs, neighbours):
         zeros_b = jnp.zeros((B, 1), jnp.int32)
         p0 = probs(logits[:, -1:], zeros_b)  # [B, 1, V]
         tok0 = target_draw(zeros_b, 0, p0)  # [B, 1]
-        hist = jnp.zeros((B, R, V if R > 1 else 1), jnp.float32)
+        hist = jnp.zeros((B, 1, 1), jnp.float32)
         if R > 1:
-            hist = hist.at[:, 0].set(p0[:, 0])
+            hist = qs.concat([qs.from_p(p0), qs.uniform((B, R - 1))])  # rows other than 0 are never read
         buf = jnp.concatenate([tok0, jnp.zeros((B, N + 2 * W - 1), jnp.int32)], axis=1)
         # Only the first window's drafts (tokens 1 .. Wc - 1) are read before the loop writes later ones.
         init_tok = jnp.arange(1, Wc + 1, dtype=jnp.int32)[None, :].repeat(B, 0)
         vals, q0 = fresh(init_tok, jnp.zeros((B,), jnp.int32), buf, p0[:, 0], hist, 0)  # only token 0 known
         buf = buf.at[:, 1:Wc + 1].set(vals)
-        q = jnp.concatenate([jnp.full((B, 1, V), 1.0 / V, jnp.float32), q0[:, :Wc - 1]], axis=1)
+        q = qs.concat([qs.uniform((B, 1)), sl(q0, 0, Wc - 1)])
         if A:
-            alt, alt_q, alt_ok = branches(buf[:, 1:D + 1], q[:, 1:D + 1], init_tok[:, :D], 0)
+            alt, alt_q, alt_ok = branches(buf[:, 1:D + 1], sl(q, 1, D + 1), init_tok[:, :D], 0)
         else:
-            alt, alt_q, alt_ok = (jnp.zeros((B, 0), jnp.int32), jnp.zeros((B, 0, V), jnp.float32),
-                                  jnp.zeros((B, 0), bool))
+            alt, alt_q, alt_ok = jnp.zeros((B, 0), jnp.int32), qs.uniform((B, 0)), jnp.zeros((B, 0), bool)
         state = _State(it=jnp.int32(0), n=jnp.ones((B,), jnp.int32), buf=buf, q=q, alt=alt, alt_q=alt_q,
                        alt_ok=alt_ok, hist=hist, cache=cache, nfe=jnp.ones((B,), jnp.int32),
                        committed=jnp.zeros((B, N), jnp.int32).at[:, 0].set(1),
@@ -346,42 +351,44 @@ def _build(spec: SamplerSpec, params, rows, knobs, neighbours):
 
         # Verify the chain drafts (slot i >= 1) against slot i - 1: accept iff u < p(x) / q(x).
         d = win[:, 1:]  # [B, Wc-1]
-        q_d = _take(s.q[:, 1:], d)
+        q_d = qs.at(sl(s.q, 1), d)
         u = K.uniform(K.slot_keys(rows, K.ACCEPT, tok[:, :-1], it))
         inside = tok[:, :-1] < N
-        acc_exact = (u * q_d < _take(pc[:, :-1], d)) & inside
+        acc_exact = (u * q_d < jnp.take_along_axis(pc[:, :-1], d[..., None], axis=-1)[..., 0]) & inside
         acc = (u * q_d < accept_mass(pc[:, :-1], d)) & inside if spec.lantern_k else acc_exact
         chain_len = jnp.clip(N - n, 0, Wc - 1)  # drafts inside the image
         L = jnp.sum(jnp.cumprod(acc.astype(jnp.int32), axis=1), axis=1)  # leading accepted drafts
         p_L = _gather_rows(pc, L)  # p for token n + L along the accepted path
-        q_L1 = _gather_rows(s.q, jnp.minimum(L + 1, Wc - 1))  # q of the path's draft there
+        q_L1 = rows_at(s.q, jnp.minimum(L + 1, Wc - 1))  # q of the path's draft there (stored)
         path = d
         path_len = chain_len
 
         if A:  # level 1: recursive rejection over the primary draft and the side-branch siblings
             alt = s.alt.reshape(B, Kb, D)
-            alt_q = s.alt_q.reshape(B, Kb, D, V)
+            alt_q = qs.map(lambda x: x.reshape((B, Kb, D) + x.shape[2:]), s.alt_q)
             alt_ok = s.alt_ok.reshape(B, Kb, D)
             pa = p[:, Wc:].reshape(B, Kb, D, V)  # branch k, level d: p for token n + d
             first = acc[:, 0]  # the primary draft (a tree's chain always has Wc >= D + 1 >= 2)
             chosen = jnp.where(first, 0, -1)
             p_cur = pc[:, 0]
             if spec._broken != "sibling_vs_p":
-                p_cur = jnp.where((~first & inside[:, 0])[:, None], _residual(p_cur, s.q[:, 1]), p_cur)
+                p_cur = jnp.where((~first & inside[:, 0])[:, None], _residual(p_cur, qs.dense(sl(s.q, 1, 2))[:, 0]),
+                                  p_cur)
             for k in range(Kb):
-                xk, qk = alt[:, k, 0], alt_q[:, k, 0]
+                xk, qk = alt[:, k, 0], qs.map(lambda x: x[:, k, 0], alt_q)
                 uk = K.uniform(K.slot_keys(rows, K.ACCEPT_BRANCH + k, n[:, None], it))[:, 0]
                 ok = alt_ok[:, k, 0] & (chosen < 0)
-                chosen = jnp.where(ok & (uk * _take(qk, xk) < accept_mass(p_cur, xk)), k + 1, chosen)
+                chosen = jnp.where(ok & (uk * qs.at(qk, xk) < accept_mass(p_cur, xk)), k + 1, chosen)
                 if spec._broken != "sibling_vs_p":
-                    p_cur = jnp.where((ok & (chosen < 0))[:, None], _residual(p_cur, qk), p_cur)
+                    p_cur = jnp.where((ok & (chosen < 0))[:, None], _residual(p_cur, qs.dense(qk)), p_cur)
             # deeper levels of each branch against its own parent's output
             lvl_tok = n[:, None] + jnp.arange(1, D, dtype=jnp.int32)[None]  # [B, D-1]
             accs = []
             for k in range(Kb):
                 uk = K.uniform(K.slot_keys(rows, K.ACCEPT_BRANCH + k, lvl_tok, it))
                 xk = alt[:, k, 1:]
-                accs.append(alt_ok[:, k, 1:] & (uk * _take(alt_q[:, k, 1:], xk) < accept_mass(pa[:, k, :-1], xk)))
+                q_k = qs.at(qs.map(lambda x: x[:, k, 1:], alt_q), xk)
+                accs.append(alt_ok[:, k, 1:] & (uk * q_k < accept_mass(pa[:, k, :-1], xk)))
             acc_b = jnp.stack(accs, 1) if D > 1 else jnp.zeros((B, Kb, 0), bool)  # [B, Kb, D-1]
             kk = jnp.clip(chosen - 1, 0, Kb - 1)
             on_branch = chosen >= 1
@@ -389,14 +396,14 @@ def _build(spec: SamplerSpec, params, rows, knobs, neighbours):
             len_b = jnp.sum(jnp.cumprod(_gather_rows(alt_ok, kk).astype(jnp.int32), axis=1), axis=1)
             L = jnp.where(chosen < 0, 0, jnp.where(on_branch, L_b, L))
             path_len = jnp.where(on_branch, jnp.minimum(len_b, N - n), chain_len)
-            pa_k, qa_k = _gather_rows(pa, kk), _gather_rows(alt_q, kk)  # [B, D, V]
+            pa_k, qa_k = _gather_rows(pa, kk), rows_at(alt_q, kk)  # [B, D]
             p_L = jnp.where(on_branch[:, None], _gather_rows(pa_k, jnp.clip(L - 1, 0, D - 1)), p_L)
-            q_L1 = jnp.where(on_branch[:, None], _gather_rows(qa_k, jnp.clip(L, 0, D - 1)), q_L1)
+            q_L1 = qs.where(on_branch, rows_at(qa_k, jnp.clip(L, 0, D - 1)), q_L1)
             b_tok = jnp.pad(_gather_rows(alt, kk), ((0, 0), (0, max(Wc - 1 - D, 0))))[:, :Wc - 1]
             path = jnp.where(on_branch[:, None], b_tok, d)
 
         rejected = L < path_len  # the path's draft for token n + L was rejected
-        resid = _residual(p_L, q_L1)
+        resid = _residual(p_L, qs.dense(q_L1))
         if A:
             resid = jnp.where((chosen < 0)[:, None], p_cur, resid)  # every level-1 candidate failed
         if spec._broken == "resample_from_p":
@@ -408,7 +415,7 @@ def _build(spec: SamplerSpec, params, rows, knobs, neighbours):
         # Next drafts for the chain's later tokens (q := this iteration's p there).
         if spec.coupling == "maximal":
             redraw = K.categorical(K.slot_keys(rows, K.RESIDUAL, tok[:, :-1], it),
-                                   _log(_residual(pc[:, :-1], s.q[:, 1:])))
+                                   _log(_residual(pc[:, :-1], qs.dense(sl(s.q, 1)))))
             nxt = jnp.concatenate([jnp.where(acc_exact, d, redraw),
                                    target_draw(tok[:, -1:], it, pc[:, -1:])], axis=1)
         else:
@@ -418,9 +425,11 @@ def _build(spec: SamplerSpec, params, rows, knobs, neighbours):
         a = jnp.where(active, L + (n + L < N), 0)  # accepted drafts + corrected/bonus token
         n_new = n + a
 
+        q_targets = qs.from_p(pc)  # [B, Wc] stored
         hist = s.hist
         if R > 1:  # latest p of each position, for vertical-sample drafts
-            hist = jax.vmap(lambda h, t, pr, on: jnp.where(on, h.at[t % R].set(pr), h))(hist, tok, pc, active)
+            hist = jax.vmap(lambda h, t, pr, on: qs.where(on, qs.map(lambda x, y: x.at[t % R].set(y), h, pr), h))(
+                hist, tok, q_targets, active)
         buf = _update_rows(s.buf, y, n)
         known_end = n + Wc - 1
         # the next window reaches token n_new + Wc - 2 <= n + 2 Wc - 2: Wc fresh drafts are enough
@@ -430,13 +439,12 @@ def _build(spec: SamplerSpec, params, rows, knobs, neighbours):
 
         # Chain slot i of the next window is token n_new + i - 1 = output slot a + i - 1 of this one.
         src = a[:, None] + slots[None, :] - 1
-        q_targets = pc
         if spec._broken == "keep_old_q" and spec.coupling == "maximal":  # kept draft keeps its old q
             kept = jnp.concatenate([acc_exact, jnp.zeros((B, 1), bool)], axis=1)
-            q_targets = jnp.where(kept[..., None], jnp.concatenate([s.q[:, 1:], s.q[:, -1:]], 1), pc)
-        q_pool = jnp.concatenate([q_targets, f_q], axis=1)  # targets, then fresh drafts' q
-        q_new = jnp.take_along_axis(q_pool, jnp.clip(src, 0, 2 * Wc - 1)[..., None], axis=1)
-        q_new = jnp.where(active[:, None, None], q_new, s.q)
+            q_targets = qs.where(kept, qs.concat([sl(s.q, 1), sl(s.q, -1)]), q_targets)
+        q_pool = qs.concat([q_targets, f_q])  # targets, then fresh drafts' q
+        q_new = qs.take(q_pool, jnp.clip(src, 0, 2 * Wc - 1))
+        q_new = qs.where(active[:, None], q_new, s.q)
 
         new = dict(alt=s.alt, alt_q=s.alt_q, alt_ok=s.alt_ok, branch_hits=s.branch_hits)
         if A:
@@ -449,9 +457,9 @@ def _build(spec: SamplerSpec, params, rows, knobs, neighbours):
             cache = cache.replace(k=tuple(x.at[r_idx, dst_slot].set(x[r_idx, src_slot], mode="drop") for x in cache.k),
                                   v=tuple(x.at[r_idx, dst_slot].set(x[r_idx, src_slot], mode="drop") for x in cache.v))
             nb_tok = n_new[:, None] + jnp.arange(D, dtype=jnp.int32)[None]
-            b_alt, b_q, b_ok = branches(_slice_rows(buf, n_new, D), q_new[:, 1:D + 1], nb_tok, it)
+            b_alt, b_q, b_ok = branches(_slice_rows(buf, n_new, D), sl(q_new, 1, D + 1), nb_tok, it)
             keep = active[:, None]
-            new = dict(alt=jnp.where(keep, b_alt, s.alt), alt_q=jnp.where(keep[..., None], b_q, s.alt_q),
+            new = dict(alt=jnp.where(keep, b_alt, s.alt), alt_q=qs.where(keep, b_q, s.alt_q),
                        alt_ok=jnp.where(keep, b_ok, s.alt_ok), branch_hits=s.branch_hits + (active & on_branch))
         committed = s.committed.at[:, jnp.minimum(it, N - 1)].set(
             jnp.where(active, a, s.committed[:, jnp.minimum(it, N - 1)]))
@@ -470,9 +478,15 @@ def _state_axes(state: _State) -> _State:
     """Logical axes of every state leaf (``sharding.RULES`` maps them to the mesh)."""
     cache = state.cache.replace(k=tuple(shd.KV_AXES for _ in state.cache.k), v=tuple(shd.KV_AXES for _ in state.cache.v),
                                 length=("batch",), prefix_mask=("batch", None))
-    row, row2, dist = ("batch",), ("batch", None), ("batch", None, "vocab")
-    return _State(it=(), n=row, buf=row2, q=dist, alt=row2, alt_q=dist, alt_ok=row2, hist=dist, cache=cache,
-                  nfe=row, committed=row2, branch_hits=row)
+    row, row2 = ("batch",), ("batch", None)
+
+    def dist(q):  # dense rows shard their vocabulary; compact entries stay whole
+        if isinstance(q, SparseQ):
+            return SparseQ(ids=("batch", None, None), vals=("batch", None, None), base=row2)
+        return ("batch", None, "vocab")
+
+    return _State(it=(), n=row, buf=row2, q=dist(state.q), alt=row2, alt_q=dist(state.alt_q), alt_ok=row2,
+                  hist=dist(state.hist), cache=cache, nfe=row, committed=row2, branch_hits=row)
 
 
 def _pin(state: _State) -> _State:

@@ -39,14 +39,22 @@ def _largest_threshold(keys: jax.Array, ok) -> jax.Array:
 def filter_logits(logits: jax.Array, top_k, top_p) -> jax.Array:
     """Set logits outside the top-k / top-p set to -inf. ``top_k = 0`` and ``top_p = 1`` are off.
 
-    Ties with the threshold are kept. Top-p keeps the smallest set of most probable tokens (after
-    top-k) whose mass reaches ``top_p``. Each filter is skipped at run time when it is off.
+    Top-k keeps exactly k tokens: ties with the k-th value go to the lower token ids (as
+    ``lax.top_k`` and ``torch.topk`` pick them), so p has at most k non-zeros, which compact q
+    storage relies on. (HF's ``TopKLogitsWarper`` keeps every tie; the two differ only when the
+    k-th logit is tied.) Top-p keeps the smallest set of most probable tokens (after top-k) whose
+    mass reaches ``top_p``, ties with its threshold included. Each filter is skipped at run time
+    when it is off.
     """
 
     def top_k_fn(l):
         keys = _order_key(l)
-        kth = _largest_threshold(keys, lambda m: jnp.sum(m, axis=-1) >= top_k)
-        return jnp.where(keys >= kth[..., None], l, NEG_INF)
+        kth = _largest_threshold(keys, lambda m: jnp.sum(m, axis=-1) >= top_k)[..., None]
+        above = keys > kth
+        tie = keys == kth
+        room = top_k - jnp.sum(above, axis=-1, keepdims=True)  # >= 1 by the choice of kth
+        keep = above | (tie & (jnp.cumsum(tie, axis=-1, dtype=jnp.int32) <= room))
+        return jnp.where(keep, l, NEG_INF)
 
     def top_p_fn(l):
         p = jax.nn.softmax(l, axis=-1)

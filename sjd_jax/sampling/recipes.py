@@ -58,6 +58,10 @@ def add_arguments(ap, default_method: str | None = "sjd") -> None:
     ap.add_argument("--tree", default=None, metavar="KxD",
                     help="draft tree: K candidates for the first draft, side branches D deep (e.g. 4x3); "
                          "0 = none")
+    ap.add_argument("--q-storage", default="auto", choices=("auto", "dense", "compact"),
+                    help="how drafts' distributions are kept between iterations: compact (top-k entries "
+                         "per draft; needs top-k or greedy), dense (full vocabulary rows) or auto "
+                         "(compact where it applies and saves memory); tokens are the same")
     ap.add_argument("--lantern-k", type=int, default=8, help="lantern (lossy): latent neighbours per code")
     ap.add_argument("--lantern-delta", type=float, default=0.1, help="lantern (lossy): neighbour mass budget")
 
@@ -91,6 +95,7 @@ def from_args(args, method: str, window: int, codebook=None) -> dict:
         kw["coupling"] = args.coupling
     if args.init is not None:
         kw["init"] = args.init
+    kw["q_storage"] = getattr(args, "q_storage", "auto")
     if kw.pop("lantern", False):
         if codebook is None:
             raise ValueError("lantern needs the model's VQ codebook")
