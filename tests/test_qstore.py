@@ -59,12 +59,16 @@ def test_compact_rows_equal_dense_rows_bit_for_bit():
 def test_capacity_rules():
     V = 184622  # Emu3's vocabulary
     assert q_capacity(V, "sjd", 1.0, 2048) == 2048
-    assert q_capacity(V, "sjd", 1.0, 2000) == 2048  # powers of two: nearby top-k share a compile
+    assert q_capacity(V, "sjd", 1.0, 100) == 2048  # auto: every top-k <= 2048 shares one compile
+    assert q_capacity(V, "sjd", 0.0, 0) == 2048 and q_capacity(V, "jacobi", 1.0, 0) == 2048  # greedy too
+    assert q_capacity(V, "sjd", 1.0, 3000) == 4096
     assert q_capacity(V, "sjd", 1.0, 0) == 0  # no top-k: p has full support, rows stay dense
-    assert q_capacity(V, "jacobi", 1.0, 0) == 1 and q_capacity(V, "sjd", 0.0, 0) == 1  # greedy: one-hot p
-    assert q_capacity(V, "sjd", 1.0, 1, tree_width=4) == 4  # siblings list up to K removed ids
+    assert q_capacity(4096, "sjd", 1.0, 100) == 0  # 2048 entries would not save memory over 4096 floats
     assert q_capacity(V, "sjd", 1.0, 2048, "dense") == 0
-    assert q_capacity(64, "sjd", 1.0, 40) == 0  # 64 entries would not save memory over 64 floats
+    # compact: the tightest power of two
+    assert q_capacity(V, "sjd", 1.0, 100, "compact") == 128
+    assert q_capacity(V, "jacobi", 1.0, 0, "compact") == 1 and q_capacity(V, "sjd", 0.0, 7, "compact") == 1
+    assert q_capacity(V, "sjd", 1.0, 1, "compact", tree_width=4) == 4  # siblings list up to K removed ids
     assert q_capacity(64, "sjd", 1.0, 40, "compact") == 64
     with pytest.raises(ValueError, match="top-k"):
         q_capacity(V, "sjd", 1.0, 0, "compact")
@@ -121,7 +125,7 @@ def test_too_few_entries_change_the_tokens(params, monkeypatch):
 
 def test_greedy_compact_matches_dense(params):
     outs = [generate(params, CONFIG, jnp.asarray([0, 2], jnp.int32), 0, method="jacobi", window=6, cfg_scale=2.0,
-                     q_storage=q) for q in ("dense", "auto")]
+                     q_storage=q) for q in ("dense", "compact")]
     np.testing.assert_array_equal(np.asarray(outs[0].tokens), np.asarray(outs[1].tokens))
 
 
@@ -149,3 +153,39 @@ def test_compact_state_has_no_vocabulary_sized_rows():
     per_row = lambda width: B * (Wc + A + R) * width  # noqa: E731
     assert sizes[0] - sizes[S] == per_row(4 * V) - per_row(8 * S + 4)
     print(f"sampler state without the cache: dense {sizes[0] / 2**20:.0f} MiB, compact {sizes[S] / 2**20:.1f} MiB")
+
+
+def test_slot_chunks_give_the_same_tokens(params, monkeypatch):
+    """At large vocabularies the target filters and the draws run a few window slots at a time
+    (``loop.TARGET_CHUNK_ELEMENTS``; every slot has its own key). Forced here on V = 256 with chunks
+    of 3 slots (windows 8 and 7 do not divide: the last chunk overlaps), tokens are unchanged."""
+    import sjd_jax.sampling.loop as loop
+
+    name = "maximal-vertical-sample-tree3x2"
+    want = [_run(params, "dense", **OPTIONS[name]), _run(params, "dense", **OPTIONS["gumbel-horizon-sample"])]
+    monkeypatch.setattr(loop, "TARGET_CHUNK_ELEMENTS", 3 * 3 * CONFIG.vocab_size)
+    jax.clear_caches()
+    assert loop._slot_chunk(3, 8, CONFIG.vocab_size) == 3
+    try:
+        got = [_run(params, "compact", cache=False, **OPTIONS[name]),
+               _run(params, "dense", cache=False, **OPTIONS["gumbel-horizon-sample"])]
+    finally:
+        jax.clear_caches()  # later tests must not reuse the chunked executables
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g[0], w[0])
+        np.testing.assert_array_equal(g[1], w[1])
+
+
+def test_auto_storage_does_not_recompile_for_top_k_or_temperature():
+    import sjd_jax.sampling.loop as loop
+
+    c = tiny_config(vocab_size=16384, grid_size=(2, 3), dim=16, n_head=2, n_layer=1)
+    params = scaled_params(c, seed=0)
+    cond = jnp.asarray([0, 1], jnp.int32)
+    generate(params, c, cond, 0, window=3, top_k=2048)
+    before = loop.TRACE_COUNT
+    for top_k, temperature in ((5, 1.0), (1000, 0.7), (0, 0.0), (2048, 1.3)):
+        generate(params, c, cond, 1, window=3, top_k=top_k, temperature=temperature)
+    assert loop.TRACE_COUNT == before
+    generate(params, c, cond, 1, window=3, top_k=0)  # full-support p: dense rows, a new compile
+    assert loop.TRACE_COUNT == before + 1

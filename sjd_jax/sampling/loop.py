@@ -193,6 +193,26 @@ def _residual(p, q):
     return jnp.where(s > 0, r / jnp.where(s > 0, s, 1.0), p)
 
 
+TARGET_CHUNK_ELEMENTS = 1 << 22  # logits rows per target-filter pass, in elements (16 MiB float32)
+
+
+def _slot_chunk(B: int, T: int, V: int) -> int:
+    """Window slots per pass over ``[B, t, V]`` temporaries (target filters, draws): as many as fit
+    ``TARGET_CHUNK_ELEMENTS`` (at least 1, at most T). Small vocabularies take the window at once."""
+    return min(T, max(1, TARGET_CHUNK_ELEMENTS // (B * V)))
+
+
+def _by_chunks(T: int, t: int, f, xs, out):
+    """``out`` with slots [s, s + t) set to ``f(xs[:, s:s + t])`` for s = 0, t, 2t, ...; the last
+    chunk is shifted back to end at T (its overlap is recomputed identically)."""
+    def step(i, out):
+        start = jnp.minimum(i * t, T - t)
+        part = jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, start, t, axis=1), xs)
+        return jax.lax.dynamic_update_slice_in_dim(out, f(*part), start, axis=1)
+
+    return jax.lax.fori_loop(0, -(-T // t), step, out)
+
+
 def _build(spec: SamplerSpec, params, rows, knobs, neighbours):
     """The sampler's pieces for one trace: ``prefill(cond, prefix_mask) -> _State``, ``body`` and
     ``cond_fn`` of the while loop (closures over params, row keys and the traced knobs)."""
@@ -236,19 +256,35 @@ def _build(spec: SamplerSpec, params, rows, knobs, neighbours):
             return None, jnp.where(on[..., None], jax.nn.one_hot(jnp.maximum(f, 0), V, dtype=jnp.float32), q)
         return jnp.where(on, f, vals), qs.where(on, qs.onehot(jnp.maximum(f, 0)), q)
 
-    def probs(logits, tok):  # logits: [B or 2B, T, V], tok [B, T] -> p [B, T, V]
+    def probs_chunk(logits):  # logits: [B or 2B, t, V] -> p [B, t, V]
         if spec.cfg:
             pair = logits.reshape((B, 2) + logits.shape[1:])
             l_c, l_u = pair[:, 0], pair[:, 1]
         else:
             l_c, l_u = logits, None
-        p = target_probs(l_c, l_u, knobs["cfg_scale"], temperature, knobs["top_k"], knobs["top_p"], allowed_np)
+        return target_probs(l_c, l_u, knobs["cfg_scale"], temperature, knobs["top_k"], knobs["top_p"], allowed_np)
+
+    def probs(logits, tok):  # logits: [B or 2B, T, V], tok [B, T] -> p [B, T, V]
+        T = logits.shape[1]
+        t = _slot_chunk(B, T, V)
+        if t == T:
+            p = probs_chunk(logits)
+        else:  # a few slots at a time: the filters' [B, t, V] temporaries stay small next to p
+            p = _by_chunks(T, t, probs_chunk, (logits,), jnp.zeros((B, T, V), jnp.float32))
         return force(None, p, tok)[1]
+
+    def by_slots(f, *xs):
+        """``f(*xs)`` -> [B, T] token draws, a few slots at a time (each slot has its own key, so
+        the draws are the same): the Gumbel noise and log-probabilities stay ``[B, t, V]``.
+        ``xs``: arrays / stored q with the slot axis 1 of length T."""
+        T = jax.tree.leaves(xs)[0].shape[1]
+        t = _slot_chunk(B, T, V)
+        return f(*xs) if t == T else _by_chunks(T, t, f, xs, jnp.zeros((B, T), jnp.int32))
 
     def target_draw(tok, it, p):  # a draw from p for tokens tok [B, T] (p [B, T, V])
         if spec.coupling == "gumbel":  # the same Gumbel vector at a position in every iteration
-            return K.categorical(K.slot_keys(rows, K.GUMBEL, tok, 0), _log(p))
-        return K.categorical(K.slot_keys(rows, K.SAMPLE, tok, it), _log(p))
+            return by_slots(lambda tk, pp: K.categorical(K.slot_keys(rows, K.GUMBEL, tk, 0), _log(pp)), tok, p)
+        return by_slots(lambda tk, pp: K.categorical(K.slot_keys(rows, K.SAMPLE, tk, it), _log(pp)), tok, p)
 
     def accept_mass(p, x):  # p(x), or LANTERN's relaxed p(x) + nearby latent-neighbour mass
         px = jnp.take_along_axis(p, x[..., None], axis=-1)[..., 0]
@@ -280,12 +316,14 @@ def _build(spec: SamplerSpec, params, rows, knobs, neighbours):
             q = qs.onehot(vals)
         else:
             if spec.init == "horizon-sample":
-                dist = jnp.broadcast_to(p_last[:, None], tok.shape + (V,))
                 q = qs.map(lambda x: jnp.broadcast_to(x[:, None], tok.shape + x.shape[1:]), qs.from_p(p_last))
+                draw = lambda tk: K.categorical(K.slot_keys(rows, K.INIT, tk, it),  # noqa: E731
+                                                _log(jnp.broadcast_to(p_last[:, None], tk.shape + (V,))))
+                vals = by_slots(draw, tok)
             else:
                 q = qs.take(hist, jnp.maximum(src, 0) % R)
-                dist = qs.dense(q)
-            vals = K.categorical(K.slot_keys(rows, K.INIT, tok, it), _log(dist))
+                vals = by_slots(lambda tk, qq: K.categorical(K.slot_keys(rows, K.INIT, tk, it), _log(qs.dense(qq))),
+                                tok, q)
         return jnp.where(has, vals, uni), qs.where(has, q, uni_q)
 
     def branches(primary, qp, tok, it):
@@ -414,8 +452,9 @@ def _build(spec: SamplerSpec, params, rows, knobs, neighbours):
 
         # Next drafts for the chain's later tokens (q := this iteration's p there).
         if spec.coupling == "maximal":
-            redraw = K.categorical(K.slot_keys(rows, K.RESIDUAL, tok[:, :-1], it),
-                                   _log(_residual(pc[:, :-1], qs.dense(sl(s.q, 1)))))
+            redraw = by_slots(lambda tk, pp, qq: K.categorical(K.slot_keys(rows, K.RESIDUAL, tk, it),
+                                                               _log(_residual(pp, qs.dense(qq)))),
+                              tok[:, :-1], pc[:, :-1], sl(s.q, 1))
             nxt = jnp.concatenate([jnp.where(acc_exact, d, redraw),
                                    target_draw(tok[:, -1:], it, pc[:, -1:])], axis=1)
         else:

@@ -36,13 +36,19 @@ class SparseQ:
     base: jax.Array  # [...] float32 q of every allowed id that is not listed (0: a sparse p)
 
 
+AUTO_MIN_SLOTS = 2048  # auto's smallest S: every top-k up to it (and greedy) shares one compile
+
+
 def q_capacity(vocab_size: int, method: str, temperature: float, top_k: int, storage: str = "auto",
                tree_width: int = 1) -> int:
     """Compact entries per q row, or 0 for dense rows.
 
-    ``auto`` stores compactly when p's support is bounded (top-k > 0, or greedy: one-hot p) and the
-    compact row is under half the dense one. S is the next power of two >= that bound (so nearby
-    top-k values share a compile) and >= ``tree_width`` (tree siblings list their removed ids)."""
+    p's support is bounded by top-k (or is one id when greedy); S is the next power of two >= that
+    bound and >= ``tree_width`` (tree siblings list their removed ids), at most V. ``compact`` uses
+    that S (the tightest rows; top-k values in another power-of-two bucket compile anew). ``auto``
+    uses at least ``AUTO_MIN_SLOTS`` so that changing top-k (<= 2048) or the temperature never
+    recompiles, and stores compactly only where that is under half a dense row (V > 2 S); without
+    top-k (full-support p) it is dense."""
     if storage not in Q_STORAGE:
         raise ValueError(f"q_storage must be one of {', '.join(Q_STORAGE)}, got {storage!r}")
     if storage == "dense":
@@ -54,10 +60,10 @@ def q_capacity(vocab_size: int, method: str, temperature: float, top_k: int, sto
                              "k non-zeros of each p; use q_storage='dense' without top-k")
         return 0
     S = 1 << (max(support, int(tree_width)) - 1).bit_length()
-    S = min(S, vocab_size)
-    if storage == "auto" and 2 * S >= vocab_size:
-        return 0
-    return S
+    if storage == "auto":
+        S = max(S, AUTO_MIN_SLOTS)
+        return S if 2 * S < vocab_size else 0
+    return min(S, vocab_size)
 
 
 def _expand(cond: jax.Array, leaf: jax.Array) -> jax.Array:
