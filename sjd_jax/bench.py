@@ -32,7 +32,7 @@ from .cache import init_cache
 from .config import GPTConfig
 from .model import init_params, param_count, split_cond
 from .sampling import keys as K
-from .sampling.loop import SamplerSpec, _generate_jit, acceptance_stats, make_knobs
+from .sampling.loop import DEFAULT_CHUNK_ELEMENTS, SamplerSpec, _generate_jit, acceptance_stats, make_knobs
 from .sampling.qstore import Q_STORAGE, q_capacity
 from .sampling.recipes import LOSSLESS, RECIPES, recipe
 from .validate import INITS, check_drafting, check_sampling
@@ -58,7 +58,7 @@ def _load(name: str, grid: int, vocab: int | None = None):
     return b.gpt_config, b.gpt_params, codebook_vectors(b.vq_params, b.vq_config), b.preset.cfg_scale
 
 
-def _spec_and_args(config, name, window, init, lantern, knobs, q_storage="auto"):
+def _spec_and_args(config, name, window, init, lantern, knobs, q_storage="auto", chunk_elements=None):
     kw = recipe(name, window)
     tree = kw.pop("tree", (1, 0))
     use_lantern = kw.pop("lantern", False)
@@ -66,7 +66,8 @@ def _spec_and_args(config, name, window, init, lantern, knobs, q_storage="auto")
     q_slots = q_capacity(config.vocab_size, kw["method"], knobs["temperature"], knobs["top_k"], q_storage, tree[0])
     spec = SamplerSpec(config=config, method=kw["method"], window=1 if kw["method"] == "ar" else window,
                        cfg=True, coupling=kw.get("coupling", "none"), init=init, tree_width=tree[0],
-                       tree_depth=tree[1], lantern_k=lantern_k, q_slots=q_slots)
+                       tree_depth=tree[1], lantern_k=lantern_k, q_slots=q_slots,
+                       chunk_elements=chunk_elements or DEFAULT_CHUNK_ELEMENTS)
     return spec, (jnp.asarray(lantern[0]) if use_lantern else None)
 
 
@@ -81,11 +82,11 @@ def _memory(compiled) -> dict:
 
 def run_one(params, config: GPTConfig, method: str, window: int, batch: int, knobs: dict,
             seed: int = 0, repeat: int = 1, images: int | None = None, init: str = "uniform",
-            lantern=None, q_storage: str = "auto") -> dict:
+            lantern=None, q_storage: str = "auto", chunk_elements: int | None = None) -> dict:
     """One configuration over ``images`` images (default: one batch), in batches of ``batch``.
     ``lantern``: (neighbours [V, k], delta), used by the lantern recipe only."""
     images = batch if images is None else images
-    spec, neighbours = _spec_and_args(config, method, window, init, lantern, knobs, q_storage)
+    spec, neighbours = _spec_and_args(config, method, window, init, lantern, knobs, q_storage, chunk_elements)
     kn = make_knobs(**knobs, lantern_delta=lantern[1] if neighbours is not None else 0.0)
     ids = np.arange(images)
     chunks = [ids[i:i + batch] for i in range(0, images, batch)]
@@ -115,7 +116,7 @@ def run_one(params, config: GPTConfig, method: str, window: int, batch: int, kno
     return {
         "method": method, "lossless": method in LOSSLESS, "window": W, "init": init,
         "tree": [spec.tree_width, spec.tree_depth] if spec.branches else None, "batch": batch,
-        "q_storage": q_storage, "q_slots": spec.q_slots,
+        "q_storage": q_storage, "q_slots": spec.q_slots, "chunk_elements": spec.chunk_elements,
         "images": images, "nfe_per_row": nfe.tolist(), "forwards": int(sum(int(o.iterations) + 1 for o in outs)),
         **acceptance_stats(nfe, committed, config.num_image_tokens, W),
         "branch_hits_per_image": float(hits.mean()),
@@ -287,6 +288,8 @@ def main(argv=None) -> int:
     ap.add_argument("--q-storage", default="auto",
                     help=f"comma-separated draft q storage modes ({', '.join(Q_STORAGE)}); each Jacobi run "
                          "is repeated per mode (XLA memory columns show the difference)")
+    ap.add_argument("--chunk-elements", type=int, default=None,
+                    help="largest [batch, slots, vocab] temporary of the target filters and draws (default 2^28)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeat", type=int, default=1, help="timed passes per configuration (best kept)")
     ap.add_argument("--out", default="bench.json", help="JSON output path")
@@ -301,6 +304,8 @@ def main(argv=None) -> int:
         storages = [q.strip() for q in args.q_storage.split(",") if q.strip()]
         if min(batches) < 1 or args.repeat < 1 or args.images < 1:
             raise ValueError("batch sizes, --images and --repeat must be >= 1")
+        if args.chunk_elements is not None and args.chunk_elements < 1:
+            raise ValueError("--chunk-elements must be >= 1")
         for m in methods:
             recipe(m, 16)
         config, params, codebook, cfg_default = _load(args.model, args.grid, args.vocab)
@@ -349,7 +354,8 @@ def main(argv=None) -> int:
         runs = [("ar", 1, "uniform", "auto")] + [(m, w, i, q) for m in methods for w in windows
                                                   for i in (["uniform"] if m == "jacobi" else inits) for q in storages]
         for m, w, init, q in runs:
-            r = run_one(params, config, m, w, b, knobs, args.seed, args.repeat, args.images, init, lantern, q)
+            r = run_one(params, config, m, w, b, knobs, args.seed, args.repeat, args.images, init, lantern, q,
+                        args.chunk_elements)
             jax.clear_caches()  # free each loop's code: hundreds of executables exhaust the mappings on CPU
             results.append(r)
             report = _report(args, config, params, knobs, lantern, costs, results)

@@ -155,25 +155,23 @@ def test_compact_state_has_no_vocabulary_sized_rows():
     print(f"sampler state without the cache: dense {sizes[0] / 2**20:.0f} MiB, compact {sizes[S] / 2**20:.1f} MiB")
 
 
-def test_slot_chunks_give_the_same_tokens(params, monkeypatch):
-    """At large vocabularies the target filters and the draws run a few window slots at a time
-    (``loop.TARGET_CHUNK_ELEMENTS``; every slot has its own key). Forced here on V = 256 with chunks
-    of 3 slots (windows 8 and 7 do not divide: the last chunk overlaps), tokens are unchanged."""
+def test_slot_chunks_give_the_same_tokens(params):
+    """With ``chunk_elements`` below B * W * V the target filters and the draws run a few window
+    slots at a time (every slot has its own key). Chunks of 3 slots here (windows 8 and 7 do not
+    divide: the last chunk overlaps): the tokens are unchanged."""
     import sjd_jax.sampling.loop as loop
 
     name = "maximal-vertical-sample-tree3x2"
     want = [_run(params, "dense", **OPTIONS[name]), _run(params, "dense", **OPTIONS["gumbel-horizon-sample"])]
-    monkeypatch.setattr(loop, "TARGET_CHUNK_ELEMENTS", 3 * 3 * CONFIG.vocab_size)
-    jax.clear_caches()
-    assert loop._slot_chunk(3, 8, CONFIG.vocab_size) == 3
-    try:
-        got = [_run(params, "compact", cache=False, **OPTIONS[name]),
-               _run(params, "dense", cache=False, **OPTIONS["gumbel-horizon-sample"])]
-    finally:
-        jax.clear_caches()  # later tests must not reuse the chunked executables
+    chunk = 3 * 3 * CONFIG.vocab_size
+    assert loop._slot_chunk(3, 8, CONFIG.vocab_size, chunk) == 3
+    got = [_run(params, "compact", cache=False, chunk_elements=chunk, **OPTIONS[name]),
+           _run(params, "dense", cache=False, chunk_elements=chunk, **OPTIONS["gumbel-horizon-sample"])]
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g[0], w[0])
         np.testing.assert_array_equal(g[1], w[1])
+    with pytest.raises(ValueError, match="chunk_elements"):
+        _run(params, "dense", cache=False, chunk_elements=0)
 
 
 def test_auto_storage_does_not_recompile_for_top_k_or_temperature():

@@ -9,12 +9,12 @@ from ..config import GPTConfig
 from ..model import split_cond
 from ..validate import check_cond, check_drafting, check_sampling
 from . import keys as K
-from .loop import GenerateOutput, SamplerSpec, make_knobs, run
+from .loop import DEFAULT_CHUNK_ELEMENTS, GenerateOutput, SamplerSpec, make_knobs, run
 from .qstore import q_capacity
 
 
 def _check(config, method, window, cfg_scale, temperature, top_k, top_p, cfg, coupling, init, tree, lantern,
-           q_storage="auto"):
+           q_storage="auto", chunk_elements=None):
     """Every argument check before tracing; returns (lantern neighbours [V, k] or None, delta, q slots)."""
     check_sampling(config, method, window, cfg_scale, temperature, top_k, top_p, cfg)
     if not (isinstance(tree, (tuple, list)) and len(tree) == 2):
@@ -33,6 +33,9 @@ def _check(config, method, window, cfg_scale, temperature, top_k, top_p, cfg, co
             raise ValueError("lantern neighbours table has k = 0 columns")
         neighbours = jnp.asarray(neighbours, jnp.int32)
     check_drafting(config, method, window, coupling, init, int(tree[0]), int(tree[1]), lantern_k, float(delta))
+    if chunk_elements is not None and (isinstance(chunk_elements, bool) or
+                                       not isinstance(chunk_elements, (int, np.integer)) or chunk_elements < 1):
+        raise ValueError(f"chunk_elements must be a positive integer, got {chunk_elements!r}")
     return neighbours, delta, q_capacity(config.vocab_size, method, temperature, top_k, q_storage, int(tree[0]))
 
 
@@ -40,10 +43,10 @@ def check_generate_options(config: GPTConfig, method: str, window: int, knobs: d
                            cfg: bool = True) -> None:
     """What ``generate`` checks first, for CLIs that validate before loading or writing anything.
     ``knobs``: cfg_scale/temperature/top_k/top_p; ``drafting``: coupling/init/tree/lantern/q_storage."""
-    d = dict(coupling="none", init="uniform", tree=(1, 0), lantern=None, q_storage="auto")
+    d = dict(coupling="none", init="uniform", tree=(1, 0), lantern=None, q_storage="auto", chunk_elements=None)
     d.update(drafting)
     _check(config, method, window, knobs["cfg_scale"], knobs["temperature"], knobs["top_k"], knobs["top_p"],
-           cfg, d["coupling"], d["init"], d["tree"], d["lantern"], d["q_storage"])
+           cfg, d["coupling"], d["init"], d["tree"], d["lantern"], d["q_storage"], d["chunk_elements"])
 
 
 def _place(mesh, params, cond, prefix_mask, rows, knobs, neighbours):
@@ -68,7 +71,7 @@ def generate(params, config: GPTConfig, cond, key, *, method: str = "sjd", windo
              cfg_scale: float = 1.0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
              cfg: bool = True, example_ids=None, progress=None, coupling: str = "none",
              init: str = "uniform", tree: tuple[int, int] = (1, 0), lantern=None, mesh=None,
-             q_storage: str = "auto") -> GenerateOutput:
+             q_storage: str = "auto", chunk_elements: int | None = None) -> GenerateOutput:
     """Sample image tokens ``[B, N]`` with ``method`` in {"ar", "jacobi", "sjd"}.
 
     Drafting options of jacobi/sjd (``sampling.loop`` explains each): ``coupling`` "none" (SJD),
@@ -80,6 +83,9 @@ def generate(params, config: GPTConfig, cond, key, *, method: str = "sjd", windo
     ``q_storage``: how the drafts' distributions are kept between iterations (``sampling.qstore``):
     "dense" ``[B, W, V]`` rows, "compact" (at most k entries per row; needs top-k or greedy) or
     "auto" (compact where that bound exists and saves memory). Tokens are the same either way.
+    ``chunk_elements``: the largest ``[B, t, V]`` temporary of the target filters and the window's
+    draws (default 2^28); below ``B * W * V`` they take the window in sequential passes of t slots
+    (less memory, more latency; the same tokens).
 
     cond: class ids ``[B]`` or (text models) caption features ``[B, C, caption_dim]`` or
     ``Caption(features, mask)``. key: int seed or PRNG key; row b uses ``fold_in(key, example_ids[b])``
@@ -97,7 +103,7 @@ def generate(params, config: GPTConfig, cond, key, *, method: str = "sjd", windo
     """
     window = 1 if method == "ar" else window  # ar ignores it: one compile whatever is passed
     neighbours, delta, q_slots = _check(config, method, window, cfg_scale, temperature, top_k, top_p, cfg,
-                                        coupling, init, tree, lantern, q_storage)
+                                        coupling, init, tree, lantern, q_storage, chunk_elements)
     cond_arr, prefix_mask = split_cond(config, cond)
     B = cond_arr.shape[0]
     key = K.as_key(key)
@@ -120,7 +126,8 @@ def generate(params, config: GPTConfig, cond, key, *, method: str = "sjd", windo
                        progress=progress is not None, coupling=coupling, init=init,
                        tree_width=int(tree[0]), tree_depth=int(tree[1]),
                        lantern_k=0 if neighbours is None else int(neighbours.shape[1]), mesh=mesh,
-                       q_slots=q_slots)
+                       q_slots=q_slots,
+                       chunk_elements=DEFAULT_CHUNK_ELEMENTS if chunk_elements is None else int(chunk_elements))
     if mesh is not None:
         params, cond_arr, prefix_mask, rows, knobs, neighbours = _place(
             mesh, params, cond_arr, prefix_mask, rows, knobs, neighbours)

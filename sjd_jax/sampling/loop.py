@@ -56,6 +56,8 @@ from . import keys as K
 from .processors import target_probs
 from .qstore import QStore, SparseQ
 
+# 2^28 float32 = 1 GiB per temporary: one pass on an accelerator for Emu3 up to B * W = 1453
+DEFAULT_CHUNK_ELEMENTS = 1 << 28
 TRACE_COUNT = 0  # incremented each time the sampler is traced (tests assert no recompiles)
 PROGRESS_HOOKS: list = []  # host callbacks f(committed_tokens, iteration); the last one is called
 
@@ -82,6 +84,9 @@ class SamplerSpec:
     # Draft distributions q: 0 = dense [..., V] rows; S > 0 = compact rows of S entries
     # (``qstore``; exact when p has at most S non-zeros, which ``qstore.q_capacity`` ensures).
     q_slots: int = 0
+    # Most elements of a [B, t, V] temporary of the target filters and the window's draws: above it
+    # they run t < W slots at a time (sequential passes: less memory, more latency).
+    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS
     # Device mesh (``sharding.make_mesh``) or None (one device). Part of the compile key: the
     # sampler pins params, cache and state to ``sharding.RULES`` on it.
     mesh: Any = None
@@ -193,13 +198,10 @@ def _residual(p, q):
     return jnp.where(s > 0, r / jnp.where(s > 0, s, 1.0), p)
 
 
-TARGET_CHUNK_ELEMENTS = 1 << 22  # logits rows per target-filter pass, in elements (16 MiB float32)
-
-
-def _slot_chunk(B: int, T: int, V: int) -> int:
+def _slot_chunk(B: int, T: int, V: int, budget: int) -> int:
     """Window slots per pass over ``[B, t, V]`` temporaries (target filters, draws): as many as fit
-    ``TARGET_CHUNK_ELEMENTS`` (at least 1, at most T). Small vocabularies take the window at once."""
-    return min(T, max(1, TARGET_CHUNK_ELEMENTS // (B * V)))
+    ``budget`` elements (at least 1, at most T)."""
+    return min(T, max(1, budget // (B * V)))
 
 
 def _by_chunks(T: int, t: int, f, xs, out):
@@ -266,7 +268,7 @@ def _build(spec: SamplerSpec, params, rows, knobs, neighbours):
 
     def probs(logits, tok):  # logits: [B or 2B, T, V], tok [B, T] -> p [B, T, V]
         T = logits.shape[1]
-        t = _slot_chunk(B, T, V)
+        t = _slot_chunk(B, T, V, spec.chunk_elements)
         if t == T:
             p = probs_chunk(logits)
         else:  # a few slots at a time: the filters' [B, t, V] temporaries stay small next to p
@@ -278,7 +280,7 @@ def _build(spec: SamplerSpec, params, rows, knobs, neighbours):
         the draws are the same): the Gumbel noise and log-probabilities stay ``[B, t, V]``.
         ``xs``: arrays / stored q with the slot axis 1 of length T."""
         T = jax.tree.leaves(xs)[0].shape[1]
-        t = _slot_chunk(B, T, V)
+        t = _slot_chunk(B, T, V, spec.chunk_elements)
         return f(*xs) if t == T else _by_chunks(T, t, f, xs, jnp.zeros((B, T), jnp.int32))
 
     def target_draw(tok, it, p):  # a draw from p for tokens tok [B, T] (p [B, T, V])

@@ -62,6 +62,9 @@ def add_arguments(ap, default_method: str | None = "sjd") -> None:
                     help="how drafts' distributions are kept between iterations: compact (top-k entries "
                          "per draft; needs top-k or greedy), dense (full vocabulary rows) or auto "
                          "(compact where it applies and saves memory); tokens are the same")
+    ap.add_argument("--chunk-elements", type=int, default=None,
+                    help="largest [batch, slots, vocab] temporary of the target filters and draws (default "
+                         "2^28): smaller takes the window in sequential passes (less memory, slower)")
     ap.add_argument("--lantern-k", type=int, default=8, help="lantern (lossy): latent neighbours per code")
     ap.add_argument("--lantern-delta", type=float, default=0.1, help="lantern (lossy): neighbour mass budget")
 
@@ -96,6 +99,8 @@ def from_args(args, method: str, window: int, codebook=None) -> dict:
     if args.init is not None:
         kw["init"] = args.init
     kw["q_storage"] = getattr(args, "q_storage", "auto")
+    if getattr(args, "chunk_elements", None) is not None:
+        kw["chunk_elements"] = args.chunk_elements
     if kw.pop("lantern", False):
         if codebook is None:
             raise ValueError("lantern needs the model's VQ codebook")
