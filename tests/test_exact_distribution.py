@@ -256,9 +256,6 @@ STRUCT_CASES = {
     "sjd-cfg-topk-batched": (4, (0, 1), dict(cfg_scale=2.5, top_k=2), {}),
     "gumbel-vertical-repeat-temp": (5, (1,), dict(temperature=1.3), dict(coupling="gumbel", init="vertical-repeat")),
     "tree2x1-maximal-cfg": (4, (0,), dict(cfg_scale=2.0), dict(tree=(2, 1), coupling="maximal")),
-    # compact q (2 entries) with the structure tokens: forced one-hots, uniform over the code range
-    "compact-sjd-tree2x1-cfg-topk2-batched": (4, (0, 1), dict(cfg_scale=2.5, top_k=2),
-                                              dict(q_storage="compact", tree=(2, 1))),
 }
 
 
