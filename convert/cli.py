@@ -283,11 +283,11 @@ def convert_lumina(srcs: list[Path], out: Path, args, layout: str) -> dict:
     import jax
     from tqdm import tqdm
 
-    from sjd_jax import checkpoint
     from sjd_jax.lumina import make_config
 
     from .chameleon import chameleon_config, chameleon_params, skipped
     from .lumina import latent_of, vocabulary, vqgan_config
+    from .staging import Staging, save_bounded
     from .vq import vq_params_from_state_dict
 
     family = "lumina-mgpt" if layout == "lumina" else "anole"
@@ -308,20 +308,28 @@ def convert_lumina(srcs: list[Path], out: Path, args, layout: str) -> dict:
     config = make_config(gpt, vq, vocab, latent, layout, int(cfg.get("max_position_embeddings") or 4096))
     tensors = read_all(files["weights"], args.trust_pickle)
     n_skipped = sum(map(skipped, tensors))
-    with tqdm(total=2, desc=f"converting {family}", unit="model", file=sys.stderr, disable=args.quiet) as bar:
-        llm = chameleon_params(tensors, config.gpt, to_numpy)
-        bar.update()
-        del tensors
-        vq_params = vq_params_from_state_dict(((k, to_numpy(vq_tensors.pop(k))) for k in list(vq_tensors)),
-                                              vq, taming_names=True)
-        bar.update()
-    params = {"gpt": llm, "vq": vq_params}
     extra = {"tokenizer.json": tok_file} if tok_file else {}
-    checkpoint.save(out, "lumina", config, params, force=args.force, extra_files=extra)
-    leaves = jax.tree.leaves(params)
+    # Bounded memory (Lumina-mGPT-7B is 28 GB of float32): as for Emu3, each converted tensor goes
+    # to a disk-backed memmap next to --out and the save reads those pages (convert.staging).
+    with Staging(out=out) as st:
+        with tqdm(total=2, desc=f"converting {family}", unit="model", file=sys.stderr, disable=args.quiet) as bar:
+            llm = chameleon_params(tensors, config.gpt, to_numpy, place=lambda p, a: st.put(("gpt",) + p, a))
+            bar.update()
+            del tensors
+            vq_params = vq_params_from_state_dict(((k, to_numpy(vq_tensors.pop(k))) for k in list(vq_tensors)),
+                                                  vq, taming_names=True)
+            vq_params = jax.tree_util.tree_map_with_path(  # the VQGAN (~0.3 GB) is staged too: one save path
+                lambda path, a: st.put(("vq",) + tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in path), a),
+                vq_params)
+            bar.update()
+        params = {"gpt": llm, "vq": vq_params}
+        save_bounded(out, "lumina", config, params, force=args.force, extra_files=extra)
+        leaves = jax.tree.leaves(params)
+        n, nbytes = int(sum(x.size for x in leaves)), int(sum(x.nbytes for x in leaves))
+        del params, leaves, llm, vq_params
     H, W = config.image_size
-    return {"family": family, "out": str(out), "kind": "lumina", "params": int(sum(x.size for x in leaves)),
-            "dtype": "float32", "bytes": int(sum(x.nbytes for x in leaves)),
+    return {"family": family, "out": str(out), "kind": "lumina", "params": n,
+            "dtype": "float32", "bytes": nbytes,
             "config": f"{layout} {H}x{W} px, grid {config.gpt.grid_size}, LLM {config.gpt.n_layer}x{config.gpt.dim}, "
                       f"vocab {config.gpt.vocab_size}, VQGAN {vq.codebook_size} codes",
             "note": f"skipped {n_skipped} HF VQ-encoder / rotary tensors"

@@ -59,6 +59,8 @@ def test_generate_cli_writes_png_and_stats(tmp_path, capsys):
     (["--coupling", "optimal"], "unknown coupling 'optimal'"),
     (["--method", "ar", "--init", "vertical-repeat"], "ar drafts nothing"),
     (["--method", "lantern", "--lantern-delta", "-1"], "lantern_delta must be"),
+    (["--q-storage", "compact"], "compact q storage needs top-k"),
+    (["--chunk-elements", "0"], "chunk_elements must be"),
 ])
 def test_generate_cli_errors(tmp_path, capsys, argv, msg):
     out = tmp_path / "x.png"
@@ -70,7 +72,8 @@ def test_generate_cli_errors(tmp_path, capsys, argv, msg):
 
 @pytest.mark.parametrize("argv,lossless,tree", [
     (["--method", "sjd-pac", "--window", "32", "--init", "vertical-repeat"], True, [2, 2]),
-    (["--method", "sjd-gumbel", "--tree", "3x2", "--window", "12"], True, [3, 2]),
+    (["--method", "sjd-gumbel", "--tree", "3x2", "--window", "12", "--q-storage", "compact", "--top-k", "20",
+      "--chunk-elements", "20000"], True, [3, 2]),
     (["--method", "lantern", "--lantern-k", "4", "--lantern-delta", "0.2"], False, None),
 ])
 def test_generate_cli_drafting_options(tmp_path, capsys, argv, lossless, tree):
@@ -81,6 +84,7 @@ def test_generate_cli_drafting_options(tmp_path, capsys, argv, lossless, tree):
     assert st["lossless"] is lossless and st["method"] == argv[1]
     assert st.get("drafting", {}).get("tree") == (tree and list(tree))
     assert sum(st["nfe_per_image"]) < 2 * 256 and st["branch_hits_per_image"] >= 0
+    assert st["drafting"]["q_storage"] == ("compact" if "--q-storage" in argv else "auto")
     if not lossless:
         assert st["drafting"]["lantern"] == {"k": 4, "delta": 0.2}
     Image.open(out).verify()
@@ -103,7 +107,7 @@ def test_eval_cli_small(tmp_path, capsys):
                  "--init", "vertical-repeat", "--json", str(out), "--quiet"]) == 0, capsys.readouterr().err
     r = json.loads(out.read_text())
     assert r["classifier_test_accuracy"] > 0.85
-    assert r["drafting"] == {"ar": {}, "sjd-ac": {"coupling": "maximal", "init": "vertical-repeat"}}
+    assert r["drafting"] == {"ar": {}, "sjd-ac": {"coupling": "maximal", "init": "vertical-repeat", "q_storage": "auto"}}
     for m in ("ar", "sjd-ac"):
         e = r["methods"][m]
         lo, hi = e["class_accuracy_ci95"]

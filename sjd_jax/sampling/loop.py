@@ -28,6 +28,10 @@ What every static option changes (``SamplerSpec``):
   q with the earlier candidates zeroed and renormalised. Level 1 is verified by recursive rejection
   (primary, then each sibling against the residual of the previous); an accepted side branch
   continues down its own levels, and its K/V are moved into place in the cache.
+* ``q_slots`` — how the drafts' q are kept between iterations: dense ``[..., V]`` rows, or S
+  (id, value) entries over a uniform base (``qstore``; the same tokens, far less state at large V).
+* ``chunk_elements`` — the target filters and window-wide draws run in slot chunks whose
+  ``[B, t, V]`` temporaries stay under this many elements (the same tokens; less memory, slower).
 * ``lantern_k`` — NOT LOSSLESS (off by default): LANTERN-style relaxed acceptance
   ``u < (p(x) + p(latent neighbours of x within mass delta)) / q(x)``.
 
