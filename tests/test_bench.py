@@ -49,14 +49,15 @@ def test_forward_cost_and_report_outputs(tmp_path):
     """A full (tiny) bench run: JSON with a latency ratio and efficiency per row, a summary, the
     markdown table and the PNG plot."""
     out = tmp_path / "b.json"
-    argv = ["--model", "random:GPT-B", "--grid", "2", "--methods", "sjd-ac", "--windows", "3",
-            "--inits", "uniform,horizon-repeat", "--images", "2", "--out", str(out)]
+    argv = ["--model", "random:GPT-B", "--vocab", "512", "--grid", "2", "--methods", "sjd-ac", "--windows", "3",
+            "--inits", "uniform", "--q-storage", "dense,compact", "--top-k", "8", "--images", "2", "--out", str(out)]
     assert bench.main(argv) == 0
     report = json.loads(out.read_text())
     cost = report["forward_cost"]["1"]
     assert set(cost) == {"1", "3"} and cost["1"]["ratio"] == 1.0
     rows = report["results"]
     assert [r["method"] for r in rows][:1] == ["ar"] and len(rows) == 1 + 2
+    assert [r["q_slots"] for r in rows[1:]] == [0, 8] and rows[1]["nfe_per_row"] == rows[2]["nfe_per_row"]
     for r in rows:
         assert r["latency_ratio_vs_ar"] > 0 and r["efficiency"] > 0
         assert r["forward_cost_ratio"] == cost[str(r["window"])]["ratio"]
