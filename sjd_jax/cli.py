@@ -22,7 +22,7 @@ def main(argv=None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: sjd-jax {" + ",".join(COMMANDS) + "} [options]\n\n"
               "  generate  sample a class grid from the bundled fashion-mnist model, or prompts from a converted\n"
-              "            text-to-image checkpoint (lumina-mgpt, anole, llamagen-t2i, janus-pro) (PNG)\n"
+              "            text-to-image checkpoint (lumina-mgpt, anole, llamagen-t2i, janus-pro, emu3) (PNG)\n"
               "  eval      quality metrics of the bundled model: PSNR, NLL, class accuracy, Frechet distance\n"
               "  bench     AR vs Jacobi-family samplers: NFE, wall time, compile time (JSON)\n"
               "  bench-mesh  throughput of batch generation on device meshes vs one device (JSON)\n"
@@ -30,7 +30,15 @@ def main(argv=None) -> int:
               "  convert   PyTorch/safetensors checkpoints -> sjd-jax checkpoint directories\n"
               "  train-vq  train the Fashion-MNIST VQ tokenizer\n"
               "  train-ar  train the Fashion-MNIST class-conditional GPT over its tokens\n"
-              "  train-classifier  train the evaluation CNN on real Fashion-MNIST\n")
+              "  train-classifier  train the evaluation CNN on real Fashion-MNIST\n\n"
+              "examples:\n"
+              "  sjd-jax generate                                    # the bundled model, SJD, all 10 classes\n"
+              "  sjd-jax generate --method sjd-pac --window 32 --class 0 7 --n 8\n"
+              "  sjd-jax convert --family emu3 Emu3-Gen-hf/ --out ckpt/emu3\n"
+              "  sjd-jax generate --model emu3-gen --ckpt ckpt/emu3 --prompt \"a red fox in snow\"\n"
+              "  sjd-jax bench --methods sjd,sjd-pac --windows 16,32 --out bench.json\n"
+              "  sjd-jax eval --methods ar,sjd-pac --n-per-class 100\n\n"
+              "'sjd-jax COMMAND --help' lists each command's options.\n")
         return 0 if argv else 2
     if argv[0] not in COMMANDS:
         print(f"sjd-jax: error: unknown command {argv[0]!r}; choose one of {', '.join(COMMANDS)}",
