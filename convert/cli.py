@@ -318,9 +318,7 @@ def convert_lumina(srcs: list[Path], out: Path, args, layout: str) -> dict:
             del tensors
             vq_params = vq_params_from_state_dict(((k, to_numpy(vq_tensors.pop(k))) for k in list(vq_tensors)),
                                                   vq, taming_names=True)
-            vq_params = jax.tree_util.tree_map_with_path(  # the VQGAN (~0.3 GB) is staged too: one save path
-                lambda path, a: st.put(("vq",) + tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in path), a),
-                vq_params)
+            vq_params = st.put_tree(("vq",), vq_params)  # the VQGAN (~0.3 GB) is staged too: one save path
             bar.update()
         params = {"gpt": llm, "vq": vq_params}
         save_bounded(out, "lumina", config, params, force=args.force, extra_files=extra)

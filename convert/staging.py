@@ -99,6 +99,15 @@ class Staging:
         del m
         return self.seal(path)
 
+    def put_tree(self, prefix: Key, tree):
+        """Stage every leaf of an in-memory tree under ``prefix``; the same tree of staged leaves."""
+        import jax
+
+        def key(k):
+            return str(getattr(k, "key", getattr(k, "idx", k)))
+
+        return jax.tree_util.tree_map_with_path(lambda path, a: self.put(prefix + tuple(map(key, path)), a), tree)
+
     def tree(self) -> dict:
         from .tree import nest
 

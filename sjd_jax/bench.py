@@ -35,7 +35,7 @@ from .sampling import keys as K
 from .sampling.loop import DEFAULT_CHUNK_ELEMENTS, SamplerSpec, _generate_jit, acceptance_stats, make_knobs
 from .sampling.qstore import Q_STORAGE, q_capacity
 from .sampling.recipes import LOSSLESS, RECIPES, recipe
-from .validate import INITS, check_drafting, check_sampling
+from .validate import INITS, check_chunk_elements, check_drafting, check_sampling
 
 DEFAULT_METHODS = "sjd,sjd-gumbel,sjd-ac,sjd-pac"
 
@@ -304,8 +304,7 @@ def main(argv=None) -> int:
         storages = [q.strip() for q in args.q_storage.split(",") if q.strip()]
         if min(batches) < 1 or args.repeat < 1 or args.images < 1:
             raise ValueError("batch sizes, --images and --repeat must be >= 1")
-        if args.chunk_elements is not None and args.chunk_elements < 1:
-            raise ValueError("--chunk-elements must be >= 1")
+        check_chunk_elements(args.chunk_elements)
         for m in methods:
             recipe(m, 16)
         config, params, codebook, cfg_default = _load(args.model, args.grid, args.vocab)

@@ -92,6 +92,12 @@ def _int(x) -> bool:
     return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 
+def check_chunk_elements(chunk_elements) -> None:
+    """``chunk_elements``: None (the default) or the largest [B, t, V] temporary in elements."""
+    if chunk_elements is not None and (not _int(chunk_elements) or chunk_elements < 1):
+        raise ValueError(f"chunk_elements must be a positive integer, got {chunk_elements!r}")
+
+
 def check_drafting(config: GPTConfig, method: str, window: int, coupling: str = "none",
                    init: str = "uniform", tree_width: int = 1, tree_depth: int = 0,
                    lantern_k: int = 0, lantern_delta: float = 0.0) -> None:

@@ -7,7 +7,7 @@ import numpy as np
 
 from ..config import GPTConfig
 from ..model import split_cond
-from ..validate import check_cond, check_drafting, check_sampling
+from ..validate import check_chunk_elements, check_cond, check_drafting, check_sampling
 from . import keys as K
 from .loop import DEFAULT_CHUNK_ELEMENTS, GenerateOutput, SamplerSpec, make_knobs, run
 from .qstore import q_capacity
@@ -33,9 +33,7 @@ def _check(config, method, window, cfg_scale, temperature, top_k, top_p, cfg, co
             raise ValueError("lantern neighbours table has k = 0 columns")
         neighbours = jnp.asarray(neighbours, jnp.int32)
     check_drafting(config, method, window, coupling, init, int(tree[0]), int(tree[1]), lantern_k, float(delta))
-    if chunk_elements is not None and (isinstance(chunk_elements, bool) or
-                                       not isinstance(chunk_elements, (int, np.integer)) or chunk_elements < 1):
-        raise ValueError(f"chunk_elements must be a positive integer, got {chunk_elements!r}")
+    check_chunk_elements(chunk_elements)
     return neighbours, delta, q_capacity(config.vocab_size, method, temperature, top_k, q_storage, int(tree[0]))
 
 

@@ -231,7 +231,6 @@ def _build(spec: SamplerSpec, params, rows, knobs, neighbours):
     offsets, tree_mask = spec.tree_structure()
     temperature = jnp.where(spec.method == "jacobi", 0.0, knobs["temperature"])
     R = gw + Wc if spec.init == "vertical-sample" else 1
-    qs = QStore(V, c.allowed_tokens(), spec.q_slots)
 
     def sl(q, start, stop=None):  # q[:, start:stop] along the slot axis
         return qs.map(lambda x: x[:, start:stop], q)
@@ -246,6 +245,7 @@ def _build(spec: SamplerSpec, params, rows, knobs, neighbours):
     # one-hot (p/q = 1: always accepted, never a wasted draft); free positions may be restricted to
     # an id range (p renormalised over it; uniform drafts draw from it).
     forced_np, allowed_np = c.forced_tokens(), c.allowed_tokens()
+    qs = QStore(V, allowed_np, spec.q_slots)
     has_forced = bool((forced_np >= 0).any())
     forced_tab = jnp.asarray(forced_np)
     allowed_ids = None if allowed_np is None else jnp.asarray(np.flatnonzero(allowed_np), jnp.int32)
@@ -299,12 +299,13 @@ def _build(spec: SamplerSpec, params, rows, knobs, neighbours):
         pn = jnp.take_along_axis(p, neighbours[x], axis=-1)  # [..., k] nearest first
         return px + jnp.sum(jnp.where(jnp.cumsum(pn, -1) <= knobs["lantern_delta"], pn, 0.0), -1)
 
-    def fresh(tok, known_end, buf, p_last, hist, it):
+    def fresh(tok, known_end, buf, p_last, q_last, hist, it):
         """Drafts (values [B, F], stored q [B, F]) for tokens ``tok [B, F]`` that have no target yet;
-        tokens ``<= known_end [B]`` hold committed tokens or current drafts in ``buf``."""
-        return force(*_fresh(tok, known_end, buf, p_last, hist, it), tok)
+        tokens ``<= known_end [B]`` hold committed tokens or current drafts in ``buf``. ``p_last``
+        [B, V] / ``q_last`` [B] (stored): the latest target, dense and as stored."""
+        return force(*_fresh(tok, known_end, buf, p_last, q_last, hist, it), tok)
 
-    def _fresh(tok, known_end, buf, p_last, hist, it):
+    def _fresh(tok, known_end, buf, p_last, q_last, hist, it):
         if allowed_ids is None:
             uni = K.randint(K.slot_keys(rows, K.INIT, tok, it), V)
         else:  # uniform over the allowed ids
@@ -322,7 +323,7 @@ def _build(spec: SamplerSpec, params, rows, knobs, neighbours):
             q = qs.onehot(vals)
         else:
             if spec.init == "horizon-sample":
-                q = qs.map(lambda x: jnp.broadcast_to(x[:, None], tok.shape + x.shape[1:]), qs.from_p(p_last))
+                q = qs.map(lambda x: jnp.broadcast_to(x[:, None], tok.shape + x.shape[1:]), q_last)
                 draw = lambda tk: K.categorical(K.slot_keys(rows, K.INIT, tk, it),  # noqa: E731
                                                 _log(jnp.broadcast_to(p_last[:, None], tk.shape + (V,))))
                 vals = by_slots(draw, tok)
@@ -356,13 +357,14 @@ def _build(spec: SamplerSpec, params, rows, knobs, neighbours):
         zeros_b = jnp.zeros((B, 1), jnp.int32)
         p0 = probs(logits[:, -1:], zeros_b)  # [B, 1, V]
         tok0 = target_draw(zeros_b, 0, p0)  # [B, 1]
+        q0_stored = qs.from_p(p0)  # [B, 1]: horizon-sample drafts' q, vertical-sample history row 0
         hist = jnp.zeros((B, 1, 1), jnp.float32)
         if R > 1:
-            hist = qs.concat([qs.from_p(p0), qs.uniform((B, R - 1))])  # rows other than 0 are never read
+            hist = qs.concat([q0_stored, qs.uniform((B, R - 1))])  # rows other than 0 are never read
         buf = jnp.concatenate([tok0, jnp.zeros((B, N + 2 * W - 1), jnp.int32)], axis=1)
         # Only the first window's drafts (tokens 1 .. Wc - 1) are read before the loop writes later ones.
         init_tok = jnp.arange(1, Wc + 1, dtype=jnp.int32)[None, :].repeat(B, 0)
-        vals, q0 = fresh(init_tok, jnp.zeros((B,), jnp.int32), buf, p0[:, 0], hist, 0)  # only token 0 known
+        vals, q0 = fresh(init_tok, jnp.zeros((B,), jnp.int32), buf, p0[:, 0], qs.map(lambda x: x[:, 0], q0_stored), hist, 0)
         buf = buf.at[:, 1:Wc + 1].set(vals)
         q = qs.concat([qs.uniform((B, 1)), sl(q0, 0, Wc - 1)])
         if A:
@@ -479,7 +481,7 @@ def _build(spec: SamplerSpec, params, rows, knobs, neighbours):
         known_end = n + Wc - 1
         # the next window reaches token n_new + Wc - 2 <= n + 2 Wc - 2: Wc fresh drafts are enough
         fresh_tok = known_end[:, None] + 1 + jnp.arange(Wc, dtype=jnp.int32)[None]
-        f_vals, f_q = fresh(fresh_tok, known_end, buf, pc[:, -1], hist, it)
+        f_vals, f_q = fresh(fresh_tok, known_end, buf, pc[:, -1], qs.map(lambda x: x[:, -1], q_targets), hist, it)
         buf = jnp.where(active[:, None], _update_rows(buf, f_vals, n + Wc), s.buf)
 
         # Chain slot i of the next window is token n_new + i - 1 = output slot a + i - 1 of this one.

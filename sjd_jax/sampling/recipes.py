@@ -49,6 +49,7 @@ def recipe(name: str, window: int) -> dict:
 def add_arguments(ap, default_method: str | None = "sjd") -> None:
     """The drafting flags shared by ``sjd-jax generate`` and ``sjd-jax eval``."""
     from ..validate import COUPLINGS, INITS
+    from .qstore import Q_STORAGE
 
     ap.add_argument("--coupling", default=None,
                     help=f"override the method's redrafting rule: {' | '.join(COUPLINGS)} "
@@ -58,7 +59,7 @@ def add_arguments(ap, default_method: str | None = "sjd") -> None:
     ap.add_argument("--tree", default=None, metavar="KxD",
                     help="draft tree: K candidates for the first draft, side branches D deep (e.g. 4x3); "
                          "0 = none")
-    ap.add_argument("--q-storage", default="auto", choices=("auto", "dense", "compact"),
+    ap.add_argument("--q-storage", default="auto", choices=Q_STORAGE,
                     help="how drafts' distributions are kept between iterations: compact (top-k entries "
                          "per draft; needs top-k or greedy), dense (full vocabulary rows) or auto "
                          "(compact where it applies and saves memory); tokens are the same")
