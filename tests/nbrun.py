@@ -1,8 +1,10 @@
 """Run a Colab notebook top to bottom with nbclient (CI), and check a stored notebook is clean.
 
-Offline switch: the kernel gets ``SJD_JAX_OFFLINE=1``. Every notebook reads it in its first code
-cell and then skips ``pip install`` and hub downloads (tiny random checkpoints are made locally
-instead) and uses small sizes, so CI needs no network and little time.
+Switches, read by every notebook in its first code cell:
+  * ``SJD_JAX_OFFLINE=1``: no network. Skip ``pip install`` (the package is already installed) and
+    hub downloads (tiny random checkpoints are made locally instead).
+  * ``SJD_JAX_CI=1``: small sizes (fewer images, samples, windows), so CI stays fast.
+CI sets both; ``colab/refresh.py`` sets only the first, to store full-size figures.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ COLAB = pathlib.Path(__file__).resolve().parent.parent / "colab"
 KEEP_TAG = "figure"  # cells with this tag may store image outputs (the figures a reader sees)
 
 
-def run_notebook(name: str, workdir, timeout: int = 600, extra_env: dict | None = None):
-    """Execute ``colab/<name>`` in ``workdir`` with the offline switch on; returns the executed
-    notebook (raises ``nbclient.exceptions.CellExecutionError`` on the first failing cell)."""
+def run_notebook(name: str, workdir, timeout: int = 600, ci: bool = True, extra_env: dict | None = None):
+    """Execute ``colab/<name>`` in ``workdir`` offline (and with ``SJD_JAX_CI=1`` if ``ci``); returns
+    the executed notebook (raises ``nbclient.exceptions.CellExecutionError`` on the first failing
+    cell)."""
     nb = nbformat.read(COLAB / name, as_version=4)
-    env = dict(os.environ, SJD_JAX_OFFLINE="1", MPLBACKEND="Agg", **(extra_env or {}))
+    env = dict(os.environ, SJD_JAX_OFFLINE="1", SJD_JAX_CI="1" if ci else "0", MPLBACKEND="Agg",
+               **(extra_env or {}))
     # the kernel must not inherit the test session's 8 fake CPU devices or xdist's worker vars
     env.pop("JAX_NUM_CPU_DEVICES", None)
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
