@@ -25,6 +25,8 @@ import pytest
 from scipy import stats
 
 import sjd_jax as S
+from sjd_jax import exactness as E
+from sjd_jax.exactness import fit_counts
 from sjd_jax.sampling.generate import generate
 from sjd_jax.sampling.loop import SamplerSpec, _generate_jit, make_knobs
 from sjd_jax.sampling import keys as K
@@ -38,11 +40,6 @@ CONFIG_B = tiny_config(vocab_size=3, grid_size=(2, 3), dim=16, n_layer=2, n_head
 CONFIGS = {"A": CONFIG, "B": CONFIG_B}
 
 
-def all_seq(config):
-    """Every image token sequence of the config, ``[V^N, N]``."""
-    return np.array(list(itertools.product(range(config.vocab_size), repeat=config.num_image_tokens)), np.int32)
-
-
 @pytest.fixture(scope="module")
 def models():
     return {name: scaled_params(c, seed=7, scale=6.0, head_scale=2.0) for name, c in CONFIGS.items()}
@@ -54,52 +51,17 @@ def params(models):
 
 
 def exact_joint(params, cls, cfg_scale=1.0, temperature=1.0, top_k=0, top_p=1.0, cfg=False, config=CONFIG):
-    """Probability of each of the V^N sequences, [V^N]."""
-    ALL_SEQ = all_seq(config)
-    seqs = jnp.asarray(ALL_SEQ)
-    lc = np.asarray(S.teacher_forced_logits(params, config, jnp.full((len(seqs),), cls), seqs))
-    lu = np.asarray(S.teacher_forced_logits(params, config, jnp.full((len(seqs),), config.num_classes),
-                                            seqs)) if cfg else None
-    p = np_target(lc, lu, cfg_scale, temperature, top_k, top_p)  # [V^N, N, V]
-    probs = np.take_along_axis(p, ALL_SEQ[..., None], -1)[..., 0]
-    joint = probs.prod(-1)
-    assert abs(joint.sum() - 1) < 1e-9
-    return joint
-
-
-def tv_bound(joint, m, q=0.999, draws=2000):
-    rng = np.random.default_rng(123)
-    sims = rng.multinomial(m, joint, size=draws) / m
-    return float(np.quantile(0.5 * np.abs(sims - joint).sum(-1), q))
-
-
-def index_of(tokens, V):
-    N = tokens.shape[1]
-    return (np.asarray(tokens) * V ** np.arange(N - 1, -1, -1)).sum(-1)
+    """Probability of each of the V^N sequences, [V^N] (``sjd_jax.exactness``)."""
+    return E.exact_joint(params, config, cls, cfg_scale, temperature, top_k, top_p, cfg)
 
 
 def fit(samples, joint, V=4):
-    return fit_counts(np.bincount(index_of(samples, V), minlength=len(joint)).astype(float), joint)
-
-
-def fit_counts(counts, joint):
-    """(chi-square p-value, TV, TV bound) of observed cell counts against the exact joint."""
-    m = counts.sum()
-    exp = joint * m
-    big = exp >= 5
-    assert big.sum() >= 10, "degenerate target: too few cells to test"
-    obs_b = np.append(counts[big], counts[~big].sum())
-    exp_b = np.append(exp[big], exp[~big].sum())
-    if exp_b[-1] == 0:
-        obs_b, exp_b = obs_b[:-1], exp_b[:-1]
-    pval = stats.chisquare(obs_b, exp_b).pvalue
-    tv = 0.5 * np.abs(counts / m - joint).sum()
-    return pval, tv, tv_bound(joint, int(m))
+    return fit_counts(np.bincount(E.sequence_index(samples, V), minlength=len(joint)), joint)
 
 
 def test_model_is_peaked_and_context_dependent(params):
     """The test model must make the tests meaningful: peaked, varied conditionals."""
-    ALL_SEQ = all_seq(CONFIG)
+    ALL_SEQ = E.all_sequences(CONFIG)
     lc = np.asarray(S.teacher_forced_logits(params, CONFIG, jnp.zeros((len(ALL_SEQ),), jnp.int32),
                                             jnp.asarray(ALL_SEQ)))
     p = np_target(lc, None, 1.0, 1.0, 0, 1.0)
@@ -375,3 +337,81 @@ def test_exact_distribution_emu3_style_negative_prompt_log_softmax_cfg():
         raw[..., 3:] = -np.inf
         np.testing.assert_allclose(p, np_target(raw, None, 1.0, 1.0, k, 1.0), atol=1e-12)  # same p
         fit_layout(p, seqs, forced, free, tokens[b::2], f"emu3-style negative prompt prompt {b}")
+
+
+# ---- research hooks: custom acceptance and draft rules (sjd_jax.exactness.check) ------------------
+def _default_accept(u, px, qx):
+    return u * qx < px
+
+
+def _horizon_repeat(ctx):  # init="horizon-repeat" written as a draft rule: copy the last known token
+    last = jnp.take_along_axis(ctx.tokens, ctx.known_end[:, None], axis=1)
+    vals = jnp.broadcast_to(last, ctx.token.shape)
+    return vals, jax.nn.one_hot(vals, ctx.p_last.shape[-1])
+
+
+def _mixture_q(ctx):  # half a copy of the last known token, half this iteration's last target p
+    V = ctx.p_last.shape[-1]
+    last = jnp.take_along_axis(ctx.tokens, ctx.known_end[:, None], axis=1)
+    return 0.5 * jax.nn.one_hot(last, V) + 0.5 * ctx.p_last[:, None, :] + jnp.zeros(ctx.token.shape + (V,))
+
+
+def _mixture(ctx):
+    q = _mixture_q(ctx)
+    return jax.vmap(jax.vmap(jax.random.categorical))(ctx.key, jnp.log(q)), q
+
+
+def _mixture_wrong_q(ctx):  # draws from the mixture but reports q = p_last: not lossless
+    vals, _ = _mixture(ctx)
+    return vals, jnp.broadcast_to(ctx.p_last[:, None, :], ctx.token.shape + ctx.p_last.shape[-1:])
+
+
+def test_custom_rules_equal_to_builtin_ones_give_the_same_tokens(models):
+    """The hooks are wired everywhere the built-in rules act: ``u * q < p`` as a custom acceptance
+    rule (chain, tree siblings, deeper levels, maximal coupling's kept drafts) and horizon-repeat as a
+    custom draft rule give the built-in tokens exactly."""
+    cond = jnp.asarray(np.arange(256) % 2, jnp.int32)
+    kw = dict(method="sjd", window=5, cfg_scale=2.0, top_k=2, tree=(2, 2), coupling="maximal")
+    ref = generate(models["B"], CONFIG_B, cond, jax.random.key(3), init="horizon-repeat", **kw)
+    out = generate(models["B"], CONFIG_B, cond, jax.random.key(3), accept_rule=_default_accept,
+                   draft_rule=_horizon_repeat, **kw)
+    np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(ref.tokens))
+    np.testing.assert_array_equal(np.asarray(out.nfe), np.asarray(ref.nfe))
+    assert np.asarray(ref.branch_hits).sum() > 0
+    # a different rule changes them (the comparison above has power)
+    other = generate(models["B"], CONFIG_B, cond, jax.random.key(3), draft_rule=_mixture, **kw)
+    assert (np.asarray(other.tokens) != np.asarray(ref.tokens)).any()
+
+
+def test_custom_draft_rule_exact_distribution(models):
+    """A new lossless draft rule (a mixture of copying and sampling p, with its true q) passes the
+    exact check batched with CFG, top-k and a tree; the same draws reported with a wrong q fail."""
+    kw = dict(method="sjd", window=3, cfg_scale=2.5, top_k=3, tree=(2, 1))
+    for r in E.check(models["A"], CONFIG, classes=(0, 1), samples=M, draft_rule=_mixture, **kw):
+        print("mixture draft rule", r)
+        assert r.passed and r.mean_nfe < CONFIG.num_image_tokens, r
+    bad = E.check(models["A"], CONFIG, classes=(0,), samples=20_000, draft_rule=_mixture_wrong_q, **kw)[0]
+    print("mixture draft rule, wrong q", bad)
+    assert bad.pvalue < 1e-12 and bad.tv > 1.3 * bad.tv_bound, bad
+
+
+def test_chi_square_p_value_equals_scipy():
+    rng = np.random.default_rng(0)
+    joint = rng.dirichlet(np.ones(40))
+    counts = rng.multinomial(3000, rng.dirichlet(np.ones(40) * 30))
+    pval, tv, _ = E.fit_counts(counts, joint)
+    exp = joint * 3000
+    big = exp >= 5
+    ref = stats.chisquare(np.append(counts[big], counts[~big].sum()), np.append(exp[big], exp[~big].sum())).pvalue
+    np.testing.assert_allclose(pval, ref, rtol=1e-9)
+    assert tv == pytest.approx(0.5 * np.abs(counts / 3000 - joint).sum())
+
+
+def test_custom_rule_errors(params):
+    cond = jnp.zeros((2,), jnp.int32)
+    with pytest.raises(ValueError, match="draft_rule must be a function"):
+        generate(params, CONFIG, cond, 0, window=3, draft_rule="uniform")
+    with pytest.raises(ValueError, match="dense q rows"):
+        generate(params, CONFIG, cond, 0, window=3, draft_rule=_mixture, top_k=2, q_storage="compact")
+    with pytest.raises(ValueError, match="draft_rule must return tokens"):
+        generate(params, CONFIG, cond, 0, window=3, draft_rule=lambda ctx: (ctx.token, ctx.p_last))

@@ -14,7 +14,7 @@ from .qstore import q_capacity
 
 
 def _check(config, method, window, cfg_scale, temperature, top_k, top_p, cfg, coupling, init, tree, lantern,
-           q_storage="auto", chunk_elements=None):
+           q_storage="auto", chunk_elements=None, accept_rule=None, draft_rule=None):
     """Every argument check before tracing; returns (lantern neighbours [V, k] or None, delta, q slots)."""
     check_sampling(config, method, window, cfg_scale, temperature, top_k, top_p, cfg)
     if not (isinstance(tree, (tuple, list)) and len(tree) == 2):
@@ -34,6 +34,13 @@ def _check(config, method, window, cfg_scale, temperature, top_k, top_p, cfg, co
         neighbours = jnp.asarray(neighbours, jnp.int32)
     check_drafting(config, method, window, coupling, init, int(tree[0]), int(tree[1]), lantern_k, float(delta))
     check_chunk_elements(chunk_elements)
+    for name, rule in (("accept_rule", accept_rule), ("draft_rule", draft_rule)):
+        if rule is not None and not callable(rule):
+            raise ValueError(f"{name} must be a function, got {type(rule).__name__}")
+    if draft_rule is not None:  # a rule's q is an arbitrary [V] row: only dense storage holds it
+        if q_storage == "compact":
+            raise ValueError("a custom draft_rule returns dense q rows: use q_storage='dense' or 'auto'")
+        q_storage = "dense"
     return neighbours, delta, q_capacity(config.vocab_size, method, temperature, top_k, q_storage, int(tree[0]))
 
 
@@ -41,10 +48,12 @@ def check_generate_options(config: GPTConfig, method: str, window: int, knobs: d
                            cfg: bool = True) -> None:
     """What ``generate`` checks first, for CLIs that validate before loading or writing anything.
     ``knobs``: cfg_scale/temperature/top_k/top_p; ``drafting``: coupling/init/tree/lantern/q_storage."""
-    d = dict(coupling="none", init="uniform", tree=(1, 0), lantern=None, q_storage="auto", chunk_elements=None)
+    d = dict(coupling="none", init="uniform", tree=(1, 0), lantern=None, q_storage="auto", chunk_elements=None,
+             accept_rule=None, draft_rule=None)
     d.update(drafting)
     _check(config, method, window, knobs["cfg_scale"], knobs["temperature"], knobs["top_k"], knobs["top_p"],
-           cfg, d["coupling"], d["init"], d["tree"], d["lantern"], d["q_storage"], d["chunk_elements"])
+           cfg, d["coupling"], d["init"], d["tree"], d["lantern"], d["q_storage"], d["chunk_elements"],
+           d["accept_rule"], d["draft_rule"])
 
 
 def _place(mesh, params, cond, prefix_mask, rows, knobs, neighbours):
@@ -69,7 +78,8 @@ def generate(params, config: GPTConfig, cond, key, *, method: str = "sjd", windo
              cfg_scale: float = 1.0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
              cfg: bool = True, example_ids=None, progress=None, coupling: str = "none",
              init: str = "uniform", tree: tuple[int, int] = (1, 0), lantern=None, mesh=None,
-             q_storage: str = "auto", chunk_elements: int | None = None) -> GenerateOutput:
+             q_storage: str = "auto", chunk_elements: int | None = None, accept_rule=None,
+             draft_rule=None) -> GenerateOutput:
     """Sample image tokens ``[B, N]`` with ``method`` in {"ar", "jacobi", "sjd"}.
 
     Drafting options of jacobi/sjd (``sampling.loop`` explains each): ``coupling`` "none" (SJD),
@@ -84,6 +94,10 @@ def generate(params, config: GPTConfig, cond, key, *, method: str = "sjd", windo
     ``chunk_elements``: the largest ``[B, t, V]`` temporary of the target filters and the window's
     draws (default 2^28); below ``B * W * V`` they take the window in sequential passes of t slots
     (less memory, more latency; the same tokens).
+    ``accept_rule(u, p_x, q_x) -> bool`` and ``draft_rule(DraftContext) -> (tokens [B, F], q [B, F, V])``
+    are research hooks (``sampling.loop.SamplerSpec``): pure functions replacing the acceptance
+    test ``u * q_x < p_x`` and the drafts of positions without a target (``init``). Each function
+    object compiles once; ``exactness.check`` runs the exact-distribution test on them.
 
     cond: class ids ``[B]`` or (text models) caption features ``[B, C, caption_dim]`` or
     ``Caption(features, mask)``. key: int seed or PRNG key; row b uses ``fold_in(key, example_ids[b])``
@@ -101,7 +115,8 @@ def generate(params, config: GPTConfig, cond, key, *, method: str = "sjd", windo
     """
     window = 1 if method == "ar" else window  # ar ignores it: one compile whatever is passed
     neighbours, delta, q_slots = _check(config, method, window, cfg_scale, temperature, top_k, top_p, cfg,
-                                        coupling, init, tree, lantern, q_storage, chunk_elements)
+                                        coupling, init, tree, lantern, q_storage, chunk_elements,
+                                        accept_rule, draft_rule)
     cond_arr, prefix_mask = split_cond(config, cond)
     B = cond_arr.shape[0]
     key = K.as_key(key)
@@ -124,7 +139,7 @@ def generate(params, config: GPTConfig, cond, key, *, method: str = "sjd", windo
                        progress=progress is not None, coupling=coupling, init=init,
                        tree_width=int(tree[0]), tree_depth=int(tree[1]),
                        lantern_k=0 if neighbours is None else int(neighbours.shape[1]), mesh=mesh,
-                       q_slots=q_slots,
+                       q_slots=q_slots, accept_rule=accept_rule, draft_rule=draft_rule,
                        chunk_elements=DEFAULT_CHUNK_ELEMENTS if chunk_elements is None else int(chunk_elements))
     if mesh is not None:
         params, cond_arr, prefix_mask, rows, knobs, neighbours = _place(

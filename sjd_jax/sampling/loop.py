@@ -32,6 +32,8 @@ What every static option changes (``SamplerSpec``):
   (id, value) entries over a uniform base (``qstore``; the same tokens, far less state at large V).
 * ``chunk_elements`` — the target filters and window-wide draws run in slot chunks whose
   ``[B, t, V]`` temporaries stay under this many elements (the same tokens; less memory, slower).
+* ``accept_rule`` / ``draft_rule`` — research hooks: a pure function replacing the acceptance test or
+  the drafting of positions without a target (``DraftContext``); ``exactness.check`` tests them.
 * ``lantern_k`` — NOT LOSSLESS (off by default): LANTERN-style relaxed acceptance
   ``u < (p(x) + p(latent neighbours of x within mass delta)) / q(x)``.
 
@@ -44,7 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import flax.struct
 import jax
@@ -91,6 +93,13 @@ class SamplerSpec:
     # Most elements of a [B, t, V] temporary of the target filters and the window's draws: above it
     # they run t < W slots at a time (sequential passes: less memory, more latency).
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS
+    # Research hooks (pure functions, traced into the loop; one compile per function object):
+    # ``accept_rule(u, p_x, q_x) -> bool`` replaces the test ``u * q_x < p_x`` (u ~ U[0, 1)) for
+    # every draft, chain and tree alike; ``draft_rule(DraftContext) -> (tokens [B, F], q [B, F, V])``
+    # replaces ``init`` for positions that have no target yet, and must return the exact q its
+    # tokens were drawn from (dense q storage). ``exactness.check`` tells whether a rule is lossless.
+    accept_rule: Callable | None = None
+    draft_rule: Callable | None = None
     # Device mesh (``sharding.make_mesh``) or None (one device). Part of the compile key: the
     # sampler pins params, cache and state to ``sharding.RULES`` on it.
     mesh: Any = None
@@ -128,6 +137,17 @@ class SamplerSpec:
                 mask[s, 0] = True
                 mask[s, Wc + k * D: s + 1] = True
         return offsets.astype(np.int32), mask
+
+
+class DraftContext(NamedTuple):
+    """What a custom ``draft_rule`` sees, for F positions that have no target yet (all traced)."""
+
+    key: jax.Array  # [B, F] PRNG keys, one per (example, absolute token index, iteration)
+    token: jax.Array  # [B, F] int32 absolute image-token index of each draft (raster order)
+    known_end: jax.Array  # [B] int32: tokens[b, :known_end[b] + 1] hold committed tokens or drafts
+    tokens: jax.Array  # [B, L] int32 token buffer (entries past known_end are not meaningful)
+    p_last: jax.Array  # [B, V] float32 this iteration's target p for token known_end
+    grid_width: int  # tokens per image row (static)
 
 
 def make_knobs(cfg_scale, temperature, top_k, top_p, lantern_delta=0.0) -> dict:
@@ -299,6 +319,9 @@ def _build(spec: SamplerSpec, params, rows, knobs, neighbours):
         pn = jnp.take_along_axis(p, neighbours[x], axis=-1)  # [..., k] nearest first
         return px + jnp.sum(jnp.where(jnp.cumsum(pn, -1) <= knobs["lantern_delta"], pn, 0.0), -1)
 
+    def accepts(u, px, qx):  # the acceptance test of a draft x with target mass px and draft mass qx
+        return spec.accept_rule(u, px, qx) if spec.accept_rule is not None else u * qx < px
+
     def fresh(tok, known_end, buf, p_last, q_last, hist, it):
         """Drafts (values [B, F], stored q [B, F]) for tokens ``tok [B, F]`` that have no target yet;
         tokens ``<= known_end [B]`` hold committed tokens or current drafts in ``buf``. ``p_last``
@@ -306,6 +329,14 @@ def _build(spec: SamplerSpec, params, rows, knobs, neighbours):
         return force(*_fresh(tok, known_end, buf, p_last, q_last, hist, it), tok)
 
     def _fresh(tok, known_end, buf, p_last, q_last, hist, it):
+        if spec.draft_rule is not None:
+            ctx = DraftContext(key=K.slot_keys(rows, K.INIT, tok, it), token=tok, known_end=known_end,
+                               tokens=buf, p_last=p_last, grid_width=gw)
+            vals, q = spec.draft_rule(ctx)
+            if jnp.shape(vals) != tok.shape or jnp.shape(q) != tok.shape + (V,):
+                raise ValueError(f"draft_rule must return tokens {tok.shape} and q {tok.shape + (V,)}, "
+                                 f"got {jnp.shape(vals)} and {jnp.shape(q)}")
+            return jnp.asarray(vals, jnp.int32), jnp.asarray(q, jnp.float32)
         if allowed_ids is None:
             uni = K.randint(K.slot_keys(rows, K.INIT, tok, it), V)
         else:  # uniform over the allowed ids
@@ -400,8 +431,8 @@ def _build(spec: SamplerSpec, params, rows, knobs, neighbours):
         q_d = qs.at(sl(s.q, 1), d)
         u = K.uniform(K.slot_keys(rows, K.ACCEPT, tok[:, :-1], it))
         inside = tok[:, :-1] < N
-        acc_exact = (u * q_d < jnp.take_along_axis(pc[:, :-1], d[..., None], axis=-1)[..., 0]) & inside
-        acc = (u * q_d < accept_mass(pc[:, :-1], d)) & inside if spec.lantern_k else acc_exact
+        acc_exact = accepts(u, jnp.take_along_axis(pc[:, :-1], d[..., None], axis=-1)[..., 0], q_d) & inside
+        acc = accepts(u, accept_mass(pc[:, :-1], d), q_d) & inside if spec.lantern_k else acc_exact
         chain_len = jnp.clip(N - n, 0, Wc - 1)  # drafts inside the image
         L = jnp.sum(jnp.cumprod(acc.astype(jnp.int32), axis=1), axis=1)  # leading accepted drafts
         p_L = _gather_rows(pc, L)  # p for token n + L along the accepted path
@@ -424,7 +455,7 @@ def _build(spec: SamplerSpec, params, rows, knobs, neighbours):
                 xk, qk = alt[:, k, 0], qs.map(lambda x: x[:, k, 0], alt_q)
                 uk = K.uniform(K.slot_keys(rows, K.ACCEPT_BRANCH + k, n[:, None], it))[:, 0]
                 ok = alt_ok[:, k, 0] & (chosen < 0)
-                chosen = jnp.where(ok & (uk * qs.at(qk, xk) < accept_mass(p_cur, xk)), k + 1, chosen)
+                chosen = jnp.where(ok & accepts(uk, accept_mass(p_cur, xk), qs.at(qk, xk)), k + 1, chosen)
                 if spec._broken != "sibling_vs_p":
                     p_cur = jnp.where((ok & (chosen < 0))[:, None], _residual(p_cur, qs.dense(qk)), p_cur)
             # deeper levels of each branch against its own parent's output
@@ -434,7 +465,7 @@ def _build(spec: SamplerSpec, params, rows, knobs, neighbours):
                 uk = K.uniform(K.slot_keys(rows, K.ACCEPT_BRANCH + k, lvl_tok, it))
                 xk = alt[:, k, 1:]
                 q_k = qs.at(qs.map(lambda x: x[:, k, 1:], alt_q), xk)
-                accs.append(alt_ok[:, k, 1:] & (uk * q_k < accept_mass(pa[:, k, :-1], xk)))
+                accs.append(alt_ok[:, k, 1:] & accepts(uk, accept_mass(pa[:, k, :-1], xk), q_k))
             acc_b = jnp.stack(accs, 1) if D > 1 else jnp.zeros((B, Kb, 0), bool)  # [B, Kb, D-1]
             kk = jnp.clip(chosen - 1, 0, Kb - 1)
             on_branch = chosen >= 1
