@@ -369,18 +369,17 @@ def _mixture_wrong_q(ctx):  # draws from the mixture but reports q = p_last: not
 def test_custom_rules_equal_to_builtin_ones_give_the_same_tokens(models):
     """The hooks are wired everywhere the built-in rules act: ``u * q < p`` as a custom acceptance
     rule (chain, tree siblings, deeper levels, maximal coupling's kept drafts) and horizon-repeat as a
-    custom draft rule give the built-in tokens exactly."""
+    custom draft rule (over ``init="uniform"``: an ignored hook would draft uniformly instead) give the
+    built-in horizon-repeat tokens exactly. (That a wrong acceptance rule is caught:
+    tests/test_notebook_research.py.)"""
     cond = jnp.asarray(np.arange(256) % 2, jnp.int32)
     kw = dict(method="sjd", window=5, cfg_scale=2.0, top_k=2, tree=(2, 2), coupling="maximal")
     ref = generate(models["B"], CONFIG_B, cond, jax.random.key(3), init="horizon-repeat", **kw)
-    out = generate(models["B"], CONFIG_B, cond, jax.random.key(3), accept_rule=_default_accept,
+    out = generate(models["B"], CONFIG_B, cond, jax.random.key(3), init="uniform", accept_rule=_default_accept,
                    draft_rule=_horizon_repeat, **kw)
     np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(ref.tokens))
     np.testing.assert_array_equal(np.asarray(out.nfe), np.asarray(ref.nfe))
     assert np.asarray(ref.branch_hits).sum() > 0
-    # a different rule changes them (the comparison above has power)
-    other = generate(models["B"], CONFIG_B, cond, jax.random.key(3), draft_rule=_mixture, **kw)
-    assert (np.asarray(other.tokens) != np.asarray(ref.tokens)).any()
 
 
 def test_custom_draft_rule_exact_distribution(models):
