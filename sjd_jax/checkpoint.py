@@ -114,7 +114,7 @@ def load(path, sharding=None, mesh=None):
     its shards (each process reads only what its devices hold; no full host copy first)."""
     from orbax.checkpoint import v1 as ocp
 
-    path = Path(path)
+    path = Path(path).absolute()  # orbax refuses relative paths
     meta_file = path / "config.json"
     if not meta_file.is_file() or not (path / "params").is_dir():
         raise ValueError(f"{path} is not an sjd-jax checkpoint (needs config.json and params/)")

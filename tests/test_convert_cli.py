@@ -47,7 +47,7 @@ def test_c2i_pt_with_pickled_args(tmp_path):
     assert run("--family", "llamagen-c2i", src, "--out", out, "--n-head", 4, "--force") == 0
 
 
-def test_t2i_raw_state_dict_and_safetensors(tmp_path):
+def test_t2i_raw_state_dict_and_safetensors(tmp_path, monkeypatch):
     sd = llamagen_state_dict(T2I)
     torch.save(sd, tmp_path / "t2i.pt")  # FSDP-style raw state dict
     assert run("--family", "llamagen-t2i", tmp_path / "t2i.pt", "--out", tmp_path / "a",
@@ -55,7 +55,8 @@ def test_t2i_raw_state_dict_and_safetensors(tmp_path):
     save_file({k: v.numpy() for k, v in sd.items() if k != "freqs_cis"}, tmp_path / "t2i.safetensors")
     assert run("--family", "llamagen-t2i", tmp_path / "t2i.safetensors", "--out", tmp_path / "b",
                "--image-size", 64, "--n-head", 4) == 0
-    (ca, pa), (cb, pb) = S.load(tmp_path / "a"), S.load(tmp_path / "b")
+    monkeypatch.chdir(tmp_path)  # a relative path loads too (orbax itself wants absolute ones)
+    (ca, pa), (cb, pb) = S.load(tmp_path / "a"), S.load("b")
     assert ca == cb == T2I
     for a, b in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
