@@ -1,0 +1,78 @@
+"""colab/llamagen_janus.ipynb executed top to bottom offline at CI sizes: its download cell writes
+tiny random checkpoints in the released file formats (colab/tiny_checkpoints.py), then the same cells
+as on Colab convert them with ``sjd-jax convert``, sample LlamaGen c2i and Janus-Pro images with AR
+and SJD, check greedy SJD == greedy AR and write ``sjd_work/results.json``. The stored notebook must
+be clean (no outputs, no execution counts)."""
+
+import json
+import os
+import re
+
+import nbformat
+import numpy as np
+import pytest
+from PIL import Image
+
+from nbrun import COLAB, outputs_of, run_notebook, stale_outputs
+
+NAME = "llamagen_janus.ipynb"
+N_TOKENS = 16  # tiny checkpoints: 4x4 grids of a VQ-16 -> 64 px
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory):
+    work = tmp_path_factory.mktemp("nb_llamagen_janus")
+    # the kernel imports sjd_jax / convert from this checkout (an editable install may point elsewhere)
+    path = os.pathsep.join(p for p in (str(COLAB.parent), os.environ.get("PYTHONPATH", "")) if p)
+    nb = run_notebook(NAME, work, extra_env={"PYTHONPATH": path})
+    return nb, work / "sjd_work"
+
+
+def test_notebook_runs_both_pipelines(executed):
+    nb, out = executed
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) == {"llamagen-c2i", "janus-pro-1b"}
+    for name, r in results.items():
+        assert r["tokens_per_image"] == N_TOKENS and r["window"] == N_TOKENS
+        assert set(r["methods"]) == {"ar", "sjd"}
+        ar, sjd = r["methods"]["ar"], r["methods"]["sjd"]
+        for m in (ar, sjd):
+            assert m["image_shape"] == [1, 64, 64, 3]
+            assert m["step_compression"] == pytest.approx(N_TOKENS / m["nfe_mean"])
+        assert ar["nfe_per_image"] == [N_TOKENS] and ar["mean_accepted_per_iteration"] == 1.0
+        assert 1 <= sjd["nfe_per_image"][0] <= N_TOKENS
+        assert sjd["mean_accepted_per_iteration"] >= 1.0
+        assert r["greedy_equal_to_ar"] == {"ar": True, "sjd": True}, (name, r["greedy_equal_to_ar"])
+        for method in ("ar", "sjd"):  # the grids the notebook saved: one 64 px image + 2 px border
+            img = np.asarray(Image.open(out / f"{name}_{method}.png"))
+            assert img.shape == (68, 68, 3) and img[2:66, 2:66].std() > 0
+    # the converted checkpoints the notebook made
+    assert (out / "ckpt" / "janus_pro_1b" / "tokenizer.json").is_file()
+    assert {p.name for p in (out / "ckpt" / "llamagen_c2i").iterdir()} == {"gpt", "vq"}
+    # one figure per model, shown inline (the cell tagged "figure")
+    figures = [o for o in outputs_of(nb, "figure") if "image/png" in o.get("data", {})]
+    assert len(figures) == 2
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert not errors
+
+
+def test_stored_notebook_is_clean_and_has_colab_widgets():
+    from sjd_jax.sampling import recipes
+
+    path = COLAB / NAME
+    assert stale_outputs(path) == []
+    nb = nbformat.read(path, as_version=4)
+    code = [c.source for c in nb.cells if c.cell_type == "code"]
+    assert code[0].startswith("import os") and 'OFFLINE = os.environ.get("SJD_JAX_OFFLINE") == "1"' in code[0]
+    assert 'CI = os.environ.get("SJD_JAX_CI") == "1"' in code[0]
+    src = "\n".join(code)
+    params = dict(re.findall(r"^(\w+) = .*#@param(.*)$", src, re.M))
+    assert {"REPO", "MODEL", "CLASS_ID", "PROMPT", "SEED", "METHOD", "WINDOW", "CFG_SCALE_LLAMAGEN",
+            "CFG_SCALE_JANUS"} <= set(params)
+    methods = json.loads(params["METHOD"].strip())
+    assert set(methods) <= set(recipes.RECIPES) and {"ar", "sjd", "sjd-pac"} <= set(methods)
+    # the real downloads
+    for needle in ('"FoundationVision/LlamaGen", "c2i_B_256.pt"', '"FoundationVision/LlamaGen", "vq_ds16_c2i.pt"',
+                   '"deepseek-community/Janus-Pro-1B"'):
+        assert needle in src
+    assert nb.metadata["kernelspec"]["name"] == "python3"
