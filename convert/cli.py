@@ -25,7 +25,6 @@ suffix or given with ``--image-size``.
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from pathlib import Path
@@ -441,9 +440,10 @@ def convert(family: str, srcs, out: Path, args) -> dict:
             "dtype": "float32", "bytes": int(sum(x.nbytes for x in leaves)), "config": config}
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="sjd-jax convert", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def _parser():
+    from sjd_jax.cliutil import Parser, add_output_flags
+
+    ap = Parser("sjd-jax convert", __doc__)
     ap.add_argument("--family", required=True, help=" | ".join(FAMILIES))
     ap.add_argument("src", type=Path, nargs="+",
                     help="checkpoint file (.pt/.pth/.bin/.safetensors); janus-pro, t5-encoder, lumina-mgpt, "
@@ -459,16 +459,22 @@ def main(argv=None) -> int:
     ap.add_argument("--force", action="store_true", help="overwrite --out")
     ap.add_argument("--trust-pickle", action="store_true",
                     help=".pt/.ckpt files: load with weights_only=False (runs the pickle's code; trusted files only)")
-    ap.add_argument("--quiet", action="store_true", help="no progress bar")
-    try:
-        args = ap.parse_args(argv)
-    except SystemExit as e:
-        return 2 if e.code else 0
-    try:
-        s = convert(args.family, args.src, args.out, args)
-    except (ValueError, KeyError) as e:
-        print(f"sjd-jax convert: error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {s['out']}: {s['kind']} {s['params'] / 1e6:.2f}M params, {s['dtype']}, "
-          f"{s['bytes'] / 2**20:.1f} MiB\n  {s['config']}" + (f"\n  {s['note']}" if "note" in s else ""))
+    add_output_flags(ap)
+    return ap
+
+
+def main(argv=None) -> int:
+    from sjd_jax.cliutil import USER_ERRORS, run
+
+    # KeyError: a tensor the family's layout needs is missing from the files
+    return run(_parser(), argv, _main, errors=USER_ERRORS + (KeyError,))
+
+
+def _main(args) -> int:
+    from sjd_jax.cliutil import Output
+
+    s = convert(args.family, args.src, args.out, args)
+    Output(args).result(s, f"wrote {s['out']}: {s['kind']} {s['params'] / 1e6:.2f}M params, {s['dtype']}, "
+                           f"{s['bytes'] / 2**20:.1f} MiB\n  {s['config']}"
+                           + (f"\n  {s['note']}" if "note" in s else ""))
     return 0

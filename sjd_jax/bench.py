@@ -15,7 +15,6 @@ depend on the batch size.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -265,19 +264,20 @@ def _write_json(report: dict, path: str) -> None:
     os.replace(tmp, path)  # never leave a half-written report
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="sjd-jax bench", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def _parser():
+    from .cliutil import Parser, add_output_flags
+
+    ap = Parser("sjd-jax bench", __doc__)
     ap.add_argument("--model", default="fashion-mnist",
                     help="a bundled model (fashion-mnist) or random:<LlamaGen preset> (random init)")
     ap.add_argument("--grid", type=int, default=16, help="random models: image token grid side")
     ap.add_argument("--vocab", type=int, default=None,
                     help="random models: vocabulary size (e.g. 184622, Emu3's, to measure q storage)")
-    ap.add_argument("--methods", default=DEFAULT_METHODS,
+    ap.add_argument("--methods", "--method", dest="methods", default=DEFAULT_METHODS,
                     help=f"comma-separated recipes ({', '.join(RECIPES)}); AR always runs as the baseline")
-    ap.add_argument("--windows", default="8,16,32,64", help="comma-separated windows")
-    ap.add_argument("--inits", default=",".join(INITS), help="comma-separated draft inits")
-    ap.add_argument("--batch", default="1", help="comma-separated batch sizes")
+    ap.add_argument("--windows", "--window", dest="windows", default="8,16,32,64", help="comma-separated windows")
+    ap.add_argument("--inits", "--init", dest="inits", default=",".join(INITS), help="comma-separated draft inits")
+    ap.add_argument("--batch", "--batches", dest="batch", default="1", help="comma-separated batch sizes")
     ap.add_argument("--images", type=int, default=20, help="images per configuration")
     ap.add_argument("--cfg-scale", type=float, default=None, help="default: the model's (random: 4.0)")
     ap.add_argument("--temperature", type=float, default=1.0)
@@ -290,20 +290,43 @@ def main(argv=None) -> int:
                          "is repeated per mode (XLA memory columns show the difference)")
     ap.add_argument("--chunk-elements", type=int, default=None,
                     help="largest [batch, slots, vocab] temporary of the target filters and draws (default 2^28)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     ap.add_argument("--repeat", type=int, default=1, help="timed passes per configuration (best kept)")
-    ap.add_argument("--out", default="bench.json", help="JSON output path")
+    ap.add_argument("--out", default="bench.json", help="JSON report path (default bench.json)")
     ap.add_argument("--plot", default=None, help="PNG plot path (default: the JSON path with .png)")
-    ap.add_argument("--no-plot", action="store_true")
-    args = ap.parse_args(argv)
+    ap.add_argument("--no-plot", action="store_true", help="no PNG plot (no matplotlib needed)")
+    add_output_flags(ap)
+    return ap
+
+
+def main(argv=None) -> int:
+    from .cliutil import run
+
+    return run(_parser(), argv, _main)
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"{flag} takes comma-separated integers, e.g. 16,32; got {text!r}") from None
+
+
+def _main(args) -> int:
+    from tqdm import tqdm
+
+    from .cliutil import Output, error
+
+    report_to = Output(args)
     try:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-        windows = [int(w) for w in args.windows.split(",")]
+        windows = _int_list(args.windows, "--windows")
         inits = [i.strip() for i in args.inits.split(",") if i.strip()]
-        batches = [int(b) for b in args.batch.split(",")]
+        batches = _int_list(args.batch, "--batch")
         storages = [q.strip() for q in args.q_storage.split(",") if q.strip()]
         if min(batches) < 1 or args.repeat < 1 or args.images < 1:
-            raise ValueError("batch sizes, --images and --repeat must be >= 1")
+            raise ValueError(f"--batch sizes, --images and --repeat must be >= 1, got --batch {args.batch} "
+                             f"--images {args.images} --repeat {args.repeat}")
         check_chunk_elements(args.chunk_elements)
         for m in methods:
             recipe(m, 16)
@@ -333,41 +356,45 @@ def main(argv=None) -> int:
         if plot_path:
             import matplotlib  # noqa: F401  (fail before hours of work, not after)
     except ImportError:
-        print("sjd-jax bench: error: the plot needs matplotlib: pip install 'sjd-jax[bench]' "
-              "(or pass --no-plot)", file=sys.stderr)
-        return 2
-    except ValueError as e:
-        print(f"sjd-jax bench: error: {e}", file=sys.stderr)
-        return 2
+        return error("sjd-jax bench", "the plot needs matplotlib: pip install 'sjd-jax[bench]' (or pass --no-plot)")
     t0 = time.perf_counter()
     if params is None:
         params = init_params(config, jax.random.key(0))
     init_s = time.perf_counter() - t0
-    print(f"model {args.model}: {param_count(params) / 1e6:.1f}M params, {config.num_image_tokens} image "
-          f"tokens, load {init_s:.1f}s; backend {jax.default_backend()}", file=sys.stderr)
+    report_to.info(f"model {args.model}: {param_count(params) / 1e6:.1f}M params, {config.num_image_tokens} "
+                   f"image tokens, load {init_s:.1f}s; backend {jax.default_backend()}")
     results, costs = [], {}
+    runs = [("ar", 1, "uniform", "auto")] + [(m, w, i, q) for m in methods for w in windows
+                                              for i in (["uniform"] if m == "jacobi" else inits) for q in storages]
+    # One bar over all configurations (stderr): tokens/s and mean accepted tokens per iteration of
+    # the last one. (No per-iteration callback: it would add host syncs to the timed loop.)
+    bar = tqdm(total=len(batches) * len(runs), desc="bench", unit="run", file=sys.stderr,
+               disable=not report_to.progress, dynamic_ncols=True)
     for b in batches:
         costs[str(b)] = forward_cost(params, config, b, windows)
-        print(f"  forward cost ratio W/1 at batch {b}: " + ", ".join(
-            f"W={w}: {c['ratio']:.2f}" for w, c in costs[str(b)].items()), file=sys.stderr)
-        runs = [("ar", 1, "uniform", "auto")] + [(m, w, i, q) for m in methods for w in windows
-                                                  for i in (["uniform"] if m == "jacobi" else inits) for q in storages]
+        report_to.info(f"  forward cost ratio W/1 at batch {b}: " + ", ".join(
+            f"W={w}: {c['ratio']:.2f}" for w, c in costs[str(b)].items()))
         for m, w, init, q in runs:
+            bar.set_description(f"bench {m} W={w} B={b}")
             r = run_one(params, config, m, w, b, knobs, args.seed, args.repeat, args.images, init, lantern, q,
                         args.chunk_elements)
             jax.clear_caches()  # free each loop's code: hundreds of executables exhaust the mappings on CPU
             results.append(r)
             report = _report(args, config, params, knobs, lantern, costs, results)
             _write_json(report, args.out)  # after every row: an interrupted run keeps what it measured
-            print(f"  {m:15s} W={r['window']:<3d} {init:15s} B={b}: NFE {r['nfe_mean']:6.1f} "
-                  f"(x{r['step_compression']:.2f}), {r['mean_accepted_per_iteration']:.2f} tok/it, "
-                  f"{r['wall_s_per_image'] * 1e3:.0f} ms/image, compile {r['compile_s']:.1f}s, "
-                  f"q {q} (S={r['q_slots']}), XLA temp {r.get('xla_temp_mb', float('nan')):.0f} MiB",
-                  file=sys.stderr, flush=True)
+            bar.set_postfix(tok_s=f"{r['images'] * config.num_image_tokens / r['wall_s']:.0f}",
+                            acc_per_iter=f"{r['mean_accepted_per_iteration']:.2f}", refresh=False)
+            bar.update(1)
+            report_to.info(f"  {m:15s} W={r['window']:<3d} {init:15s} B={b}: NFE {r['nfe_mean']:6.1f} "
+                           f"(x{r['step_compression']:.2f}), {r['mean_accepted_per_iteration']:.2f} tok/it, "
+                           f"{r['wall_s_per_image'] * 1e3:.0f} ms/image, compile {r['compile_s']:.1f}s, "
+                           f"q {q} (S={r['q_slots']}), XLA temp {r.get('xla_temp_mb', float('nan')):.0f} MiB")
+    bar.close()
     if plot_path:
         plot(report, plot_path)
-    print(markdown_table(report))
-    print(json.dumps(report["summary"].get("best_lossless", {})))
+    report_to.result({"out": args.out, "plot": plot_path, "configurations": len(results),
+                      "summary": report["summary"], "env": report["env"]},
+                     markdown_table(report) + "\n" + json.dumps(report["summary"].get("best_lossless", {})))
     return 0
 
 

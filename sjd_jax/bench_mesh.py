@@ -12,7 +12,6 @@ example:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -62,63 +61,76 @@ def run_mesh(bundle_name: str, shape: dict, method: str, window: int, images: in
             "step_compression": st["step_compression"], "_tokens": tokens}
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="sjd-jax bench-mesh", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def _parser():
+    from .cliutil import Parser, add_output_flags
+
+    ap = Parser("sjd-jax bench-mesh", __doc__)
     ap.add_argument("--model", default="fashion-mnist", help="bundled model")
     ap.add_argument("--meshes", default="data=1;data=8",
                     help="semicolon-separated meshes data=D[,model=M]; the first is the baseline")
     ap.add_argument("--method", default="sjd", help="a lossless recipe (default sjd) or ar")
-    ap.add_argument("--window", type=int, default=16)
-    ap.add_argument("--images", type=int, default=64, help="images per mesh")
+    ap.add_argument("--window", type=int, default=16, help="Jacobi window (default 16)")
+    ap.add_argument("--images", type=int, default=64, help="images per mesh (default 64)")
     ap.add_argument("--batch-per-device", type=int, default=4, help="rows per data shard per chunk")
     ap.add_argument("--global-batch", type=int, default=None,
                     help="fix the chunk size instead (rows per data shard = this / data size)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     ap.add_argument("--cpu-devices", type=int, default=None, help="split the CPU into this many devices")
-    ap.add_argument("--out", default="bench-mesh.json")
-    args = ap.parse_args(argv)
+    ap.add_argument("--out", default="bench-mesh.json", help="JSON report path (default bench-mesh.json)")
+    add_output_flags(ap)
+    return ap
+
+
+def main(argv=None) -> int:
+    from .cliutil import run
+
+    return run(_parser(), argv, _main)
+
+
+def _main(args) -> int:
     import jax
+    from tqdm import tqdm
 
     from . import presets, sharding
+    from .cliutil import Output
     from .sampling import recipes
 
-    try:
-        if args.cpu_devices is not None:
-            if args.cpu_devices < 1:
-                raise ValueError("--cpu-devices must be >= 1")
-            try:
-                jax.config.update("jax_num_cpu_devices", args.cpu_devices)
-            except RuntimeError:  # backend already up (called in-process)
-                if jax.device_count() < args.cpu_devices:
-                    raise ValueError(f"--cpu-devices {args.cpu_devices}: JAX already started with "
-                                     f"{jax.device_count()} devices") from None
-        presets.get(args.model)
-        if args.method not in recipes.LOSSLESS and args.method != "ar":
-            raise ValueError(f"--method must be ar or a lossless recipe ({', '.join(recipes.LOSSLESS)})")
-        recipes.recipe(args.method, args.window)
-        if args.images < 1 or args.batch_per_device < 1:
-            raise ValueError("--images and --batch-per-device must be >= 1")
-        shapes = []
-        for text in args.meshes.split(";"):
-            sizes = {"data": 1, "model": 1}
-            for part in text.split(","):
-                name, _, val = part.partition("=")
-                if name.strip() not in sizes or not val.strip().isdigit() or int(val) < 1:
-                    raise ValueError(f"bad mesh {text!r}: expected data=D[,model=M]")
-                sizes[name.strip()] = int(val)
-            if sizes["data"] * sizes["model"] > jax.device_count():
-                raise ValueError(f"mesh {text!r} needs {sizes['data'] * sizes['model']} devices; "
-                                 f"{jax.device_count()} available (--cpu-devices N on a CPU)")
-            if args.global_batch is not None and (args.global_batch < 1 or args.global_batch % sizes["data"]):
-                raise ValueError(f"--global-batch {args.global_batch} is not a positive multiple of data={sizes['data']}")
-            shapes.append(sizes)
-    except ValueError as e:
-        print(f"sjd-jax bench-mesh: error: {e}", file=sys.stderr)
-        return 2
+    report_to = Output(args)
+    if args.cpu_devices is not None:
+        if args.cpu_devices < 1:
+            raise ValueError("--cpu-devices must be >= 1")
+        try:
+            jax.config.update("jax_num_cpu_devices", args.cpu_devices)
+        except RuntimeError:  # backend already up (called in-process)
+            if jax.device_count() < args.cpu_devices:
+                raise ValueError(f"--cpu-devices {args.cpu_devices}: JAX already started with "
+                                 f"{jax.device_count()} devices") from None
+    presets.get(args.model)
+    if args.method not in recipes.LOSSLESS and args.method != "ar":
+        raise ValueError(f"--method must be ar or a lossless recipe ({', '.join(recipes.LOSSLESS)})")
+    recipes.recipe(args.method, args.window)
+    if args.images < 1 or args.batch_per_device < 1:
+        raise ValueError(f"--images and --batch-per-device must be >= 1, got {args.images} and "
+                         f"{args.batch_per_device}")
+    shapes = []
+    for text in args.meshes.split(";"):
+        sizes = {"data": 1, "model": 1}
+        for part in text.split(","):
+            name, _, val = part.partition("=")
+            if name.strip() not in sizes or not val.strip().isdigit() or int(val) < 1:
+                raise ValueError(f"bad mesh {text!r}: expected data=D[,model=M]")
+            sizes[name.strip()] = int(val)
+        if sizes["data"] * sizes["model"] > jax.device_count():
+            raise ValueError(f"mesh {text!r} needs {sizes['data'] * sizes['model']} devices; "
+                             f"{jax.device_count()} available (--cpu-devices N on a CPU)")
+        if args.global_batch is not None and (args.global_batch < 1 or args.global_batch % sizes["data"]):
+            raise ValueError(f"--global-batch {args.global_batch} is not a positive multiple of data={sizes['data']}")
+        shapes.append(sizes)
     rows = []
     base = None
-    for shape in shapes:
+    bar = tqdm(shapes, desc="bench-mesh", unit="mesh", file=sys.stderr, disable=not report_to.progress,
+               dynamic_ncols=True)
+    for shape in bar:
         bpd = args.batch_per_device if args.global_batch is None else args.global_batch // shape["data"]
         r = run_mesh(args.model, shape, args.method, args.window, args.images, bpd, args.seed)
         jax.clear_caches()
@@ -128,9 +140,9 @@ def main(argv=None) -> int:
         r["tokens_equal_baseline"] = bool(np.array_equal(tokens, base[0]))
         r["speedup_vs_baseline"] = r["images_per_s"] / base[1]
         rows.append(r)
-        print(f"  mesh {shape}: {r['images_per_s']:.2f} images/s (x{r['speedup_vs_baseline']:.2f}), "
-              f"global batch {r['global_batch']}, tokens equal: {r['tokens_equal_baseline']}",
-              file=sys.stderr, flush=True)
+        bar.set_postfix(images_s=f"{r['images_per_s']:.2f}", refresh=False)
+        report_to.info(f"  mesh {shape}: {r['images_per_s']:.2f} images/s (x{r['speedup_vs_baseline']:.2f}), "
+                       f"global batch {r['global_batch']}, tokens equal: {r['tokens_equal_baseline']}")
     report = {"model": args.model, "method": args.method, "window": args.window, "images": args.images,
               "batch_per_device": args.batch_per_device if args.global_batch is None else None,
               "global_batch": args.global_batch,
@@ -141,7 +153,7 @@ def main(argv=None) -> int:
     with open(tmp, "w") as f:
         json.dump(report, f, indent=1)
     os.replace(tmp, args.out)
-    print(json.dumps(rows, indent=1))
+    report_to.result({"out": args.out, "results": rows, "env": report["env"]}, json.dumps(rows, indent=1))
     return 0 if all(r["tokens_equal_baseline"] for r in rows) else 1
 
 

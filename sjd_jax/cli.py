@@ -38,11 +38,17 @@ def main(argv=None) -> int:
               "  sjd-jax generate --model emu3-gen --ckpt ckpt/emu3 --prompt \"a red fox in snow\"\n"
               "  sjd-jax bench --methods sjd,sjd-pac --windows 16,32 --out bench.json\n"
               "  sjd-jax eval --methods ar,sjd-pac --n-per-class 100\n\n"
-              "'sjd-jax COMMAND --help' lists each command's options.\n")
+              "Every command takes --quiet (no progress bars or informational output) and --json (one JSON\n"
+              "object with the result on stdout, nothing else); progress and errors go to stderr, and an error\n"
+              "is one line with exit status 2. 'sjd-jax COMMAND --help' lists each command's options.\n")
         return 0 if argv else 2
     if argv[0] not in COMMANDS:
-        print(f"sjd-jax: error: unknown command {argv[0]!r}; choose one of {', '.join(COMMANDS)}",
-              file=sys.stderr)
+        import difflib
+
+        close = difflib.get_close_matches(argv[0], COMMANDS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        print(f"sjd-jax: error: unknown command {argv[0]!r}{hint}; choose one of {', '.join(COMMANDS)} "
+              f"(see 'sjd-jax --help')", file=sys.stderr)
         return 2
     import importlib
 

@@ -10,10 +10,8 @@ within sampling noise.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -29,28 +27,30 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def sample_images(bundle, labels: np.ndarray, method: str, window: int, knobs: dict, seed: int,
-                  batch: int, quiet: bool = False, drafting: dict | None = None):
+                  batch: int, quiet: bool = False, drafting: dict | None = None, desc: str | None = None):
     """Generate one image per label (batched, keys by absolute example id) -> (uint8 [n, 28, 28], stats).
 
-    ``method``: ar / jacobi / sjd; ``drafting``: generate's coupling/init/tree/lantern options."""
+    ``method``: ar / jacobi / sjd; ``drafting``: generate's coupling/init/tree/lantern options. Unless
+    ``quiet``, a progress bar on stderr shows tokens/s and mean accepted tokens per iteration."""
     import jax.numpy as jnp
-    from tqdm import tqdm
 
+    from .cliutil import TokenProgress
     from .data import from_model_range
     from .sampling import generate
     from .vq import decode_tokens
 
     c = bundle.gpt_config
     imgs, nfe, committed = [], [], []
-    for i in tqdm(range(0, len(labels), batch), desc=f"eval {method}", file=sys.stderr, disable=quiet):
-        y = labels[i:i + batch]
-        out = generate(bundle.gpt_params, c, jnp.asarray(y), seed, method=method,
-                       window=window if method != "ar" else 1, example_ids=np.arange(i, i + len(y)), **knobs,
-                       **(drafting or {}))
-        x = decode_tokens(bundle.vq_params, bundle.vq_config, out.tokens, c.grid_size)
-        imgs.append(from_model_range(np.asarray(x)))
-        nfe.append(np.asarray(out.nfe))
-        committed.append(np.asarray(out.committed))
+    with TokenProgress(len(labels) * c.num_image_tokens, f"eval {desc or method}", not quiet) as bar:
+        for i in range(0, len(labels), batch):
+            y = labels[i:i + batch]
+            out = generate(bundle.gpt_params, c, jnp.asarray(y), seed, method=method,
+                           window=window if method != "ar" else 1, example_ids=np.arange(i, i + len(y)),
+                           progress=bar.begin(len(y)), **knobs, **(drafting or {}))
+            x = decode_tokens(bundle.vq_params, bundle.vq_config, out.tokens, c.grid_size)
+            imgs.append(from_model_range(np.asarray(x)))
+            nfe.append(np.asarray(out.nfe))
+            committed.append(np.asarray(out.committed))
     from .sampling.loop import acceptance_stats
 
     w = window if method != "ar" else 1
@@ -103,48 +103,70 @@ def evaluate_samples(cls_params, images: np.ndarray, labels: np.ndarray, real_fe
             "_correct": k, "_feats": feats}
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="sjd-jax eval", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="fashion-mnist")
-    ap.add_argument("--methods", default="ar,sjd", help="comma-separated recipes (see sjd-jax generate --help)")
-    ap.add_argument("--window", type=int, default=16)
-    ap.add_argument("--n-per-class", type=int, default=100)
-    ap.add_argument("--cfg-scale", type=float, default=None)
-    ap.add_argument("--temperature", type=float, default=None)
-    ap.add_argument("--top-k", type=int, default=None)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--batch", type=int, default=250)
-    ap.add_argument("--skip-nll", action="store_true", help="skip (a) and (b) (slow on CPU)")
-    ap.add_argument("--data-dir", type=Path, default=None)
-    ap.add_argument("--json", type=Path, default=Path("eval.json"))
-    ap.add_argument("--quiet", action="store_true")
+def _parser():
+    from .cliutil import Parser, add_output_flags
     from .sampling import recipes
 
+    ap = Parser("sjd-jax eval", __doc__)
+    ap.add_argument("--model", default="fashion-mnist", help="bundled model (default fashion-mnist)")
+    ap.add_argument("--methods", "--method", dest="methods", default="ar,sjd",
+                    help="comma-separated recipes (default ar,sjd; see sjd-jax generate --help)")
+    ap.add_argument("--window", type=int, default=16, help="Jacobi window (default 16)")
+    ap.add_argument("--n", "--n-per-class", dest="n_per_class", type=int, default=100,
+                    help="samples per class and method (default 100, at least 2)")
+    ap.add_argument("--cfg-scale", type=float, default=None, help="default: the model's")
+    ap.add_argument("--temperature", type=float, default=None, help="default: the model's")
+    ap.add_argument("--top-k", type=int, default=None, help="default: the model's")
+    ap.add_argument("--top-p", type=float, default=None, help="default: the model's")
+    ap.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    ap.add_argument("--batch", type=int, default=250, help="rows per generate call (default 250)")
+    ap.add_argument("--skip-nll", action="store_true", help="skip (a) and (b) (slow on CPU)")
+    ap.add_argument("--data-dir", type=Path, default=None,
+                    help="Fashion-MNIST idx files (default: the Debian package's path)")
+    ap.add_argument("--out", type=Path, default=Path("eval.json"), help="JSON report path (default eval.json)")
+    add_output_flags(ap, json_legacy_dest="out")
     recipes.add_arguments(ap)  # applied to every non-AR method
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    from .cliutil import run
+
+    return run(_parser(), argv, _main)
+
+
+def _main(args) -> int:
     from . import classifier, data, presets
+    from .cliutil import Output
+    from .sampling import recipes
     from .sampling.generate import check_generate_options
     from .vq import codebook_vectors
 
-    try:
-        preset = presets.get(args.model)
-        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-        knobs = preset.knobs(cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k)
-        if args.n_per_class < 2 or args.batch < 1:
-            raise ValueError("--n-per-class must be >= 2 and --batch >= 1")
-        bundle = presets.load(args.model)
-        drafting = {}
-        for m in methods:
-            kind = recipes.recipe(m, args.window)["method"]
-            kw = {} if kind == "ar" else recipes.from_args(
-                args, m, args.window, codebook_vectors(bundle.vq_params, bundle.vq_config))
-            drafting[m] = (kind, kw)
-            check_generate_options(bundle.gpt_config, kind, args.window if kind != "ar" else 1, knobs, kw)
-        test_x, test_y = data.load("test", args.data_dir)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"sjd-jax eval: error: {e}", file=sys.stderr)
-        return 2
+    report_to = Output(args)
+    preset = presets.get(args.model)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not methods:
+        raise ValueError("--methods is empty; give comma-separated recipes, e.g. ar,sjd")
+    knobs = preset.knobs(cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k,
+                         top_p=args.top_p)
+    if args.n_per_class < 2:
+        raise ValueError(f"--n must be >= 2 (confidence intervals need 2 samples per class), got {args.n_per_class}")
+    if args.batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {args.batch}")
+    for m in methods:  # names and windows before any loading
+        recipes.recipe(m, args.window)
+    from .generate_cli import _writable
+
+    _writable(args.out)
+    bundle = presets.load(args.model)
+    drafting = {}
+    for m in methods:
+        kind = recipes.recipe(m, args.window)["method"]
+        kw = {} if kind == "ar" else recipes.from_args(
+            args, m, args.window, codebook_vectors(bundle.vq_params, bundle.vq_config))
+        drafting[m] = (kind, kw)
+        check_generate_options(bundle.gpt_config, kind, args.window if kind != "ar" else 1, knobs, kw)
+    test_x, test_y = data.load("test", args.data_dir)
     cls_params = classifier.load(preset.directory / "classifier")
     report = {"model": args.model, "knobs": knobs, "window": args.window, "seed": args.seed,
               "drafting": {m: recipes.describe(kw, args) for m, (_, kw) in drafting.items()},
@@ -163,21 +185,26 @@ def main(argv=None) -> int:
     for m in methods:
         t0 = time.perf_counter()
         kind, kw = drafting[m]
-        imgs, st = sample_images(bundle, labels, kind, args.window, knobs, args.seed, args.batch, args.quiet, kw)
+        imgs, st = sample_images(bundle, labels, kind, args.window, knobs, args.seed, args.batch, args.quiet, kw,
+                                 desc=m)
         r = {**st, **evaluate_samples(cls_params, imgs, labels, real), "wall_s": time.perf_counter() - t0}
         report["methods"][m] = r
-        print(f"{m}: accuracy {r['class_accuracy']:.3f} {np.round(r['class_accuracy_ci95'], 3).tolist()}, "
-              f"FD {r['frechet_distance']:.2f} {np.round(r['frechet_distance_ci95'], 2).tolist()}, "
-              f"step compression {r['step_compression']:.2f}x", file=sys.stderr)
+        report_to.info(f"{m}: accuracy {r['class_accuracy']:.3f} {np.round(r['class_accuracy_ci95'], 3).tolist()}, "
+                       f"FD {r['frechet_distance']:.2f} {np.round(r['frechet_distance_ci95'], 2).tolist()}, "
+                       f"step compression {r['step_compression']:.2f}x, "
+                       f"{r['mean_accepted_per_iteration']:.2f} tokens per iteration")
     base = report["methods"].get("ar")
     for m, r in report["methods"].items():
         if base is not None and m != "ar":
             r["agreement_with_ar"] = agreement(base, r, real)
-            print(f"{m} vs ar: {r['agreement_with_ar']}", file=sys.stderr)
+            report_to.info(f"{m} vs ar: {r['agreement_with_ar']}")
     for r in report["methods"].values():
         r.pop("_correct"), r.pop("_feats")
-    tmp = args.json.with_name(f".{args.json.name}.tmp")
+    tmp = args.out.with_name(f".{args.out.name}.tmp")
     tmp.write_text(json.dumps(report, indent=1))
-    os.replace(tmp, args.json)
-    print(json.dumps({k: v for k, v in report.items() if k != "methods"}))
+    os.replace(tmp, args.out)
+    report_to.result({**report, "out": str(args.out)},
+                     f"wrote {args.out}: " + "; ".join(
+                         f"{m} accuracy {r['class_accuracy']:.3f}, FD {r['frechet_distance']:.2f}, "
+                         f"step compression {r['step_compression']:.2f}x" for m, r in report["methods"].items()))
     return 0

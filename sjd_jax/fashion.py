@@ -12,8 +12,6 @@ then copy ``runs/fm-vq/model``, ``runs/fm-ar/model`` and ``runs/fm-cls/model`` t
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 from .config import GPTConfig
@@ -32,62 +30,85 @@ AR_TRAIN = TrainConfig(steps=1500, batch=32, lr=1e-3, warmup=100, weight_decay=0
 
 
 def _common(ap):
+    from .cliutil import add_output_flags
+
     ap.add_argument("--out", type=Path, required=True, help="run directory (resumes if it holds a train state)")
     ap.add_argument("--steps", type=int, default=None, help="override the recipe's step count")
     ap.add_argument("--data-dir", type=Path, default=None, help="Fashion-MNIST idx files (default: Debian path)")
     ap.add_argument("--stop-after", type=int, default=None,
                     help="run at most this many steps now, then checkpoint (rerun to resume)")
-    ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="init and data-order seed (default 0, the shipped weights'; keep it when resuming)")
+    add_output_flags(ap)
 
 
-def _recipe(base: TrainConfig, steps):
+def _recipe(base: TrainConfig, steps, seed: int = 0):
     if steps is not None and steps < 1:
         raise ValueError(f"--steps must be positive, got {steps}")
-    return base if steps is None else TrainConfig(**{**base.__dict__, "steps": steps})
+    kw = {**base.__dict__, "seed": seed}
+    if steps is not None:
+        kw["steps"] = steps
+    return TrainConfig(**kw)
+
+
+def _check_stop_after(stop_after):
+    if stop_after is not None and stop_after < 1:
+        raise ValueError(f"--stop-after must be positive, got {stop_after}")
 
 
 def main_train_vq(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="sjd-jax train-vq", description="Train the Fashion-MNIST VQ tokenizer.")
+    from .cliutil import Parser, run
+
+    ap = Parser("sjd-jax train-vq", "Train the Fashion-MNIST VQ tokenizer.\n\nexample:\n"
+                                    "  sjd-jax train-vq --out runs/fm-vq")
     _common(ap)
-    args = ap.parse_args(argv)
+    return run(ap, argv, _train_vq)
+
+
+def _train_vq(args) -> int:
     from . import data
+    from .cliutil import Output
     from .train import psnr, train_vq
 
-    try:
-        t = _recipe(VQ_TRAIN, args.steps)
-        train, _ = data.load("train", args.data_dir)
-        test, _ = data.load("test", args.data_dir)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"sjd-jax train-vq: error: {e}", file=sys.stderr)
-        return 2
+    t = _recipe(VQ_TRAIN, args.steps, args.seed)
+    _check_stop_after(args.stop_after)
+    train, _ = data.load("train", args.data_dir)
+    test, _ = data.load("test", args.data_dir)
     params, done = train_vq(args.out, VQ_CONFIG, t, data.to_model_range(train), quiet=args.quiet,
                             stop_after=args.stop_after)
+    report = Output(args)
+    res = {"command": "train-vq", "out": str(args.out), "model": str(args.out / "model"), "done": bool(done),
+           "steps": t.steps}
     if not done:
-        print(f"stopped before step {t.steps}; rerun the same command to resume")
+        report.result(res, f"stopped before step {t.steps}; rerun the same command to resume")
         return 0
-    print(f"VQ test PSNR {psnr(params, VQ_CONFIG, data.to_model_range(test)):.2f} dB -> {args.out / 'model'}")
+    res["vq_psnr_test_db"] = float(psnr(params, VQ_CONFIG, data.to_model_range(test)))
+    report.result(res, f"VQ test PSNR {res['vq_psnr_test_db']:.2f} dB -> {args.out / 'model'}")
     return 0
 
 
 def main_train_ar(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="sjd-jax train-ar",
-                                 description="Train the class-conditional GPT over the VQ's tokens.")
+    from .cliutil import Parser, run
+
+    ap = Parser("sjd-jax train-ar", "Train the class-conditional GPT over the VQ's tokens.\n\nexample:\n"
+                                    "  sjd-jax train-ar --vq runs/fm-vq/model --out runs/fm-ar")
     _common(ap)
     ap.add_argument("--vq", type=Path, required=True, help="trained VQ checkpoint (train-vq's out/model)")
-    args = ap.parse_args(argv)
+    return run(ap, argv, _train_ar)
+
+
+def _train_ar(args) -> int:
     import numpy as np
 
     from . import checkpoint, data
+    from .cliutil import Output
     from .train import encode_dataset, nll_bits_per_token, train_gpt
 
-    try:
-        t = _recipe(AR_TRAIN, args.steps)
-        vq_config, vq_params = checkpoint.load(args.vq)
-        train, y_train = data.load("train", args.data_dir)
-        test, y_test = data.load("test", args.data_dir)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"sjd-jax train-ar: error: {e}", file=sys.stderr)
-        return 2
+    t = _recipe(AR_TRAIN, args.steps, args.seed)
+    _check_stop_after(args.stop_after)
+    vq_config, vq_params = checkpoint.load(args.vq)
+    train, y_train = data.load("train", args.data_dir)
+    test, y_test = data.load("test", args.data_dir)
     args.out.mkdir(parents=True, exist_ok=True)
     cache = args.out / "tokens.npz"
     if cache.exists():
@@ -101,34 +122,42 @@ def main_train_ar(argv=None) -> int:
         tmp.rename(cache)
     params, done = train_gpt(args.out, GPT_CONFIG, t, tok_train, y_train, quiet=args.quiet,
                              stop_after=args.stop_after)
+    report = Output(args)
+    res = {"command": "train-ar", "out": str(args.out), "model": str(args.out / "model"), "done": bool(done),
+           "steps": t.steps}
     if not done:
-        print(f"stopped before step {t.steps}; rerun the same command to resume")
+        report.result(res, f"stopped before step {t.steps}; rerun the same command to resume")
         return 0
-    bits = nll_bits_per_token(params, GPT_CONFIG, tok_test, y_test)
-    print(f"AR validation NLL {bits:.4f} bits/token -> {args.out / 'model'}")
+    res["ar_nll_bits_per_token_test"] = float(nll_bits_per_token(params, GPT_CONFIG, tok_test, y_test))
+    report.result(res, f"AR validation NLL {res['ar_nll_bits_per_token_test']:.4f} bits/token -> {args.out / 'model'}")
     return 0
 
 
 def main_train_classifier(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="sjd-jax train-classifier",
-                                 description="Train the evaluation CNN on real Fashion-MNIST.")
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--data-dir", type=Path, default=None)
-    ap.add_argument("--quiet", action="store_true")
-    args = ap.parse_args(argv)
-    from . import classifier, data
+    from .cliutil import Parser, add_output_flags, run
 
-    try:
-        if args.epochs < 1:
-            raise ValueError(f"--epochs must be positive, got {args.epochs}")
-        x, y = data.load("train", args.data_dir)
-        xt, yt = data.load("test", args.data_dir)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"sjd-jax train-classifier: error: {e}", file=sys.stderr)
-        return 2
-    params = classifier.train(x, y, epochs=args.epochs, quiet=args.quiet)
+    ap = Parser("sjd-jax train-classifier", "Train the evaluation CNN on real Fashion-MNIST.\n\nexample:\n"
+                                            "  sjd-jax train-classifier --out runs/fm-cls")
+    ap.add_argument("--out", type=Path, required=True, help="run directory (the classifier goes to OUT/model)")
+    ap.add_argument("--epochs", type=int, default=3, help="passes over the training set (default 3)")
+    ap.add_argument("--data-dir", type=Path, default=None, help="Fashion-MNIST idx files (default: Debian path)")
+    ap.add_argument("--seed", type=int, default=0, help="init and data-order seed (default 0)")
+    add_output_flags(ap)
+    return run(ap, argv, _train_classifier)
+
+
+def _train_classifier(args) -> int:
+    from . import classifier, data
+    from .cliutil import Output
+
+    if args.epochs < 1:
+        raise ValueError(f"--epochs must be positive, got {args.epochs}")
+    x, y = data.load("train", args.data_dir)
+    xt, yt = data.load("test", args.data_dir)
+    params = classifier.train(x, y, epochs=args.epochs, seed=args.seed, quiet=args.quiet)
     acc = float((classifier.predict(params, xt) == yt).mean())
     classifier.save(args.out / "model", params)
-    print(f"classifier test accuracy {acc:.4f} -> {args.out / 'model'}")
+    Output(args).result({"command": "train-classifier", "out": str(args.out), "model": str(args.out / "model"),
+                         "epochs": args.epochs, "classifier_test_accuracy": acc},
+                        f"classifier test accuracy {acc:.4f} -> {args.out / 'model'}")
     return 0

@@ -12,6 +12,10 @@ process 0 writes. Tokens do not depend on the device count or the chunking.
 Text-to-image models (``--model`` one of sjd_jax.pipelines.TEXT_MODELS) take a converted checkpoint
 (``--ckpt DIR``, see ``sjd-jax convert``) and ``--prompt``: one grid column per prompt, ``--n`` rows.
 
+Output: a progress bar on stderr (tokens/s, mean accepted tokens per iteration) and one summary line
+on stdout; ``--quiet`` prints neither, ``--json`` prints the stats object (what ``--stats-json``
+writes) as the only stdout output. Errors are one line on stderr with exit status 2.
+
 examples:
   sjd-jax generate --class 0 3 --n 8 --method sjd-pac --window 32
   sjd-jax generate --model lumina-mgpt-7b-768 --ckpt ckpt/lumina_768 --prompt "a red fox in the snow"
@@ -22,21 +26,19 @@ examples:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from . import cliutil
 from .sampling import recipes
 
 
 def _parser():
-    ap = argparse.ArgumentParser(prog="sjd-jax generate", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cliutil.Parser("sjd-jax generate", __doc__)
     ap.add_argument("--model", default="fashion-mnist",
                     help="bundled model (default fashion-mnist) or a text-to-image model: "
                          "lumina-mgpt-7b-{512,768,1024}, anole-7b, llamagen-t2i-xl, janus-pro-{1b,7b}, emu3-gen")
@@ -46,19 +48,21 @@ def _parser():
                     help="llamagen-t2i: converted T5 encoder dir (default <ckpt>/t5)")
     ap.add_argument("--class", dest="classes", type=int, nargs="+", default=None,
                     help="class ids (default: all); one grid column per class")
-    ap.add_argument("--n", type=int, default=4, help="samples per class (default 4)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--n", "--n-per-class", dest="n", type=int, default=4,
+                    help="samples per class (text-to-image: per prompt; default 4)")
+    ap.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     ap.add_argument("--method", default=None,
                     help=f"{' | '.join(recipes.RECIPES)} (default: the model's, sjd); lantern is lossy")
     ap.add_argument("--window", type=int, default=None, help="Jacobi window (default 16)")
     recipes.add_arguments(ap)
     ap.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale")
-    ap.add_argument("--top-k", type=int, default=None)
-    ap.add_argument("--top-p", type=float, default=None)
-    ap.add_argument("--temperature", type=float, default=None)
+    ap.add_argument("--top-k", type=int, default=None, help="top-k filter (default: the model's)")
+    ap.add_argument("--top-p", type=float, default=None, help="top-p filter (default: the model's)")
+    ap.add_argument("--temperature", type=float, default=None, help="default: the model's")
     ap.add_argument("--out", type=Path, default=None, help="PNG path (default <model>.png)")
-    ap.add_argument("--stats-json", type=Path, default=None, help="also write NFE/acceptance stats here")
-    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    ap.add_argument("--stats-json", type=Path, default=None,
+                    help="also write NFE/acceptance stats here (--json prints the same object on stdout)")
+    cliutil.add_output_flags(ap)
     b = ap.add_argument_group("batch mode and devices")
     b.add_argument("--out-dir", type=Path, default=None,
                    help="batch mode: write one PNG per item + tokens.npy here (resumable)")
@@ -132,60 +136,59 @@ def _devices(args):
 
 
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+    return cliutil.run(_parser(), argv, _main)
+
+
+def _main(args) -> int:
     from . import pipelines, presets
     from .sampling.generate import check_generate_options
 
     if args.model in pipelines.TEXT_MODELS:
         return _text(args)
-    try:
-        if args.prompt is not None or args.ckpt is not None or args.t5 is not None:
-            raise ValueError(f"--prompt/--ckpt/--t5 are for text-to-image models "
-                             f"({', '.join(pipelines.TEXT_MODELS)}); {args.model} is class-conditional")
-        if args.out_dir is None and (args.batch_per_device is not None or args.no_png):
-            raise ValueError("--batch-per-device and --no-png need --out-dir (batch mode)")
-        if args.out_dir is not None and args.out is not None:
-            raise ValueError("--out writes the grid PNG; batch mode (--out-dir) writes one PNG per item")
-        bpd = 8 if args.batch_per_device is None else args.batch_per_device
-        if bpd < 1:
-            raise ValueError(f"--batch-per-device must be >= 1, got {bpd}")
-        mesh = _devices(args)
-        preset = presets.get(args.model)
-        method = args.method or preset.method
-        window = args.window if args.window is not None else preset.window
-        knobs = preset.knobs(cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k,
-                             top_p=args.top_p)
-        n_cls = len(preset.class_names)
-        classes = list(range(n_cls)) if args.classes is None else args.classes
-        bad = [c for c in classes if not 0 <= c < n_cls]
-        if bad:
-            raise ValueError(f"class {bad[0]} out of range: {args.model} has classes 0..{n_cls - 1}")
-        if args.n < 1:
-            raise ValueError(f"--n must be >= 1, got {args.n}")
-        out_path = args.out or Path(f"{args.model}.png")
-        from .distributed import is_writer
+    # validation first: errors (ValueError) reach cliutil.run before any model is loaded
+    if args.prompt is not None or args.ckpt is not None or args.t5 is not None:
+        raise ValueError(f"--prompt/--ckpt/--t5 are for text-to-image models "
+                         f"({', '.join(pipelines.TEXT_MODELS)}); {args.model} is class-conditional")
+    if args.out_dir is None and (args.batch_per_device is not None or args.no_png):
+        raise ValueError("--batch-per-device and --no-png need --out-dir (batch mode)")
+    if args.out_dir is not None and args.out is not None:
+        raise ValueError("--out writes the grid PNG; batch mode (--out-dir) writes one PNG per item")
+    bpd = 8 if args.batch_per_device is None else args.batch_per_device
+    if bpd < 1:
+        raise ValueError(f"--batch-per-device must be >= 1, got {bpd}")
+    mesh = _devices(args)
+    preset = presets.get(args.model)
+    method = args.method or preset.method
+    window = args.window if args.window is not None else preset.window
+    knobs = preset.knobs(cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k,
+                         top_p=args.top_p)
+    n_cls = len(preset.class_names)
+    classes = list(range(n_cls)) if args.classes is None else args.classes
+    bad = [c for c in classes if not 0 <= c < n_cls]
+    if bad:
+        raise ValueError(f"class {bad[0]} out of range: {args.model} has classes 0..{n_cls - 1}")
+    if args.n < 1:
+        raise ValueError(f"--n must be >= 1, got {args.n}")
+    out_path = args.out or Path(f"{args.model}.png")
+    from .distributed import is_writer
 
-        if args.out_dir is None and is_writer():  # only process 0 writes (probes included)
-            _writable(out_path)
-        if args.stats_json is not None and is_writer():
-            _writable(args.stats_json)
-        recipes.recipe(method, window)
-        bundle = presets.load(args.model, mesh=mesh)
-        from .vq import codebook_vectors
+    if args.out_dir is None and is_writer():  # only process 0 writes (probes included)
+        _writable(out_path)
+    if args.stats_json is not None and is_writer():
+        _writable(args.stats_json)
+    recipes.recipe(method, window)
+    bundle = presets.load(args.model, mesh=mesh)
+    from .vq import codebook_vectors
 
-        kind = recipes.RECIPES[method]["method"]
-        window = window if kind != "ar" else 1
-        drafting = recipes.from_args(args, method, window, codebook_vectors(bundle.vq_params, bundle.vq_config))
-        check_generate_options(bundle.gpt_config, kind, window, knobs, drafting)
-    except ValueError as e:
-        print(f"sjd-jax generate: error: {e}", file=sys.stderr)
-        return 2
+    kind = recipes.RECIPES[method]["method"]
+    window = window if kind != "ar" else 1
+    drafting = recipes.from_args(args, method, window, codebook_vectors(bundle.vq_params, bundle.vq_config))
+    check_generate_options(bundle.gpt_config, kind, window, knobs, drafting)
 
     if args.out_dir is not None:
         return _batch(args, bundle, method, kind, window, classes, knobs, drafting, bpd, mesh)
 
     import jax.numpy as jnp
-    from tqdm import tqdm
 
     from . import distributed
     from .imaging import grid, save_png
@@ -196,15 +199,11 @@ def main(argv=None) -> int:
     N = c.num_image_tokens
     labels = np.repeat(np.asarray(classes, np.int32)[None], args.n, axis=0).reshape(-1)  # row-major grid
     B = labels.size
+    report = cliutil.Output(args)
     t0 = time.perf_counter()
-    with tqdm(total=B * N, desc=f"{method} decoding", unit="tok", file=sys.stderr, disable=args.quiet) as bar:
-        def progress(done, it):
-            bar.n = done
-            bar.set_postfix(iter=it, acc_per_iter=f"{(done - B) / max(it, 1) / B:.2f}", refresh=False)
-            bar.refresh()
-
+    with cliutil.TokenProgress(B * N, f"{method} decoding", report.progress) as bar:
         out = generate(bundle.gpt_params, c, jnp.asarray(labels), args.seed, method=kind, window=window,
-                       progress=None if args.quiet else progress, mesh=mesh, **knobs, **drafting)
+                       progress=bar.begin(B), mesh=mesh, **knobs, **drafting)
         # global arrays -> host arrays on every process (multi-host safe); only process 0 writes
         out = distributed.gather_output(out)
         tokens = out.tokens
@@ -223,32 +222,30 @@ def main(argv=None) -> int:
               classes=classes, n_per_class=args.n, wall_s=round(wall, 2), **knobs, png=str(out_path))
     if args.stats_json is not None:
         _write_json(args.stats_json, st)
-    print(f"wrote {out_path}: {B} images ({args.n} per class x {len(classes)} classes), {method} "
-          f"W={st['window']}: mean NFE {st['nfe_mean']:.1f} per image vs {N} AR steps "
-          f"-> step compression {st['step_compression']:.2f}x, {st['mean_accepted_per_iteration']:.2f} "
-          f"tokens per iteration; {wall:.1f}s")
+    report.result(st, f"wrote {out_path}: {B} images ({args.n} per class x {len(classes)} classes), {method} "
+                      f"W={st['window']}: mean NFE {st['nfe_mean']:.1f} per image vs {N} AR steps "
+                      f"-> step compression {st['step_compression']:.2f}x, {st['mean_accepted_per_iteration']:.2f} "
+                      f"tokens per iteration; {wall:.1f}s")
     return 0
 
 
 def _batch(args, bundle, method, kind, window, classes, knobs, drafting, bpd, mesh) -> int:
     from . import distributed, streaming
 
-    try:
-        st = streaming.run(bundle, args.out_dir, classes=classes, n_per_class=args.n, seed=args.seed,
-                           method=method, kind=kind, window=window, knobs=knobs, drafting=drafting,
-                           settings_extra={"model": args.model, "lossless": method in recipes.LOSSLESS,
-                                           "drafting": recipes.describe(drafting, args)},
-                           batch_per_device=bpd, mesh=mesh, png=not args.no_png, quiet=args.quiet)
-    except ValueError as e:
-        print(f"sjd-jax generate: error: {e}", file=sys.stderr)
-        return 2
+    st = streaming.run(bundle, args.out_dir, classes=classes, n_per_class=args.n, seed=args.seed,
+                       method=method, kind=kind, window=window, knobs=knobs, drafting=drafting,
+                       settings_extra={"model": args.model, "lossless": method in recipes.LOSSLESS,
+                                       "drafting": recipes.describe(drafting, args)},
+                       batch_per_device=bpd, mesh=mesh, png=not args.no_png, quiet=args.quiet)
     if distributed.is_writer():
         if args.stats_json is not None:
             _write_json(args.stats_json, st)
-        print(f"wrote {args.out_dir}: {st['items']} items ({st['generated_this_run']} generated now, "
-              f"{st['skipped_done']} already done) on {st['devices']} devices, mesh {st['mesh']}, global batch "
-              f"{st['global_batch']}; {method} W={window}: step compression {st['step_compression']:.2f}x; "
-              f"{st['wall_s']:.1f}s")
+        cliutil.Output(args).result(
+            {**st, "out_dir": str(args.out_dir)},
+            f"wrote {args.out_dir}: {st['items']} items ({st['generated_this_run']} generated now, "
+            f"{st['skipped_done']} already done) on {st['devices']} devices, mesh {st['mesh']}, global batch "
+            f"{st['global_batch']}; {method} W={window}: step compression {st['step_compression']:.2f}x; "
+            f"{st['wall_s']:.1f}s")
     return 0
 
 
@@ -258,62 +255,50 @@ def _text(args) -> int:
     from .imaging import grid, save_png
     from .sampling.generate import check_generate_options
 
-    try:
-        if args.ckpt is None:
-            fam = pipelines.TEXT_MODELS[args.model]["family"]
-            raise ValueError(f"--model {args.model} needs --ckpt DIR, a converted checkpoint "
-                             f"(sjd-jax convert --family {fam} ... --out DIR)")
-        if not args.prompt:
-            raise ValueError(f"--model {args.model} needs --prompt TEXT [TEXT ...]")
-        if args.classes is not None:
-            raise ValueError("--class is for class-conditional models; text-to-image models take --prompt")
-        if args.out_dir is not None or args.batch_per_device is not None or args.no_png:
-            raise ValueError("batch mode (--out-dir, --batch-per-device, --no-png) is for class-conditional "
-                             "models; text-to-image models write one grid (--out)")
-        if args.n < 1:
-            raise ValueError(f"--n must be >= 1, got {args.n}")
-        bad = [p for p in args.prompt if not p.strip()]
-        if bad:
-            raise ValueError("empty --prompt")
-        out_path = args.out or Path(f"{args.model}.png")
-        if distributed.is_writer():
-            _writable(out_path)
-            if args.stats_json is not None:
-                _writable(args.stats_json)
-        method = args.method or "sjd"
-        window = args.window if args.window is not None else 16
-        recipes.recipe(method, window)
-        mesh = _devices(args)
-        tm = pipelines.load(args.model, args.ckpt, t5=args.t5, mesh=mesh)
-        knobs = dict(tm.defaults)
-        knobs.update({k: v for k, v in dict(cfg_scale=args.cfg_scale, temperature=args.temperature,
-                                            top_k=args.top_k, top_p=args.top_p).items() if v is not None})
-        kind = recipes.RECIPES[method]["method"]
-        window = window if kind != "ar" else 1
-        drafting = recipes.from_args(args, method, window, tm.codebook)
-        check_generate_options(tm.gpt_config, kind, window, knobs, drafting)
-    except ValueError as e:
-        print(f"sjd-jax generate: error: {e}", file=sys.stderr)
-        return 2
-
-    from tqdm import tqdm
+    # validation first (ValueError -> one line, exit 2, in cliutil.run)
+    if args.ckpt is None:
+        fam = pipelines.TEXT_MODELS[args.model]["family"]
+        raise ValueError(f"--model {args.model} needs --ckpt DIR, a converted checkpoint "
+                         f"(sjd-jax convert --family {fam} ... --out DIR)")
+    if not args.prompt:
+        raise ValueError(f"--model {args.model} needs --prompt TEXT [TEXT ...]")
+    if args.classes is not None:
+        raise ValueError("--class is for class-conditional models; text-to-image models take --prompt")
+    if args.out_dir is not None or args.batch_per_device is not None or args.no_png:
+        raise ValueError("batch mode (--out-dir, --batch-per-device, --no-png) is for class-conditional "
+                         "models; text-to-image models write one grid (--out)")
+    if args.n < 1:
+        raise ValueError(f"--n must be >= 1, got {args.n}")
+    bad = [p for p in args.prompt if not p.strip()]
+    if bad:
+        raise ValueError("empty --prompt")
+    out_path = args.out or Path(f"{args.model}.png")
+    if distributed.is_writer():
+        _writable(out_path)
+        if args.stats_json is not None:
+            _writable(args.stats_json)
+    method = args.method or "sjd"
+    window = args.window if args.window is not None else 16
+    recipes.recipe(method, window)
+    mesh = _devices(args)
+    tm = pipelines.load(args.model, args.ckpt, t5=args.t5, mesh=mesh)
+    knobs = dict(tm.defaults)
+    knobs.update({k: v for k, v in dict(cfg_scale=args.cfg_scale, temperature=args.temperature,
+                                        top_k=args.top_k, top_p=args.top_p).items() if v is not None})
+    kind = recipes.RECIPES[method]["method"]
+    window = window if kind != "ar" else 1
+    drafting = recipes.from_args(args, method, window, tm.codebook)
+    check_generate_options(tm.gpt_config, kind, window, knobs, drafting)
 
     P = len(args.prompt)
     texts = [args.prompt[j] for _ in range(args.n) for j in range(P)]  # row-major grid, one column per prompt
     B, N = len(texts), tm.gpt_config.num_image_tokens
+    report = cliutil.Output(args)
     t0 = time.perf_counter()
-    try:
-        with tqdm(total=B * N, desc=f"{method} decoding", unit="tok", file=sys.stderr, disable=args.quiet) as bar:
-            def progress(done, it):
-                bar.n = done
-                bar.set_postfix(iter=it, acc_per_iter=f"{(done - B) / max(it, 1) / B:.2f}", refresh=False)
-                bar.refresh()
-
-            images, out = tm.generate(texts, args.seed, method=kind, window=window,
-                                      progress=None if args.quiet else progress, **knobs, **drafting)
-    except ValueError as e:  # e.g. a prompt too long for the model's context
-        print(f"sjd-jax generate: error: {e}", file=sys.stderr)
-        return 2
+    # (a ValueError here, e.g. a prompt too long for the model's context, is one line in cliutil.run)
+    with cliutil.TokenProgress(B * N, f"{method} decoding", report.progress) as bar:
+        images, out = tm.generate(texts, args.seed, method=kind, window=window, progress=bar.begin(B),
+                                  **knobs, **drafting)
     wall = time.perf_counter() - t0
     if not distributed.is_writer():
         return 0
@@ -325,7 +310,8 @@ def _text(args) -> int:
               wall_s=round(wall, 2), **knobs, png=str(out_path))
     if args.stats_json is not None:
         _write_json(args.stats_json, st)
-    print(f"wrote {out_path}: {B} images ({args.n} per prompt x {P} prompts, {tm.image_size[0]}x{tm.image_size[1]}), "
-          f"{method} W={window}: mean NFE {st['nfe_mean']:.1f} per image vs {N} AR steps -> step compression "
-          f"{st['step_compression']:.2f}x, {st['mean_accepted_per_iteration']:.2f} tokens per iteration; {wall:.1f}s")
+    report.result(st, f"wrote {out_path}: {B} images ({args.n} per prompt x {P} prompts, "
+                      f"{tm.image_size[0]}x{tm.image_size[1]}), {method} W={window}: mean NFE {st['nfe_mean']:.1f} "
+                      f"per image vs {N} AR steps -> step compression {st['step_compression']:.2f}x, "
+                      f"{st['mean_accepted_per_iteration']:.2f} tokens per iteration; {wall:.1f}s")
     return 0

@@ -5,13 +5,12 @@ no devices), so a TPU pod slice can be planned from a laptop. XLA's temporaries 
 window forward, attention scores) come on top; ``sjd-jax bench`` reports those for real runs.
 
 examples:
-  sjd-jax shard-plan --config llamagen-xl --mesh data=4,model=4
-  sjd-jax shard-plan --config lumina-mgpt-7b-768 --mesh data=4,model=4 --batch-per-device 2 --window 64
+  sjd-jax shard-plan --model llamagen-xl --mesh data=4,model=4
+  sjd-jax shard-plan --model lumina-mgpt-7b-768 --mesh data=4,model=4 --batch-per-device 2 --window 64
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import sys
@@ -111,39 +110,51 @@ def _parse_planned_mesh(text: str) -> dict:
     return {a: sizes.get(a, 1) for a in shd.MESH_AXES}
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="sjd-jax shard-plan", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default="llamagen-xl", help=f"one of {', '.join(CONFIGS)}")
-    ap.add_argument("--mesh", default="data=4,model=4", help="planned mesh data=D,model=M")
-    ap.add_argument("--batch-per-device", type=int, default=8, help="rows per data shard")
-    ap.add_argument("--window", type=int, default=64)
-    ap.add_argument("--method", default="sjd", choices=("ar", "sjd"))
+def _parser():
+    from .cliutil import Parser, add_output_flags
+
+    ap = Parser("sjd-jax shard-plan", __doc__)
+    ap.add_argument("--model", "--config", dest="config", metavar="MODEL", default="llamagen-xl",
+                    help=f"model architecture to plan for: one of {', '.join(CONFIGS)} (default llamagen-xl)")
+    ap.add_argument("--mesh", default="data=4,model=4", help="planned mesh data=D,model=M (default data=4,model=4)")
+    ap.add_argument("--batch-per-device", type=int, default=8, help="rows per data shard (default 8)")
+    ap.add_argument("--window", type=int, default=64, help="Jacobi window (default 64)")
+    ap.add_argument("--method", default="sjd", choices=("ar", "sjd"), help="ar or sjd (default sjd)")
     ap.add_argument("--param-dtype", default="float32", choices=("float32", "bfloat16"),
                     help="dtype the params are held in (sjd-jax checkpoints store float32)")
     ap.add_argument("--no-cfg", action="store_true", help="no unconditional CFG rows")
-    ap.add_argument("--out", default=None, help="also write the JSON here")
-    args = ap.parse_args(argv)
-    try:
-        if args.config not in CONFIGS:
-            raise ValueError(f"unknown --config {args.config!r}; choose one of {', '.join(CONFIGS)}")
-        if args.batch_per_device < 1 or args.window < 1:
-            raise ValueError("--batch-per-device and --window must be >= 1")
-        config = CONFIGS[args.config]()
-        if args.window > config.num_image_tokens:
-            raise ValueError(f"--window must be <= {config.num_image_tokens} for {args.config}")
-        res = {"config": args.config, **plan(config, _parse_planned_mesh(args.mesh), args.batch_per_device,
-                                             args.window, args.method, not args.no_cfg, args.param_dtype)}
-    except ValueError as e:
-        print(f"sjd-jax shard-plan: error: {e}", file=sys.stderr)
-        return 2
+    ap.add_argument("--out", default=None, help="also write the JSON plan here")
+    add_output_flags(ap)
+    return ap
+
+
+def main(argv=None) -> int:
+    from .cliutil import run
+
+    return run(_parser(), argv, _main)
+
+
+def _main(args) -> int:
+    """The plan is the result: printed as indented JSON (--json: the same object; --quiet: only --out)."""
+    from .cliutil import Output
+
+    if args.config not in CONFIGS:
+        raise ValueError(f"unknown model {args.config!r} (--model); choose one of {', '.join(CONFIGS)}")
+    if args.batch_per_device < 1 or args.window < 1:
+        raise ValueError(f"--batch-per-device and --window must be >= 1, got {args.batch_per_device} and {args.window}")
+    config = CONFIGS[args.config]()
+    if args.window > config.num_image_tokens:
+        raise ValueError(f"--window must be <= {config.num_image_tokens} for {args.config}, got {args.window}")
+    res = {"config": args.config, **plan(config, _parse_planned_mesh(args.mesh), args.batch_per_device,
+                                         args.window, args.method, not args.no_cfg, args.param_dtype)}
     text = json.dumps(res, indent=1)
     if args.out:
-        from .streaming import _atomic_write
         from pathlib import Path
 
+        from .streaming import _atomic_write
+
         _atomic_write(Path(args.out), lambda tmp: tmp.write_text(text))
-    print(text)
+    Output(args).result(res, text)
     return 0
 
 

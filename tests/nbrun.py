@@ -24,10 +24,12 @@ def run_notebook(name: str, workdir, timeout: int = 600, ci: bool = True, extra_
     the executed notebook (raises ``nbclient.exceptions.CellExecutionError`` on the first failing
     cell)."""
     nb = nbformat.read(COLAB / name, as_version=4)
-    env = dict(os.environ, SJD_JAX_OFFLINE="1", SJD_JAX_CI="1" if ci else "0", MPLBACKEND="Agg",
+    # (no MPLBACKEND: the kernel keeps matplotlib-inline, so figures become image outputs)
+    env = dict(os.environ, SJD_JAX_OFFLINE="1", SJD_JAX_CI="1" if ci else "0",
                **(extra_env or {}))
     # the kernel must not inherit the test session's 8 fake CPU devices or xdist's worker vars
     env.pop("JAX_NUM_CPU_DEVICES", None)
+    env.pop("MPLBACKEND", None)
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(workdir)}})
     client.execute(env=env)

@@ -219,7 +219,7 @@ def test_shard_plan_cli_reports_the_big_configs(capsys):
     assert r["params_gib"]["per_device"] < r["params_gib"]["total"] / 3.9
     assert r["replicated_fallbacks"] == []
     assert main(["--config", "nope"]) == 2
-    assert "unknown --config" in capsys.readouterr().err
+    assert "unknown model 'nope' (--model)" in capsys.readouterr().err
 
 
 # ---- streamed batch generation ------------------------------------------------------------------
@@ -265,8 +265,9 @@ def test_batch_generation_resumes_and_equals_the_grid(tmp_path, capsys, grid_tok
     (out / "tokens.npy").unlink()
     capsys.readouterr()
     # resume on another mesh and chunking: only the 4 missing items are generated, tokens unchanged
-    assert _cli(BATCH + ["--out-dir", str(out), "--batch-per-device", "2", "--mesh", "data=4,model=2"]) == 0
-    assert "4 generated now, 2 already done" in capsys.readouterr().out
+    assert _cli(BATCH + ["--out-dir", str(out), "--batch-per-device", "2", "--mesh", "data=4,model=2", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)  # --quiet --json: the stats object alone on stdout
+    assert r["generated_this_run"] == 4 and r["skipped_done"] == 2 and r["out_dir"] == str(out)
     np.testing.assert_array_equal(np.load(out / "tokens.npy"), tokens)
     assert (out / "images" / "000003.png").is_file()
     st = json.loads((out / "stats.json").read_text())
@@ -274,7 +275,7 @@ def test_batch_generation_resumes_and_equals_the_grid(tmp_path, capsys, grid_tok
     assert not [p for p in out.rglob(".*tmp*")]  # nothing half-written left behind
 
     # a complete run: nothing to do; other settings in the same directory are refused
-    assert _cli(BATCH + ["--out-dir", str(out)]) == 0
+    assert _cli([a for a in BATCH if a != "--quiet"] + ["--out-dir", str(out)]) == 0
     assert "0 generated now, 6 already done" in capsys.readouterr().out
     assert _cli(BATCH + ["--seed", "1", "--out-dir", str(out)]) == 2
     assert "holds a run with other settings (seed differ)" in capsys.readouterr().err

@@ -1,0 +1,187 @@
+"""Shared plumbing of the ``sjd-jax`` subcommands: one parser class, one error path, one output policy.
+
+* ``Parser``: ``--help`` prints the help on stdout and ends in ``SystemExit(0)``; a usage error (bad
+  flag value, unknown flag, missing argument) prints ONE line
+  ``sjd-jax CMD: error: <message>; see 'sjd-jax CMD --help'`` on stderr and ends in ``SystemExit(2)``.
+* ``run(parser, argv, body)``: parses (both exits above become the return code, so every
+  subcommand's ``main`` returns 0 for ``--help`` and 2 for a usage error) and runs ``body(args)``,
+  turning the expected user errors (``ValueError``: bad values, unknown names, checkpoint problems;
+  ``OSError``: missing / unreadable / unwritable files) into one ``sjd-jax CMD: error: ...`` line and
+  exit status 2, never a traceback. ``SJD_JAX_TRACEBACK=1`` re-raises them (for debugging).
+* ``add_output_flags``: ``--quiet`` (no progress bars, no informational output; errors still go to
+  stderr) and ``--json`` (exactly one JSON object, the command's result, on stdout and nothing else;
+  progress and information go to stderr). ``Output`` applies that policy.
+* ``TokenProgress``: the decoding progress bar (stderr): tokens/s and mean accepted tokens per
+  iteration, fed by ``generate(progress=...)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+
+USER_ERRORS = (ValueError, OSError)
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line (a multi-line message is joined with '; ')."""
+    return "; ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def error(prog: str, message) -> int:
+    """Print ``prog: error: message`` as one line on stderr; returns the usage exit status 2."""
+    print(one_line(f"{prog}: error: {message}"), file=sys.stderr, flush=True)
+    return 2
+
+
+class Parser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` with the ``sjd-jax`` conventions (raw description formatting,
+    one-line usage errors that say where to look)."""
+
+    def __init__(self, prog: str, description: str | None = None, **kw):
+        kw.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(prog=prog, description=description, **kw)
+
+    def error(self, message):  # argparse calls this for every usage error
+        error(self.prog, f"{message}; see '{self.prog} --help'")
+        raise SystemExit(2)
+
+
+class _JsonFlag(argparse.Action):
+    """``--json`` with an optional value: bare = JSON mode; ``--json PATH`` (an older spelling kept
+    working) = JSON mode and PATH as the report file (``legacy_dest``)."""
+
+    def __init__(self, option_strings, dest, legacy_dest=None, **kw):
+        self.legacy_dest = legacy_dest
+        super().__init__(option_strings, dest, nargs="?" if legacy_dest else 0, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, True)
+        if values:
+            setattr(namespace, self.legacy_dest, Path(values))
+
+
+def add_output_flags(ap: argparse.ArgumentParser, json_legacy_dest: str | None = None) -> None:
+    """``--quiet`` and ``--json``, the same on every subcommand."""
+    g = ap.add_argument_group("output")
+    g.add_argument("--quiet", "-q", action="store_true",
+                   help="no progress bars and no informational output (errors still go to stderr)")
+    g.add_argument("--json", action=_JsonFlag, default=False, legacy_dest=json_legacy_dest,
+                   metavar="PATH" if json_legacy_dest else None,
+                   help="print exactly one JSON object, the command's result, on stdout and nothing else "
+                        "(progress goes to stderr)" + (f"; --json PATH is the older spelling of "
+                                                        f"--{json_legacy_dest.replace('_', '-')} PATH + --json"
+                                                        if json_legacy_dest else ""))
+
+
+def jsonable(x):
+    """``json.dumps`` default: dataclasses, paths, numpy values and tuples-in-objects."""
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return dataclasses.asdict(x)
+    if isinstance(x, Path):
+        return str(x)
+    if hasattr(x, "tolist"):  # numpy / jax arrays and scalars
+        return x.tolist()
+    if isinstance(x, (set, frozenset)):
+        return sorted(x)
+    return str(x)
+
+
+class Output:
+    """Where a subcommand's output goes, from its ``--quiet`` / ``--json`` flags.
+
+    ``progress``: whether to show progress bars (always on stderr). ``info(msg)``: informational
+    line on stderr unless quiet. ``result(obj, text)``: the command's result: with ``--json`` the
+    object as one JSON document on stdout, else ``text`` on stdout unless quiet."""
+
+    def __init__(self, args):
+        self.quiet = bool(getattr(args, "quiet", False))
+        self.json = bool(getattr(args, "json", False))
+
+    @property
+    def progress(self) -> bool:
+        return not self.quiet
+
+    def info(self, msg: str) -> None:
+        if not self.quiet:
+            from tqdm import tqdm
+
+            tqdm.write(msg, file=sys.stderr)  # above any live bar
+            sys.stderr.flush()
+
+    def result(self, obj, text: str | None = None) -> None:
+        if self.json:
+            print(json.dumps(obj, default=jsonable), flush=True)
+        elif text is not None and not self.quiet:
+            print(text, flush=True)
+
+
+class TokenProgress:
+    """A decoding progress bar on stderr over committed image tokens: tqdm's rate is tokens/s, the
+    postfix the mean accepted tokens per iteration (per row; the first token of a row comes from the
+    prefill). Call ``begin(rows)`` before each ``generate`` call of a run and pass the object as its
+    ``progress`` callback; several calls add up."""
+
+    def __init__(self, total_tokens: int, desc: str, enabled: bool = True):
+        from tqdm import tqdm
+
+        self.enabled = enabled
+        self.bar = tqdm(total=total_tokens, desc=desc, unit="tok", file=sys.stderr,
+                        disable=not enabled, dynamic_ncols=True)
+        self._base = self._acc = self._rows_iters = 0  # tokens / accepted / row-iterations of past calls
+        self._rows = 1
+        self._last = (0, 0)
+
+    def begin(self, rows: int) -> TokenProgress | None:
+        """Start a generate call over ``rows`` rows; returns the callback (None when disabled)."""
+        done, it = self._last
+        self._base += done
+        self._acc += max(done - self._rows, 0) if it else 0
+        self._rows_iters += it * self._rows
+        self._rows, self._last = rows, (0, 0)
+        return self if self.enabled else None
+
+    def mean_accepted(self) -> float:
+        done, it = self._last
+        acc = self._acc + (max(done - self._rows, 0) if it else 0)
+        return acc / max(self._rows_iters + it * self._rows, 1)
+
+    def __call__(self, done: int, it: int) -> None:
+        self._last = (done, it)
+        self.bar.update(self._base + done - self.bar.n)
+        self.bar.set_postfix(acc_per_iter=f"{self.mean_accepted():.2f}", refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def run(parser: argparse.ArgumentParser, argv, body, errors: tuple = USER_ERRORS) -> int:
+    """Parse ``argv`` and run ``body(args) -> exit status``; see the module docstring."""
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2, already printed)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    try:
+        return body(args)
+    except errors as e:
+        if os.environ.get("SJD_JAX_TRACEBACK"):
+            raise
+        msg = str(e) or type(e).__name__
+        if isinstance(e, OSError) and e.filename is not None and e.strerror:
+            msg = f"{e.filename}: {e.strerror}"
+        if isinstance(e, KeyError):
+            msg = f"missing entry {msg}"
+        return error(parser.prog, msg)
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted", file=sys.stderr, flush=True)
+        return 130
