@@ -134,24 +134,25 @@ class TokenProgress:
                         disable=not enabled, dynamic_ncols=True)
         self._base = self._acc = self._rows_iters = 0  # tokens / accepted / row-iterations of past calls
         self._rows = 1
-        self._last = (0, 0)
+        self._last = (0, 0, 0)
 
     def begin(self, rows: int) -> TokenProgress | None:
         """Start a generate call over ``rows`` rows; returns the callback (None when disabled)."""
-        done, it = self._last
+        done, _, row_iters = self._last
         self._base += done
-        self._acc += max(done - self._rows, 0) if it else 0
-        self._rows_iters += it * self._rows
-        self._rows, self._last = rows, (0, 0)
+        self._acc += max(done - self._rows, 0) if row_iters else 0
+        self._rows_iters += row_iters
+        self._rows, self._last = rows, (0, 0, 0)
         return self if self.enabled else None
 
     def mean_accepted(self) -> float:
-        done, it = self._last
-        acc = self._acc + (max(done - self._rows, 0) if it else 0)
-        return acc / max(self._rows_iters + it * self._rows, 1)
+        """Tokens committed by loop iterations per row iteration (iterations of rows still decoding)."""
+        done, _, row_iters = self._last
+        acc = self._acc + (max(done - self._rows, 0) if row_iters else 0)
+        return acc / max(self._rows_iters + row_iters, 1)
 
-    def __call__(self, done: int, it: int) -> None:
-        self._last = (done, it)
+    def __call__(self, done: int, it: int, row_iters: int) -> None:
+        self._last = (done, it, row_iters)
         self.bar.update(self._base + done - self.bar.n)
         self.bar.set_postfix(acc_per_iter=f"{self.mean_accepted():.2f}", refresh=False)
 

@@ -122,12 +122,35 @@ def test_token_progress_counts_tokens_and_accepted_per_iteration():
         assert bar.begin(2) is None  # disabled: no callback, so generate compiles no progress hook
     with TokenProgress(4 * 10, "t", enabled=True) as bar:
         cb = bar.begin(2)
-        cb(2 + 6, 2)  # 2 rows: first tokens + 6 accepted in 2 iterations -> 1.5 per row-iteration
+        cb(2 + 6, 2, 4)  # 2 rows: first tokens + 6 accepted in 2 iterations each -> 1.5 per row-iteration
         assert bar.bar.n == 8 and bar.mean_accepted() == pytest.approx(1.5)
-        cb(20, 5)
+        cb(20, 5, 9)  # one row finished after 4 iterations: 9 row iterations, not 10
         bar.begin(2)  # the second call of a run adds up
-        bar(2 + 18, 3)
-        assert bar.bar.n == 40 and bar.mean_accepted() == pytest.approx((18 + 18) / (10 + 6))
+        bar(2 + 18, 3, 6)
+        assert bar.bar.n == 40 and bar.mean_accepted() == pytest.approx((18 + 18) / (9 + 6))
+
+
+def test_progress_callback_reports_row_iterations_of_a_batch():
+    """The loop's progress report gives what the bar needs to show a row's mean accepted tokens per
+    iteration in a batch whose rows finish at different iterations; two-argument callbacks still work."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    import sjd_jax as S
+    from tiny import scaled_params, tiny_config
+
+    config = tiny_config(vocab_size=8, grid_size=(3, 3), dim=16, n_layer=1, n_head=2)
+    params = scaled_params(config, seed=1, scale=3.0)
+    three, two = [], []
+    kw = dict(method="sjd", window=4, cfg_scale=1.5)
+    out = S.generate(params, config, jnp.arange(6) % 3, 0, progress=lambda d, i, r: three.append((d, i, r)), **kw)
+    S.generate(params, config, jnp.arange(6) % 3, 0, progress=lambda d, i: two.append((d, i)), **kw)
+    nfe, committed = np.asarray(out.nfe), np.asarray(out.committed)
+    assert len(set(nfe.tolist())) > 1  # rows finish at different iterations
+    done, it, row_iters = three[-1]
+    assert (done, it) == (6 * 9, nfe.max() - 1) and two == [(d, i) for d, i, _ in three]
+    assert row_iters == (nfe - 1).sum()
+    assert (done - 6) / row_iters == pytest.approx(committed[:, 1:].sum() / (nfe - 1).sum())
 
 
 def test_shard_plan_json_and_quiet(tmp_path, capsys):

@@ -56,6 +56,19 @@ def check_generate_options(config: GPTConfig, method: str, window: int, knobs: d
            d["accept_rule"], d["draft_rule"])
 
 
+def _takes_three(f) -> bool:
+    """Whether the progress callback ``f`` accepts (done, iteration, row_iterations)."""
+    import inspect
+
+    try:
+        inspect.signature(f).bind(0, 0, 0)
+        return True
+    except TypeError:
+        return False
+    except ValueError:  # no signature (some builtins): the documented two arguments
+        return False
+
+
 def _place(mesh, params, cond, prefix_mask, rows, knobs, neighbours):
     """Every input as a global array on ``mesh`` (rows over data, the rest replicated); keys travel
     as raw uint32 data (host arrays cannot hold key dtypes)."""
@@ -106,7 +119,10 @@ def generate(params, config: GPTConfig, cond, key, *, method: str = "sjd", windo
     (1.0 included) shares one compile; ``cfg=False`` skips them (then ``cfg_scale`` must be 1).
     temperature 0 is greedy; ``jacobi`` is always greedy; ``ar`` ignores ``window``.
     ``progress``: optional host callback ``f(committed_tokens_in_batch, iteration)`` called after
-    every loop iteration (a separate compile; the call blocks until the result is ready).
+    every loop iteration (a separate compile; the call blocks until the result is ready). A callback
+    taking a third argument also gets the row iterations so far (iterations summed over the rows
+    still decoding in each), so ``(committed - B) / row_iterations`` is the mean accepted tokens per
+    iteration of a row.
 
     ``mesh`` (``sharding.make_mesh``): run on a device mesh. Rows are split over ``data``, heads /
     MLP / vocabulary over ``model`` (``sharding.RULES``); params are moved to those shardings unless
@@ -150,9 +166,10 @@ def generate(params, config: GPTConfig, cond, key, *, method: str = "sjd", windo
 
     from .loop import PROGRESS_HOOKS
 
-    PROGRESS_HOOKS.append(progress)
+    hook = progress if _takes_three(progress) else (lambda done, it, _rows: progress(done, it))
+    PROGRESS_HOOKS.append(hook)
     try:
         return jax.block_until_ready(run(spec, params, cond_arr, prefix_mask, rows, knobs,
                                                    neighbours))
     finally:
-        PROGRESS_HOOKS.remove(progress)
+        PROGRESS_HOOKS.remove(hook)

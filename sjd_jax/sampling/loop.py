@@ -65,12 +65,13 @@ from .qstore import QStore, SparseQ
 # 2^28 float32 = 1 GiB per temporary: one pass on an accelerator for Emu3 up to B * W = 1453
 DEFAULT_CHUNK_ELEMENTS = 1 << 28
 TRACE_COUNT = 0  # incremented each time the sampler is traced (tests assert no recompiles)
-PROGRESS_HOOKS: list = []  # host callbacks f(committed_tokens, iteration); the last one is called
+# host callbacks f(committed_tokens, iteration, row_iterations); the last one is called
+PROGRESS_HOOKS: list = []
 
 
-def _report_progress(done, it):
+def _report_progress(done, it, row_iters):
     if PROGRESS_HOOKS:
-        PROGRESS_HOOKS[-1](int(done), int(it))
+        PROGRESS_HOOKS[-1](int(done), int(it), int(row_iters))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -542,7 +543,8 @@ def _build(spec: SamplerSpec, params, rows, knobs, neighbours):
         committed = s.committed.at[:, jnp.minimum(it, N - 1)].set(
             jnp.where(active, a, s.committed[:, jnp.minimum(it, N - 1)]))
         if spec.progress:
-            jax.debug.callback(_report_progress, jnp.sum(jnp.minimum(n_new, N)), it)
+            # row iterations: forwards after the prefill of each row while it was active
+            jax.debug.callback(_report_progress, jnp.sum(jnp.minimum(n_new, N)), it, jnp.sum(s.nfe + active - 1))
         return _State(it=it, n=n_new, buf=buf, q=q_new, hist=hist, cache=cache, nfe=s.nfe + active,
                       committed=committed, **new)
 
