@@ -1,4 +1,4 @@
-"""``sjd-jax generate``: sample a class grid from a bundled model and write a PNG.
+"""``sjd-jax generate``: sample a class grid from a bundled or converted model and write a PNG.
 
 With no arguments: the bundled ``fashion-mnist`` model, all 10 classes, 4 samples each, SJD with
 window 16, written to ``fashion-mnist.png``; prints NFE and the step compression against AR.
@@ -18,6 +18,7 @@ writes) as the only stdout output. Errors are one line on stderr with exit statu
 
 examples:
   sjd-jax generate --class 0 3 --n 8 --method sjd-pac --window 32
+  sjd-jax generate --model llamagen-c2i --ckpt ckpt/c2i_B_256 --class 207 360 --n 2   # DIR/gpt + DIR/vq
   sjd-jax generate --model lumina-mgpt-7b-768 --ckpt ckpt/lumina_768 --prompt "a red fox in the snow"
   sjd-jax generate --model llamagen-t2i-xl --ckpt ckpt/llamagen_t2i --prompt "a cat" "a dog" --n 2
   sjd-jax generate --n 1024 --batch-per-device 8 --out-dir samples/
@@ -40,9 +41,11 @@ from .sampling import recipes
 def _parser():
     ap = cliutil.Parser("sjd-jax generate", __doc__)
     ap.add_argument("--model", default="fashion-mnist",
-                    help="bundled model (default fashion-mnist) or a text-to-image model: "
+                    help="bundled model (default fashion-mnist), llamagen-c2i (a converted class-conditional "
+                         "checkpoint, --ckpt) or a text-to-image model: "
                          "lumina-mgpt-7b-{512,768,1024}, anole-7b, llamagen-t2i-xl, janus-pro-{1b,7b}, emu3-gen")
-    ap.add_argument("--ckpt", type=Path, default=None, help="text-to-image models: converted checkpoint dir")
+    ap.add_argument("--ckpt", type=Path, default=None,
+                    help="converted checkpoint dir (llamagen-c2i: DIR/gpt + DIR/vq; text-to-image models)")
     ap.add_argument("--prompt", nargs="+", default=None, help="text-to-image models: one or more prompts")
     ap.add_argument("--t5", type=Path, default=None,
                     help="llamagen-t2i: converted T5 encoder dir (default <ckpt>/t5)")
@@ -146,9 +149,19 @@ def _main(args) -> int:
     if args.model in pipelines.TEXT_MODELS:
         return _text(args)
     # validation first: errors (ValueError) reach cliutil.run before any model is loaded
-    if args.prompt is not None or args.ckpt is not None or args.t5 is not None:
-        raise ValueError(f"--prompt/--ckpt/--t5 are for text-to-image models "
+    ckpt_model = args.model in presets.CKPT_MODELS
+    if args.prompt is not None or args.t5 is not None:
+        raise ValueError(f"--prompt/--t5 are for text-to-image models "
                          f"({', '.join(pipelines.TEXT_MODELS)}); {args.model} is class-conditional")
+    if args.ckpt is not None and not ckpt_model:
+        raise ValueError(f"--ckpt is for converted checkpoints ({', '.join(presets.CKPT_MODELS)}, "
+                         f"{', '.join(pipelines.TEXT_MODELS)}); {args.model} is bundled")
+    if ckpt_model and args.ckpt is None:
+        raise ValueError(f"--model {args.model} needs --ckpt DIR with DIR/gpt (sjd-jax convert --family llamagen-c2i "
+                         f"c2i_B_256.pt --out DIR/gpt) and DIR/vq (sjd-jax convert --family llamagen-vq "
+                         f"vq_ds16_c2i.pt --out DIR/vq)")
+    if ckpt_model and args.classes is None:
+        raise ValueError(f"--model {args.model} needs --class ID [ID ...] (ImageNet class ids, e.g. 207)")
     if args.out_dir is None and (args.batch_per_device is not None or args.no_png):
         raise ValueError("--batch-per-device and --no-png need --out-dir (batch mode)")
     if args.out_dir is not None and args.out is not None:
@@ -156,8 +169,21 @@ def _main(args) -> int:
     bpd = 8 if args.batch_per_device is None else args.batch_per_device
     if bpd < 1:
         raise ValueError(f"--batch-per-device must be >= 1, got {bpd}")
+    bundle = None
+    if not ckpt_model:
+        if args.model not in presets.PRESETS:
+            raise ValueError(f"unknown model {args.model!r}; choose a bundled model ({', '.join(presets.PRESETS)}), "
+                             f"a converted class-conditional one ({', '.join(presets.CKPT_MODELS)}) or a "
+                             f"text-to-image one ({', '.join(pipelines.TEXT_MODELS)})")
+        preset = presets.get(args.model)
+    else:  # its classes and defaults come with the checkpoint
+        if args.n < 1:
+            raise ValueError(f"--n must be >= 1, got {args.n}")
+        recipes.recipe(args.method or "sjd", args.window if args.window is not None else 16)
     mesh = _devices(args)
-    preset = presets.get(args.model)
+    if ckpt_model:
+        bundle = presets.from_checkpoint(args.model, args.ckpt, mesh=mesh)
+        preset = bundle.preset
     method = args.method or preset.method
     window = args.window if args.window is not None else preset.window
     knobs = preset.knobs(cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k,
@@ -177,7 +203,8 @@ def _main(args) -> int:
     if args.stats_json is not None and is_writer():
         _writable(args.stats_json)
     recipes.recipe(method, window)
-    bundle = presets.load(args.model, mesh=mesh)
+    if bundle is None:
+        bundle = presets.load(args.model, mesh=mesh)
     from .vq import codebook_vectors
 
     kind = recipes.RECIPES[method]["method"]
@@ -214,7 +241,7 @@ def _main(args) -> int:
     if preset.crop:
         p = (images.shape[1] - preset.crop) // 2
         images = images[:, p:p + preset.crop, p:p + preset.crop]
-    save_png(grid(images, ncols=len(classes), scale=2), out_path)
+    save_png(grid(images, ncols=len(classes), scale=2 if images.shape[1] < 128 else 1), out_path)
     st = stats_of(out, N, window)
     st.update(branch_hits_per_image=float(np.asarray(out.branch_hits).mean()))
     st.update(model=args.model, method=method, lossless=method in recipes.LOSSLESS, window=window,

@@ -40,12 +40,50 @@ def _fashion() -> Preset:
 
 
 PRESETS = {"fashion-mnist": _fashion}
+# Class-conditional models from a converted checkpoint directory (``--ckpt DIR`` with ``DIR/gpt`` from
+# ``sjd-jax convert --family llamagen-c2i`` and ``DIR/vq`` from ``--family llamagen-vq``). Defaults:
+# LlamaGen's sample_c2i demo (cfg 4.0, top-k 2000, temperature 1.0, top-p 1.0).
+CKPT_MODELS = {"llamagen-c2i": dict(cfg_scale=4.0, top_k=2000)}
 
 
 def get(name: str) -> Preset:
     if name not in PRESETS:
         raise ValueError(f"unknown model {name!r}; bundled models: {', '.join(PRESETS)}")
     return PRESETS[name]()
+
+
+def _need_kind(path: Path, kind: str, family: str) -> None:
+    import json
+
+    try:
+        found = json.loads((path / "config.json").read_text()).get("kind")
+    except (OSError, ValueError, AttributeError):
+        found = None
+    if found != kind:
+        what = "is not an sjd-jax checkpoint" if found is None else f"holds a {found!r} checkpoint, not {kind!r}"
+        raise ValueError(f"{path} {what}; make it with: sjd-jax convert --family {family} <downloaded file> "
+                         f"--out {path}")
+
+
+def from_checkpoint(name: str, ckpt, mesh=None) -> Bundle:
+    """A class-conditional model of ``CKPT_MODELS`` from ``ckpt/gpt`` and ``ckpt/vq``."""
+    if name not in CKPT_MODELS:
+        raise ValueError(f"unknown model {name!r}; class-conditional checkpoint models: {', '.join(CKPT_MODELS)}")
+    ckpt = Path(ckpt)
+    if not ckpt.is_dir():
+        raise ValueError(f"--ckpt {ckpt}: no such directory")
+    _need_kind(ckpt / "gpt", "gpt", "llamagen-c2i")
+    _need_kind(ckpt / "vq", "vq", "llamagen-vq")
+    gc, gp = checkpoint.load(ckpt / "gpt", mesh=mesh)
+    if not gc.num_classes:
+        raise ValueError(f"{ckpt / 'gpt'} is a text-conditional GPT; use --model llamagen-t2i-xl")
+    vc, vp = checkpoint.load(ckpt / "vq")
+    if vc.codebook_size != gc.vocab_size:
+        raise ValueError(f"{ckpt / 'vq'} has {vc.codebook_size} codes but the GPT's vocabulary is {gc.vocab_size}")
+    d = dict(CKPT_MODELS[name])
+    d["top_k"] = min(d["top_k"], gc.vocab_size)  # (a smaller vocabulary than the released models')
+    preset = Preset(name, ckpt, tuple(str(i) for i in range(gc.num_classes)), **d)
+    return Bundle(preset, gc, gp, vc, vp)
 
 
 @dataclasses.dataclass

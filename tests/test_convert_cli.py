@@ -130,3 +130,45 @@ def test_bf16_safetensors_read_without_torch(tmp_path):
     np.testing.assert_array_equal(to_numpy(t["a"]), a.float().numpy())
     np.testing.assert_array_equal(to_numpy(t["b"]), b.numpy())
     assert to_numpy(t["z"]).shape == (0, 2)
+
+
+def test_generate_cli_from_converted_llamagen_c2i(tmp_path, capsys):
+    """``sjd-jax generate --model llamagen-c2i --ckpt DIR``: converted GPT (DIR/gpt) + VQ (DIR/vq)
+    give the same PNG as the Python API at LlamaGen's demo defaults (cfg 4, top-k 2000 capped at V);
+    and the errors that need no model say what to do."""
+    import json
+
+    from PIL import Image
+
+    from sjd_jax.generate_cli import main as generate_main
+    from sjd_jax.imaging import grid
+    from sjd_jax.vq import decode_tokens, to_uint8
+
+    torch.save({"model": llamagen_state_dict(C2I)}, tmp_path / "c2i_T_64.pt")
+    model, _ = hf_model((1, 1, 2), 1)
+    sd = {janus_to_llamagen_key(k): v for k, v in state_dict(model).items()}
+    torch.save({"model": {k: torch.from_numpy(v) for k, v in sd.items()}}, tmp_path / "vq.pt")
+    d = tmp_path / "c2i"
+    assert run("--family", "llamagen-c2i", tmp_path / "c2i_T_64.pt", "--out", d / "gpt", "--n-head", 4) == 0
+    assert run("--family", "llamagen-vq", tmp_path / "vq.pt", "--out", d / "vq") == 0
+    png = tmp_path / "g.png"
+    capsys.readouterr()
+    assert generate_main(["--model", "llamagen-c2i", "--ckpt", str(d), "--class", "3", "5", "--n", "1",
+                          "--window", "4", "--out", str(png), "--json", "--quiet"]) == 0
+    st = json.loads(capsys.readouterr().out)
+    assert (st["cfg_scale"], st["top_k"], st["method"], st["images"]) == (4.0, 64, "sjd", 2)
+    config, params = S.load(d / "gpt")
+    vq_config, vq_params = S.load(d / "vq")
+    out = S.generate(params, config, jnp.array([3, 5]), 0, method="sjd", window=4, cfg_scale=4.0, top_k=64)
+    assert np.asarray(out.nfe).tolist() == st["nfe_per_image"]
+    want = grid(to_uint8(decode_tokens(vq_params, vq_config, out.tokens, config.grid_size)), ncols=2, scale=2)
+    np.testing.assert_array_equal(np.asarray(Image.open(png)), want)
+    for argv, msg in ((["--class", "3"], "needs --ckpt DIR with DIR/gpt"),
+                      (["--ckpt", str(d)], "needs --class ID"),
+                      (["--ckpt", str(tmp_path), "--class", "3"], "is not an sjd-jax checkpoint; make it with"),
+                      (["--ckpt", str(d), "--class", "10"], "class 10 out of range"),
+                      (["--ckpt", str(d), "--class", "1", "--prompt", "x"], "--prompt/--t5 are for text")):
+        assert generate_main(["--model", "llamagen-c2i", *argv, "--out", str(tmp_path / "e.png")]) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and msg in err, (argv, err)
+        assert not (tmp_path / "e.png").exists()
