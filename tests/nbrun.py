@@ -30,6 +30,8 @@ def run_notebook(name: str, workdir, timeout: int = 600, ci: bool = True, extra_
     # the kernel must not inherit the test session's 8 fake CPU devices or xdist's worker vars
     env.pop("JAX_NUM_CPU_DEVICES", None)
     env.pop("MPLBACKEND", None)
+    # the kernel imports sjd_jax / convert from the checkout under test, wherever an install points
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(COLAB.parent), env.get("PYTHONPATH", "")) if p)
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(workdir)}})
     client.execute(env=env)

@@ -5,7 +5,6 @@ and SJD, check greedy SJD == greedy AR and write ``sjd_work/results.json``. The 
 be clean (no outputs, no execution counts)."""
 
 import json
-import os
 import re
 
 import nbformat
@@ -22,9 +21,7 @@ N_TOKENS = 16  # tiny checkpoints: 4x4 grids of a VQ-16 -> 64 px
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory):
     work = tmp_path_factory.mktemp("nb_llamagen_janus")
-    # the kernel imports sjd_jax / convert from this checkout (an editable install may point elsewhere)
-    path = os.pathsep.join(p for p in (str(COLAB.parent), os.environ.get("PYTHONPATH", "")) if p)
-    nb = run_notebook(NAME, work, extra_env={"PYTHONPATH": path})
+    nb = run_notebook(NAME, work)  # (the kernel imports this checkout: nbrun puts it on PYTHONPATH)
     return nb, work / "sjd_work"
 
 
