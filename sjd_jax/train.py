@@ -10,6 +10,7 @@ normal sjd-jax checkpoint (``sjd_jax.load``-able) in ``out/model``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import shutil
 import sys
@@ -123,14 +124,11 @@ def _loop(out: Path, t: TrainConfig, state, step_fn, make_batch, n_examples: int
 
 # ---- VQ ------------------------------------------------------------------------------------------
 
-def train_vq(out, config: VQConfig, t: TrainConfig, images: np.ndarray, quiet: bool = False,
-             stop_after: int | None = None):
-    """images: float32 ``[n, H, W, C]`` in [-1, 1]. Returns (params, finished); when finished,
-    writes ``out/model``."""
-    out = Path(out)
+@functools.lru_cache(maxsize=4)
+def _vq_step(config: VQConfig, t: TrainConfig):
+    """(optimizer, jitted step) for one (config, training config): a resumed run in the same process
+    reuses the compiled step."""
     opt = optimizer(t)
-    params = init_vq_params(config, jax.random.key(t.seed), image_size=images.shape[1])
-    state = {"params": params, "opt": opt.init(params), "step": jnp.int32(0)}
     model = VQModel(config)
 
     def loss_fn(p, x):
@@ -147,6 +145,17 @@ def train_vq(out, config: VQConfig, t: TrainConfig, images: np.ndarray, quiet: b
         return {"params": optax.apply_updates(state["params"], upd), "opt": opt_state,
                 "step": state["step"] + 1}, m
 
+    return opt, step_fn
+
+
+def train_vq(out, config: VQConfig, t: TrainConfig, images: np.ndarray, quiet: bool = False,
+             stop_after: int | None = None):
+    """images: float32 ``[n, H, W, C]`` in [-1, 1]. Returns (params, finished); when finished,
+    writes ``out/model``."""
+    out = Path(out)
+    opt, step_fn = _vq_step(config, t)
+    params = init_vq_params(config, jax.random.key(t.seed), image_size=images.shape[1])
+    state = {"params": params, "opt": opt.init(params), "step": jnp.int32(0)}
     state = _loop(out, t, state, lambda s, x, _: step_fn(s, x), lambda idx, _: jnp.asarray(images[idx]),
                   len(images), "train-vq", quiet, stop_after)
     finished = int(state["step"]) >= t.steps

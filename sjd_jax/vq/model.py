@@ -200,9 +200,13 @@ class VQModel(nn.Module):
                                             x.shape[2] // self.config.downsample))
 
 
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _init(config: VQConfig, key, image_size: int):  # one compile per (config, size), not per call
+    return VQModel(config).init(key, jnp.zeros((1, image_size, image_size, config.in_channels)))
+
+
 def init_vq_params(config: VQConfig, key, image_size: int = 32):
-    x = jnp.zeros((1, image_size, image_size, config.in_channels))
-    return jax.jit(lambda k: VQModel(config).init(k, x))(key)
+    return _init(config, key, int(image_size))
 
 
 def abstract_vq_params(config: VQConfig):
