@@ -103,7 +103,7 @@ def test_generate_cli_unwritable_out(tmp_path, capsys):
 
 def test_eval_cli_small(tmp_path, capsys):
     out = tmp_path / "eval.json"
-    assert main(["eval", "--n-per-class", "3", "--methods", "ar,sjd-ac", "--skip-nll", "--batch", "30",
+    assert main(["eval", "--n-per-class", "2", "--methods", "ar,sjd-ac", "--skip-nll", "--batch", "20",
                  "--init", "vertical-repeat", "--json", str(out), "--quiet"]) == 0, capsys.readouterr().err
     r = json.loads(out.read_text())
     assert r["classifier_test_accuracy"] > 0.85
@@ -111,7 +111,7 @@ def test_eval_cli_small(tmp_path, capsys):
     for m in ("ar", "sjd-ac"):
         e = r["methods"][m]
         lo, hi = e["class_accuracy_ci95"]
-        assert e["n"] == 30 and lo <= e["class_accuracy"] <= hi and e["frechet_distance"] > 0
+        assert e["n"] == 20 and lo <= e["class_accuracy"] <= hi and e["frechet_distance"] > 0
     assert r["methods"]["ar"]["nfe_mean"] == 256 and r["methods"]["sjd-ac"]["nfe_mean"] < 256
     assert main(["eval", "--n-per-class", "1", "--json", str(tmp_path / "x.json")]) == 2
     assert not (tmp_path / "x.json").exists()

@@ -117,7 +117,8 @@ def test_parse_mesh_and_fallback():
 
 RUNS = {  # method -> (generate kwargs, meshes); None = one device, no mesh
     "ar": (dict(method="ar"), [None, (2, 1), (8, 1), (2, 4)]),
-    "sjd": (dict(method="sjd", window=5), [None, (2, 1), (4, 1), (8, 1), (4, 2), (1, 8)]),  # 1, 2, 4, 8 devices
+    # 1, 2, 8 devices (4 devices: the two-process job below, 2 x 2 devices against one process)
+    "sjd": (dict(method="sjd", window=5), [None, (2, 1), (8, 1), (4, 2), (1, 8)]),
     "sjd-pac-gumbel-tree": (dict(method="sjd", window=7, coupling="gumbel", tree=(2, 2), init="vertical-repeat"),
                             [None, (8, 1), (4, 2)]),
 }
