@@ -21,8 +21,9 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: sjd-jax {" + ",".join(COMMANDS) + "} [options]\n\n"
-              "  generate  sample a class grid from the bundled fashion-mnist model, or prompts from a converted\n"
-              "            text-to-image checkpoint (lumina-mgpt, anole, llamagen-t2i, janus-pro, emu3) (PNG)\n"
+              "  generate  sample a class grid from the bundled fashion-mnist model or a converted llamagen-c2i\n"
+              "            checkpoint, or prompts from a converted text-to-image checkpoint (lumina-mgpt, anole,\n"
+              "            llamagen-t2i, janus-pro, emu3) (PNG)\n"
               "  eval      quality metrics of the bundled model: PSNR, NLL, class accuracy, Frechet distance\n"
               "  bench     AR vs Jacobi-family samplers: NFE, wall time, compile time (JSON)\n"
               "  bench-mesh  throughput of batch generation on device meshes vs one device (JSON)\n"
@@ -34,6 +35,8 @@ def main(argv=None) -> int:
               "examples:\n"
               "  sjd-jax generate                                    # the bundled model, SJD, all 10 classes\n"
               "  sjd-jax generate --method sjd-pac --window 32 --class 0 7 --n 8\n"
+              "  sjd-jax convert --family llamagen-c2i c2i_B_256.pt --out ckpt/c2i_B/gpt   # + llamagen-vq -> ckpt/c2i_B/vq\n"
+              "  sjd-jax generate --model llamagen-c2i --ckpt ckpt/c2i_B --class 207 360\n"
               "  sjd-jax convert --family emu3 Emu3-Gen-hf/ --out ckpt/emu3\n"
               "  sjd-jax generate --model emu3-gen --ckpt ckpt/emu3 --prompt \"a red fox in snow\"\n"
               "  sjd-jax bench --methods sjd,sjd-pac --windows 16,32 --out bench.json\n"
