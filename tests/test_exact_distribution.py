@@ -254,7 +254,7 @@ def test_forced_tokens_never_cost_a_rejection():
                          row_end_token=3, image_token_range=(0, 3))
     params = scaled_params(config, seed=3, scale=6.0, head_scale=2.0)
     cond = jnp.asarray(np.arange(256) % 2, jnp.int32)
-    for options in ({}, dict(coupling="gumbel"), dict(init="horizon-sample", coupling="maximal")):
+    for options in ({}, dict(init="horizon-sample", coupling="maximal")):
         out = generate(params, config, cond, jax.random.key(1), method="sjd", window=6, cfg_scale=2.0, **options)
         nfe = np.asarray(out.nfe)
         assert nfe.max() <= 4, (options, np.bincount(nfe))
