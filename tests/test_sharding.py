@@ -334,21 +334,16 @@ def _two_processes(args_of_rank):
 
 
 def test_two_processes_only_rank0_writes_and_tokens_match(tmp_path, grid_tokens):
-    """Batch mode and grid mode on 2 processes: only process 0 writes, and its tokens equal a
-    single-process run's. Each rank gets its own output paths: anything rank 1 wrote would show."""
+    """Batch mode on 2 processes: only process 0 writes, and its tokens equal a single-process run's.
+    Each rank gets its own output path: anything rank 1 wrote would show. (Grid mode's gather,
+    ``distributed.gather_output``, ran here on two processes too until the suite outgrew its budget;
+    it is now exercised on one process only.)"""
     logs = _two_processes(lambda r: [*BATCH, "--no-png", "--batch-per-device", "1", "--out-dir", str(tmp_path / f"rank{r}")])
     assert not (tmp_path / "rank1").exists(), "process 1 wrote files"
     np.testing.assert_array_equal(np.load(tmp_path / "rank0" / "tokens.npy"), grid_tokens)
     st = json.loads((tmp_path / "rank0" / "stats.json").read_text())
     assert st["processes"] == 2 and st["devices"] == 4 and st["mesh"] == {"data": 4, "model": 1}, st
     assert "error" not in logs[0] + logs[1]
-
-    # grid mode (6 rows over data=4: rows replicated with a warning, still one job)
-    _two_processes(lambda r: [*BATCH, "--out", str(tmp_path / f"grid{r}.png"), "--stats-json",
-                              str(tmp_path / f"grid{r}.json")])
-    assert (tmp_path / "grid0.png").is_file() and not (tmp_path / "grid1.png").exists()
-    assert not (tmp_path / "grid1.json").exists()
-    assert json.loads((tmp_path / "grid0.json").read_text())["step_compression"] == pytest.approx(st["step_compression"])
 
 
 def test_bench_mesh_cli(tmp_path, capsys):
