@@ -108,6 +108,24 @@ def save(path, kind: str, config, params, *, force: bool = False, extra_files=No
     return path
 
 
+def kind_of(path) -> str | None:
+    """The ``kind`` of the sjd-jax checkpoint at ``path``, or None if it is not one (no weights read)."""
+    try:
+        return json.loads((Path(path) / "config.json").read_text()).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def require_kind(path, want: str, family: str) -> None:
+    """Fail unless ``path`` holds a ``want`` checkpoint; the message names the convert command."""
+    kind = kind_of(path)
+    if kind is None:
+        raise ValueError(f"{path} is not an sjd-jax checkpoint; make one with: sjd-jax convert --family "
+                         f"{family} <downloaded files> --out {path}")
+    if kind != want:
+        raise ValueError(f"{path} holds a {kind!r} checkpoint, not {want!r} (sjd-jax convert --family {family})")
+
+
 def load(path, sharding=None, mesh=None):
     """``path`` -> ``(config, params)``. Params land on ``sharding`` (default: the first device),
     or with ``mesh`` on their ``sharding.RULES`` shardings: orbax restores each leaf straight into

@@ -166,6 +166,8 @@ def _main(args) -> int:
         raise ValueError("--batch-per-device and --no-png need --out-dir (batch mode)")
     if args.out_dir is not None and args.out is not None:
         raise ValueError("--out writes the grid PNG; batch mode (--out-dir) writes one PNG per item")
+    if args.n < 1:
+        raise ValueError(f"--n must be >= 1, got {args.n}")
     bpd = 8 if args.batch_per_device is None else args.batch_per_device
     if bpd < 1:
         raise ValueError(f"--batch-per-device must be >= 1, got {bpd}")
@@ -177,8 +179,6 @@ def _main(args) -> int:
                              f"text-to-image one ({', '.join(pipelines.TEXT_MODELS)})")
         preset = presets.get(args.model)
     else:  # its classes and defaults come with the checkpoint
-        if args.n < 1:
-            raise ValueError(f"--n must be >= 1, got {args.n}")
         recipes.recipe(args.method or "sjd", args.window if args.window is not None else 16)
     mesh = _devices(args)
     if ckpt_model:
@@ -193,8 +193,6 @@ def _main(args) -> int:
     bad = [c for c in classes if not 0 <= c < n_cls]
     if bad:
         raise ValueError(f"class {bad[0]} out of range: {args.model} has classes 0..{n_cls - 1}")
-    if args.n < 1:
-        raise ValueError(f"--n must be >= 1, got {args.n}")
     out_path = args.out or Path(f"{args.model}.png")
     from .distributed import is_writer
 

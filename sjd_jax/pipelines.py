@@ -46,24 +46,6 @@ class TextModel:
     generate: Callable
 
 
-def _kind_of(path: Path) -> str | None:
-    import json
-
-    try:
-        return json.loads((Path(path) / "config.json").read_text()).get("kind")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def _need_kind(path: Path, want: str, family: str) -> None:
-    kind = _kind_of(path)
-    if kind is None:
-        raise ValueError(f"{path} is not an sjd-jax checkpoint; make one with: sjd-jax convert --family "
-                         f"{family} <downloaded files> --out {path}")
-    if kind != want:
-        raise ValueError(f"{path} holds a {kind!r} checkpoint, not {want!r} (sjd-jax convert --family {family})")
-
-
 def load(name: str, ckpt, t5=None, mesh=None) -> TextModel:
     """The named text-to-image model from its converted checkpoint directory ``ckpt`` (LlamaGen-T2I:
     ``t5`` overrides ``ckpt/t5``)."""
@@ -93,7 +75,7 @@ def load(name: str, ckpt, t5=None, mesh=None) -> TextModel:
         from . import janus
         from .vq import codebook_vectors
 
-        _need_kind(ckpt, "janus", spec["family"])
+        checkpoint.require_kind(ckpt, "janus", spec["family"])
         config, params = checkpoint.load(ckpt, mesh=mesh)
         tok = janus.load_tokenizer(ckpt)
 
@@ -107,7 +89,7 @@ def load(name: str, ckpt, t5=None, mesh=None) -> TextModel:
         from . import emu3
         from .janus import load_tokenizer
 
-        _need_kind(ckpt, "emu3", spec["family"])
+        checkpoint.require_kind(ckpt, "emu3", spec["family"])
         config, params = checkpoint.load(ckpt, mesh=mesh)
         tok = load_tokenizer(ckpt)
 
@@ -118,7 +100,7 @@ def load(name: str, ckpt, t5=None, mesh=None) -> TextModel:
     from . import lumina
     from .janus import load_tokenizer
 
-    _need_kind(ckpt, "lumina", spec["family"])
+    checkpoint.require_kind(ckpt, "lumina", spec["family"])
     config, params = checkpoint.load(ckpt, mesh=mesh)
     if config.layout != spec["layout"]:
         raise ValueError(f"{ckpt} is a {config.layout} checkpoint; --model {name} needs "

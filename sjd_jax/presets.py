@@ -52,19 +52,6 @@ def get(name: str) -> Preset:
     return PRESETS[name]()
 
 
-def _need_kind(path: Path, kind: str, family: str) -> None:
-    import json
-
-    try:
-        found = json.loads((path / "config.json").read_text()).get("kind")
-    except (OSError, ValueError, AttributeError):
-        found = None
-    if found != kind:
-        what = "is not an sjd-jax checkpoint" if found is None else f"holds a {found!r} checkpoint, not {kind!r}"
-        raise ValueError(f"{path} {what}; make it with: sjd-jax convert --family {family} <downloaded file> "
-                         f"--out {path}")
-
-
 def from_checkpoint(name: str, ckpt, mesh=None) -> Bundle:
     """A class-conditional model of ``CKPT_MODELS`` from ``ckpt/gpt`` and ``ckpt/vq``."""
     if name not in CKPT_MODELS:
@@ -72,8 +59,8 @@ def from_checkpoint(name: str, ckpt, mesh=None) -> Bundle:
     ckpt = Path(ckpt)
     if not ckpt.is_dir():
         raise ValueError(f"--ckpt {ckpt}: no such directory")
-    _need_kind(ckpt / "gpt", "gpt", "llamagen-c2i")
-    _need_kind(ckpt / "vq", "vq", "llamagen-vq")
+    checkpoint.require_kind(ckpt / "gpt", "gpt", "llamagen-c2i")
+    checkpoint.require_kind(ckpt / "vq", "vq", "llamagen-vq")
     gc, gp = checkpoint.load(ckpt / "gpt", mesh=mesh)
     if not gc.num_classes:
         raise ValueError(f"{ckpt / 'gpt'} is a text-conditional GPT; use --model llamagen-t2i-xl")

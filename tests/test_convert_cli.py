@@ -165,7 +165,7 @@ def test_generate_cli_from_converted_llamagen_c2i(tmp_path, capsys):
     np.testing.assert_array_equal(np.asarray(Image.open(png)), want)
     for argv, msg in ((["--class", "3"], "needs --ckpt DIR with DIR/gpt"),
                       (["--ckpt", str(d)], "needs --class ID"),
-                      (["--ckpt", str(tmp_path), "--class", "3"], "is not an sjd-jax checkpoint; make it with"),
+                      (["--ckpt", str(tmp_path), "--class", "3"], "gpt is not an sjd-jax checkpoint; make one with: sjd-jax convert --family llamagen-c2i"),
                       (["--ckpt", str(d), "--class", "10"], "class 10 out of range"),
                       (["--ckpt", str(d), "--class", "1", "--prompt", "x"], "--prompt/--t5 are for text")):
         assert generate_main(["--model", "llamagen-c2i", *argv, "--out", str(tmp_path / "e.png")]) == 2, argv
