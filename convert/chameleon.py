@@ -35,13 +35,64 @@ _TABLE = [  # (HF name regex, sjd-jax path template, transpose)
 ]
 
 
+# Fields every HF config may carry (transformers v4 and v5, remote-code configs) that do not change
+# the forward pass.
+HF_GENERIC_FIELDS = frozenset({
+    "_name_or_path", "architectures", "auto_map", "chunk_size_feed_forward", "dtype", "torch_dtype", "id2label",
+    "label2id", "is_encoder_decoder", "output_attentions", "output_hidden_states", "problem_type",
+    "return_dict", "transformers_version", "use_cache", "initializer_range", "_attn_implementation_autoset",
+    "add_cross_attention", "bad_words_ids", "begin_suppress_tokens", "cross_attention_hidden_size",
+    "decoder_start_token_id", "diversity_penalty", "do_sample", "early_stopping",
+    "encoder_no_repeat_ngram_size", "exponential_decay_length_penalty", "finetuning_task",
+    "forced_bos_token_id", "forced_eos_token_id", "is_decoder", "length_penalty", "max_length",
+    "min_length", "no_repeat_ngram_size", "num_beam_groups", "num_beams", "num_return_sequences",
+    "output_scores", "prefix", "pruned_heads", "remove_invalid_values", "repetition_penalty",
+    "return_dict_in_generate", "sep_token_id", "suppress_tokens", "task_specific_params", "temperature",
+    "tf_legacy_loss", "tie_encoder_decoder", "tokenizer_class", "top_k", "top_p", "torchscript",
+    "typical_p", "use_bfloat16",
+})
+# The Llama-family fields ``llama_family_config`` reads (an unsupported value is refused there) ...
+LLAMA_FIELDS = frozenset({
+    "model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "rms_norm_eps", "rope_parameters", "rope_theta", "rope_scaling", "hidden_act",
+    "attention_bias", "mlp_bias", "tie_word_embeddings", "max_position_embeddings",
+    # ... and ones without effect on the logits: training dropout, token ids the pipelines read by name
+    "attention_dropout", "pad_token_id", "bos_token_id", "eos_token_id",
+})
+_CHAMELEON = LLAMA_FIELDS | {
+    "swin_norm", "vocabulary_map", "image_token_id",
+    "model_parallel_size",  # q/k-norm rows per shard: expanded to heads (_expand_norm)
+    "vq_config",  # the HF VQ encoder (skipped); the VQGAN comes from --vqgan
+    # Lumina-mGPT's fork (ChameleonXLLMXConfig): training loss / dropout, and a mask of image tokens
+    # out of *text* generation, which its image generation turns off
+    "z_loss_weight", "dropout", "mask_image_logits",
+}
+CHAMELEON_QK_NORM_EPS = 1e-5  # HF ChameleonLayerNorm's, fixed (not the config's rms_norm_eps)
+
+
 def skipped(name: str) -> bool:
     return any(re.fullmatch(p, name) for p in _SKIPPED)
 
 
+def refuse_unknown_fields(section: dict, known, where: str) -> None:
+    """One-line ValueError listing the fields of ``section`` outside ``known`` and the generic ones."""
+    unknown = sorted(set(section) - set(known) - HF_GENERIC_FIELDS)
+    if unknown:
+        raise ValueError(f"{where} has field(s) this converter does not understand: {unknown}; refusing "
+                         "to guess their effect")
+
+
+def _positive_int(cfg: dict, key: str, family: str) -> int:
+    v = cfg[key]
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"{family} config.json {key} {v!r} is not a positive integer")
+    return v
+
+
 def llama_family_config(cfg: dict, grid_size, prompt_len: int, family: str, qk_norm: bool) -> GPTConfig:
     """An HF Llama-style config dict (Chameleon, Emu3's text model) -> GPTConfig with one shared
-    prompt/image vocabulary and 1D rotate-half RoPE, over a ``prompt_len`` prompt and a grid."""
+    prompt/image vocabulary and 1D rotate-half RoPE, over a ``prompt_len`` prompt and a grid.
+    Unknown fields are the callers' to refuse (``refuse_unknown_fields``)."""
     for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
         if key not in cfg:
             raise ValueError(f"{family} config.json lacks {key}")
@@ -57,18 +108,25 @@ def llama_family_config(cfg: dict, grid_size, prompt_len: int, family: str, qk_n
     if (rope.get("rope_type") or "default") != "default" or cfg.get("rope_scaling"):
         raise ValueError(f"rope scaling is not supported ({rope or cfg.get('rope_scaling')})")
     theta = float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0)))
-    n_head = int(cfg["num_attention_heads"])
-    kv = int(cfg.get("num_key_value_heads") or n_head)
-    V = int(cfg["vocab_size"])
+    dim, n_head = (_positive_int(cfg, k, family) for k in ("hidden_size", "num_attention_heads"))
+    kv = n_head if cfg.get("num_key_value_heads") is None else _positive_int(cfg, "num_key_value_heads", family)
+    # HF Llama-family attention uses head_dim when set (q/k/v: heads * head_dim features)
+    hd = None if cfg.get("head_dim") is None else _positive_int(cfg, "head_dim", family)
+    V = _positive_int(cfg, "vocab_size", family)
     return GPTConfig(vocab_size=V, text_vocab_size=V, shared_embeddings=True, grid_size=grid_size,
-                     dim=int(cfg["hidden_size"]), n_layer=int(cfg["num_hidden_layers"]), n_head=n_head,
-                     n_kv_head=None if kv == n_head else kv, intermediate_size=int(cfg["intermediate_size"]),
+                     dim=dim, n_layer=_positive_int(cfg, "num_hidden_layers", family), n_head=n_head,
+                     n_kv_head=None if kv == n_head else kv,
+                     intermediate_size=_positive_int(cfg, "intermediate_size", family),
                      cls_token_num=prompt_len, norm_eps=float(cfg.get("rms_norm_eps", 1e-5)),
-                     rope_theta=theta, rope_type="1d", rope_interleaved=False, qk_norm=qk_norm)
+                     rope_theta=theta, rope_type="1d", rope_interleaved=False, qk_norm=qk_norm,
+                     qk_norm_eps=CHAMELEON_QK_NORM_EPS,
+                     attn_head_dim=None if hd is None or hd * n_head == dim else hd)
 
 
 def chameleon_config(cfg: dict, grid_size, prompt_len: int) -> GPTConfig:
-    """HF ``ChameleonConfig`` dict -> GPTConfig over a ``prompt_len`` prompt and an image-token grid."""
+    """HF ``ChameleonConfig`` dict -> GPTConfig over a ``prompt_len`` prompt and an image-token grid
+    (fields outside the released configs' are refused)."""
+    refuse_unknown_fields(cfg, _CHAMELEON, "Chameleon config.json")
     return llama_family_config(cfg, grid_size, prompt_len, "Chameleon", qk_norm=True)
 
 
@@ -86,7 +144,8 @@ def _items(items: Iterable, config: GPTConfig):
             parts[m.group(2)] = arr
             if len(parts) == 3:
                 del qkv[int(m.group(1))]
-                yield name, (f"layers_{m.group(1)}/attention/wqkv/kernel",
+                yield f"model.layers.{m.group(1)}.self_attn.{{q,k,v}}_proj.weight", (
+                    f"layers_{m.group(1)}/attention/wqkv/kernel",
                              np.concatenate([parts["q"], parts["k"], parts["v"]], 0).T)
             continue
         if m := _NORM.fullmatch(name):

@@ -13,11 +13,17 @@ import re
 
 from sjd_jax.config import GPTConfig
 
-from .chameleon import chameleon_params, llama_family_config
+from .chameleon import LLAMA_FIELDS, chameleon_params, llama_family_config, refuse_unknown_fields
 
 _RENAMES = [(r"^model\.text_model\.", "model."), (r"^text_model\.lm_head\.", "lm_head."),
             (r"^text_model\.model\.", "model.")]
 _VQ = re.compile(r"^(model\.)?vqmodel\.")
+# config.json fields (beyond the Llama ones): HF v5 ``Emu3Config`` top level, its ``text_config``,
+# and the flat original ``BAAI/Emu3-Gen`` config (special-token ids and the training image area,
+# which the pipeline reads from the vocabulary and --image-size instead)
+_TOP = {"model_type", "text_config", "vq_config", "vocabulary_map", "image_token_id", "tie_word_embeddings"}
+_TEXT = LLAMA_FIELDS | {"head_dim", "pretraining_tp"}  # pretraining_tp: sliced matmuls, same result
+_ORIGINAL = {"img_token_id", "boi_token_id", "eoi_token_id", "eol_token_id", "eof_token_id", "image_area"}
 
 
 def emu3_name(name: str) -> str | None:
@@ -32,7 +38,13 @@ def emu3_name(name: str) -> str | None:
 
 def emu3_config(cfg: dict, grid_size, prompt_len: int) -> GPTConfig:
     """Emu3 ``config.json`` (original flat keys, or HF v5 with ``text_config``) -> GPTConfig."""
-    text = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else cfg
+    if isinstance(cfg.get("text_config"), dict):
+        refuse_unknown_fields(cfg, _TOP, "Emu3 config.json (top level)")
+        text = cfg["text_config"]
+        refuse_unknown_fields(text, _TEXT, "Emu3 config.json text_config")
+    else:
+        text = cfg
+        refuse_unknown_fields(cfg, _TEXT | _ORIGINAL, "Emu3 config.json")
     return llama_family_config(text, grid_size, prompt_len, "Emu3", qk_norm=False)
 
 

@@ -72,6 +72,11 @@ class GPTConfig:
     # LlamaGen rotates interleaved pairs (x[2i], x[2i+1]); HF Llama-style checkpoints rotate halves.
     rope_interleaved: bool = True
     qk_norm: bool = False  # Chameleon-style LayerNorm over head_dim on q and k (before RoPE)
+    # its epsilon: HF's ChameleonLayerNorm always uses 1e-5, whatever the config's rms_norm_eps
+    qk_norm_eps: float = 1e-5
+    # per-head width when it is not dim / n_head (HF Llama-family ``head_dim``): q/k/v project to
+    # n_head * attn_head_dim features and the output projection maps those back to dim
+    attn_head_dim: int | None = None
     # Structure tokens (Lumina-mGPT / Emu3 layouts): the last column of every grid row is this token,
     # forced (the sampler drafts it deterministically, so it is always accepted). grid_size then
     # counts it: (rows, codes per row + 1).
@@ -94,13 +99,19 @@ class GPTConfig:
             problems.append("set at most one of caption_dim and text_vocab_size")
         if self.shared_embeddings and self.text_vocab_size != self.vocab_size:
             problems.append("shared_embeddings needs text_vocab_size == vocab_size (one vocabulary)")
-        if self.dim % self.n_head:
+        if min(self.dim, self.n_head, self.kv_heads, self.attn_head_dim or 1) < 1:
+            # the divisibility checks below would divide by zero
+            raise ValueError(f"invalid GPTConfig: dim {self.dim}, n_head {self.n_head}, n_kv_head "
+                             f"{self.n_kv_head} and attn_head_dim {self.attn_head_dim} must be positive")
+        if self.attn_head_dim is None and self.dim % self.n_head:
             problems.append(f"dim {self.dim} is not divisible by n_head {self.n_head}")
         if self.n_head % self.kv_heads:
             problems.append(f"n_head {self.n_head} is not divisible by n_kv_head {self.kv_heads}")
-        if (self.dim // max(self.n_head, 1)) % (4 if self.rope_type == "2d" else 2):
-            problems.append(f"head_dim {self.dim // self.n_head} must be divisible by "
+        if self.head_dim % (4 if self.rope_type == "2d" else 2):
+            problems.append(f"head_dim {self.head_dim} must be divisible by "
                             f"{4 if self.rope_type == '2d' else 2} for {self.rope_type} RoPE")
+        if not self.qk_norm_eps > 0:
+            problems.append(f"qk_norm_eps {self.qk_norm_eps} must be positive")
         if self.cond_kind == "class" and self.num_classes is None:
             problems.append("set num_classes (class-conditional), caption_dim (caption features) "
                             "or text_vocab_size (prompt tokens)")
@@ -135,7 +146,7 @@ class GPTConfig:
 
     @property
     def head_dim(self) -> int:
-        return self.dim // self.n_head
+        return self.dim // self.n_head if self.attn_head_dim is None else self.attn_head_dim
 
     @property
     def num_image_tokens(self) -> int:

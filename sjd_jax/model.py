@@ -75,7 +75,9 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x, cos, sin, k_cache, v_cache, q_pos, mask):
-        """x: [B, T, D]; cos/sin: [B, T, hd/2]; caches: [B, S, Hkv, hd]; q_pos: [B, T]; mask: [B, T, S]."""
+        """x: [B, T, D]; cos/sin: [B, T, hd/2]; caches: [B, S, Hkv, hd]; q_pos: [B, T]; mask: [B, T, S].
+
+        hd is ``config.head_dim`` (``attn_head_dim`` when set): H * hd need not equal D."""
         c = self.config
         B, T, _ = x.shape
         H, Hkv, hd = c.n_head, c.kv_heads, c.head_dim
@@ -89,8 +91,8 @@ class Attention(nn.Module):
         k = shd.constrain(k, ("batch", None, "kv_heads", "head_dim"))
         v = shd.constrain(v, ("batch", None, "kv_heads", "head_dim"))
         if c.qk_norm:
-            q = HeadLayerNorm(H, c.norm_eps, name="q_norm")(q)
-            k = HeadLayerNorm(Hkv, c.norm_eps, name="k_norm")(k)
+            q = HeadLayerNorm(H, c.qk_norm_eps, name="q_norm")(q)
+            k = HeadLayerNorm(Hkv, c.qk_norm_eps, name="k_norm")(k)
         q = apply_rope(q, cos, sin, c.rope_interleaved)
         k = apply_rope(k, cos, sin, c.rope_interleaved)
         k_cache = shd.constrain(kv.write(k_cache, k, q_pos), shd.KV_AXES)

@@ -13,7 +13,7 @@ from convert.cli import to_numpy
 N_TEXT, N_IMG = 16, 32
 
 
-def _hf_model(kv_heads=2, seed=0):
+def _hf_model(kv_heads=2, seed=0, **config):
     vocab = {f"t{i}": i for i in range(N_TEXT)}
     vocab["<image>"] = 3
     for c in range(N_IMG):  # Chameleon's image-token names: IMGIMG + code digits as letters + Z
@@ -22,7 +22,7 @@ def _hf_model(kv_heads=2, seed=0):
                           num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=256,
                           vocabulary_map=vocab,
                           vq_config=dict(embed_dim=8, num_embeddings=N_IMG, latent_channels=32, base_channels=32,
-                                         channel_multiplier=[1, 2], num_res_blocks=1, resolution=32))
+                                         channel_multiplier=[1, 2], num_res_blocks=1, resolution=32), **config)
     torch.manual_seed(seed)
     model = ChameleonForConditionalGeneration(cfg).eval()
     with torch.no_grad():  # non-trivial q/k-norm affine (the default init is ones/zeros)
@@ -52,6 +52,30 @@ def test_logits_match_hf_chameleon(kv_heads):
     out = np.asarray(S.teacher_forced_logits(params, config, S.Prompt(prompt, np.ones(prompt.shape, bool)), image))
     err = np.abs(out - ref).max()
     assert err <= 1e-4, err
+
+
+def test_qk_norm_eps_is_chameleons_not_rms_norm_eps():
+    """HF's ChameleonLayerNorm (q/k norm) always uses eps 1e-5, whatever ``rms_norm_eps`` says: with
+    rms_norm_eps 1e-6 and small q/k activations (where eps matters) the logits match HF, and the
+    config's RMSNorm eps on the q/k norms (the old behaviour) would not."""
+    model = _hf_model(2, rms_norm_eps=1e-6)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(0.1)
+            layer.self_attn.k_proj.weight.mul_(0.1)
+    C, grid = 5, (2, 3)
+    rng = np.random.default_rng(0)
+    prompt = np.concatenate([np.full((2, 1), 1), rng.integers(4, N_TEXT, (2, C - 1))], 1)
+    image = rng.integers(N_TEXT, N_TEXT + N_IMG, (2, 6))
+    ref = _raw_logits(model, np.concatenate([prompt, image], 1))[:, C - 1:C - 1 + 6]
+    config = chameleon_config(model.config.to_dict(), grid, C)
+    assert (config.norm_eps, config.qk_norm_eps) == (1e-6, 1e-5)
+    params = chameleon_params(dict(model.state_dict()), config, to_numpy)
+    cond = S.Prompt(prompt, np.ones(prompt.shape, bool))
+    err = np.abs(np.asarray(S.teacher_forced_logits(params, config, cond, image)) - ref).max()
+    old = np.abs(np.asarray(S.teacher_forced_logits(params, config.replace(qk_norm_eps=1e-6), cond, image)) - ref).max()
+    print(f"rms_norm_eps 1e-6: max |logit diff| {old:.2e} with the q/k norms at 1e-6 -> {err:.2e} at 1e-5")
+    assert err <= 1e-4 and old > 1e-3, (err, old)
 
 
 def test_lumina_model_parallel_qk_norm_shapes_expand():
@@ -88,6 +112,13 @@ def test_converter_errors():
         chameleon_params(bad, config, to_numpy)
     with pytest.raises(ValueError, match="swin_norm"):
         chameleon_config({**cfg, "swin_norm": True}, (2, 2), 3)
+    with pytest.raises(ValueError, match=r"Chameleon config.json has field\(s\) this converter does not understand: "
+                                         r"\['head_dim', 'qk_layernorm'\]"):
+        chameleon_config({**cfg, "qk_layernorm": False, "head_dim": 16}, (2, 2), 3)
+    lumina_fork = {**cfg, "z_loss_weight": 1e-5, "dropout": 0.05, "mask_image_logits": False}  # Lumina-mGPT's
+    assert chameleon_config(lumina_fork, (2, 2), 3) == config
+    with pytest.raises(ValueError, match="num_attention_heads 0 is not a positive integer"):
+        chameleon_config({**cfg, "num_attention_heads": 0}, (2, 2), 3)
     with pytest.raises(ValueError, match="lacks hidden_size"):
         chameleon_config({k: v for k, v in cfg.items() if k != "hidden_size"}, (2, 2), 3)
     with pytest.raises(ValueError, match="shared_embeddings needs"):

@@ -16,12 +16,13 @@ VQ = dict(codebook_size=N_VIS, embed_dim=4, latent_channels=4, base_channels=32,
           num_res_blocks=1, attn_resolutions=[1], temporal_downsample_factor=4, hidden_size=64, num_attention_heads=1)
 
 
-def _hf_model(seed=0):
+def _hf_model(seed=0, **text_config):
     vocab = {f"t{i}": i for i in range(N_TEXT)}
     vocab.update({f"<|visual token{i:06d}|>": N_TEXT + i for i in range(N_VIS)})
     text = dict(vocab_size=N_TEXT + N_VIS, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, pad_token_id=0,
-                bos_token_id=1, eos_token_id=2, rope_parameters={"rope_type": "default", "rope_theta": 1e6})
+                bos_token_id=1, eos_token_id=2, rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+                **text_config)
     torch.manual_seed(seed)
     model = Emu3ForConditionalGeneration(Emu3Config(text_config=text, vq_config=VQ, vocabulary_map=vocab)).eval()
     with torch.no_grad():
@@ -58,6 +59,45 @@ def test_logits_match_hf_emu3(names):
     err = np.abs(out - ref).max()
     print(f"emu3 logits ({names} names): max |diff| {err:.2e}")
     assert err <= 1e-4, err
+
+
+def test_head_dim_other_than_hidden_over_heads():
+    """``text_config.head_dim`` 24 with hidden 64 / 4 heads: q/k/v project to heads * 24 features,
+    o_proj maps 96 -> 64 and RoPE turns 12 pairs, as in HF; the logits match."""
+    model = _hf_model(head_dim=24)
+    assert tuple(model.model.text_model.layers[0].self_attn.o_proj.weight.shape) == (64, 96)
+    C, grid = 6, (3, 4)
+    rng = np.random.default_rng(1)
+    prompt = np.concatenate([np.full((2, 1), 1), rng.integers(3, N_TEXT, (2, C - 1))], 1)
+    image = rng.integers(N_TEXT, N_TEXT + N_VIS, (2, 12))
+    ref = _raw_logits(model, np.concatenate([prompt, image], 1))[:, C - 1:C - 1 + 12]
+    config = emu3_config(model.config.to_dict(), grid, C)
+    assert (config.head_dim, config.attn_head_dim, config.dim, config.kv_heads) == (24, 24, 64, 2)
+    params = emu3_params(dict(model.state_dict()), config, to_numpy)
+    assert params["params"]["layers_0"]["attention"]["wo"]["kernel"].shape == (96, 64)
+    out = np.asarray(S.teacher_forced_logits(params, config, S.Prompt(prompt, np.ones(prompt.shape, bool)), image))
+    err = np.abs(out - ref).max()
+    print(f"emu3 logits with head_dim 24 (hidden 64, 4 heads): max |diff| {err:.2e}")
+    assert err <= 1e-4, err
+    # head_dim equal to hidden/heads is the plain layout (same config as without the field)
+    assert emu3_config({**model.config.to_dict(), "text_config": {**model.config.to_dict()["text_config"],
+                                                                  "head_dim": 16}}, grid, C).attn_head_dim is None
+
+
+def test_config_fields_outside_the_released_ones_are_refused():
+    cfg = _hf_model().config.to_dict()
+    with pytest.raises(ValueError, match=r"Emu3 config.json text_config has field\(s\) this converter does not "
+                                         r"understand: \['partial_rotary_factor', 'sliding_window'\]"):
+        emu3_config({**cfg, "text_config": {**cfg["text_config"], "sliding_window": 64,
+                                            "partial_rotary_factor": 0.5}}, (2, 3), 4)
+    with pytest.raises(ValueError, match=r"\(top level\) has field\(s\).*\['text_norm'\]"):
+        emu3_config({**cfg, "text_norm": True}, (2, 3), 4)
+    flat = {**cfg["text_config"], "boi_token_id": 5, "image_area": 720 * 720, "auto_map": {}}  # BAAI/Emu3-Gen
+    assert emu3_config(flat, (2, 3), 4) == emu3_config(cfg, (2, 3), 4)
+    with pytest.raises(ValueError, match=r"Emu3 config.json has field\(s\).*\['qk_layernorm'\]"):
+        emu3_config({**flat, "qk_layernorm": True}, (2, 3), 4)
+    with pytest.raises(ValueError, match="head_dim 0 is not a positive integer"):
+        emu3_config({**flat, "head_dim": 0}, (2, 3), 4)
 
 
 def test_names_and_errors():
