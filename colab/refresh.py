@@ -7,7 +7,6 @@ tagged ``figure`` are kept (the figures a reader sees on GitHub before running a
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
 import sys
 import tempfile
@@ -17,6 +16,8 @@ import nbformat
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 from nbrun import KEEP_TAG, run_notebook  # noqa: E402
+
+from sjd_jax import atomic  # noqa: E402
 
 
 def clean(nb, keep_figures: bool):
@@ -46,9 +47,8 @@ def main(argv=None) -> int:
     else:
         with tempfile.TemporaryDirectory() as work:
             nb = clean(run_notebook(args.name, work, ci=False), keep_figures=True)
-    tmp = path.with_suffix(".ipynb.tmp")
-    nbformat.write(nb, tmp)
-    os.replace(tmp, path)
+    text = nbformat.writes(nb)
+    atomic.write_text(path, text if text.endswith("\n") else text + "\n")
     print(f"wrote {path}")
     return 0
 

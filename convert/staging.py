@@ -51,9 +51,13 @@ class Staging:
         self._n = 0
 
     def __enter__(self) -> "Staging":
+        from sjd_jax import atomic
+
         if self._parent is not None:
             self._parent.mkdir(parents=True, exist_ok=True)
-        self.root = Path(tempfile.mkdtemp(prefix=".sjd-staging-", dir=self._parent))
+            atomic.sweep(self._parent)  # a killed conversion's staging (it can be the model's size)
+        # an atomic temp name (host, pid): a later run removes it if this process dies
+        self.root = Path(tempfile.mkdtemp(prefix=atomic.temp_prefix("sjd-staging"), dir=self._parent))
         return self
 
     def __exit__(self, *exc) -> None:

@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     from matplotlib.patches import Patch
 
     import sjd_jax
-    from sjd_jax import presets
+    from sjd_jax import atomic, presets
     from sjd_jax.vq import decode_tokens, to_uint8
 
     bundle = presets.load("fashion-mnist")
@@ -131,7 +131,7 @@ def main(argv=None) -> int:
 
     fig.suptitle("How SJD decodes one image: the bundled Fashion-MNIST model, CFG "
                  f"{preset.cfg_scale:g}, uniform drafts", fontsize=11)
-    fig.savefig(args.out, dpi=100, bbox_inches="tight")
+    atomic.write_file(args.out, lambda f: fig.savefig(f, format="png", dpi=100, bbox_inches="tight"))
     hist = np.bincount(committed[1:1 + T], minlength=W + 1)[1:]
     print(f"wrote {args.out}: NFE {nfe} vs {N} AR steps ({N / nfe:.2f}x), {T} iterations, "
           f"tokens committed per iteration 1..{W}: {hist.tolist()}")

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import atomic, memory
 from . import model as gpt
 from .cache import init_cache
 from .config import GPTConfig
@@ -34,7 +35,7 @@ from .sampling import keys as K
 from .sampling.loop import DEFAULT_CHUNK_ELEMENTS, SamplerSpec, _generate_jit, acceptance_stats, make_knobs
 from .sampling.qstore import Q_STORAGE, q_capacity
 from .sampling.recipes import LOSSLESS, RECIPES, recipe
-from .validate import INITS, check_chunk_elements, check_drafting, check_sampling
+from .validate import INITS, check_chunk_elements, check_drafting, check_int, check_sampling, check_seed
 
 DEFAULT_METHODS = "sjd,sjd-gumbel,sjd-ac,sjd-pac"
 
@@ -44,6 +45,7 @@ def _load(name: str, grid: int, vocab: int | None = None):
     if name.startswith("random:"):
         extra = {} if vocab is None else {"vocab_size": vocab}
         config = GPTConfig.llamagen(name.split(":", 1)[1], grid_size=grid, **extra)
+        memory.require_tree(gpt.abstract_params(config), f"random weights of {name}")
         return config, None, None, 4.0
     if vocab is not None:
         raise ValueError("--vocab applies to random: models only")
@@ -86,6 +88,7 @@ def run_one(params, config: GPTConfig, method: str, window: int, batch: int, kno
     ``lantern``: (neighbours [V, k], delta), used by the lantern recipe only."""
     images = batch if images is None else images
     spec, neighbours = _spec_and_args(config, method, window, init, lantern, knobs, q_storage, chunk_elements)
+    memory.require_sampler(spec, batch)
     kn = make_knobs(**knobs, lantern_delta=lantern[1] if neighbours is not None else 0.0)
     ids = np.arange(images)
     chunks = [ids[i:i + batch] for i in range(0, images, batch)]
@@ -211,10 +214,8 @@ def plot(report: dict, path: str) -> None:
     axes[0].legend(fontsize=7)
     fig.suptitle(f"{report['model']} ({report['image_tokens']} tokens), {report['env']['device']}", fontsize=9)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
+    atomic.write_file(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def markdown_table(report: dict) -> str:
@@ -255,13 +256,6 @@ def _report(args, config, params, knobs, lantern, costs, results) -> dict:
         "summary": summarize(results),
         "results": results,
     }
-
-
-def _write_json(report: dict, path: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(report, f, indent=1)
-    os.replace(tmp, path)  # never leave a half-written report
 
 
 def _parser():
@@ -324,12 +318,23 @@ def _main(args) -> int:
         inits = [i.strip() for i in args.inits.split(",") if i.strip()]
         batches = _int_list(args.batch, "--batch")
         storages = [q.strip() for q in args.q_storage.split(",") if q.strip()]
-        if min(batches) < 1 or args.repeat < 1 or args.images < 1:
-            raise ValueError(f"--batch sizes, --images and --repeat must be >= 1, got --batch {args.batch} "
-                             f"--images {args.images} --repeat {args.repeat}")
+        for flag, items in (("--methods", methods), ("--inits", inits), ("--q-storage", storages)):
+            if not items:
+                raise ValueError(f"{flag} is empty; give comma-separated names")
+        for b in batches:
+            check_int("--batch sizes", b, 1, memory.MAX_ROWS)
+        check_int("--images", args.images, 1, memory.MAX_ROWS)
+        check_int("--repeat", args.repeat, 1, 1000)
+        check_seed(args.seed, "--seed")
+        if args.vocab is not None:
+            check_int("--vocab", args.vocab, 2)
         check_chunk_elements(args.chunk_elements)
         for m in methods:
             recipe(m, 16)
+        plot_path = None if args.no_plot else (args.plot or os.path.splitext(args.out)[0] + ".png")
+        for path in (args.out, plot_path):  # before the work, not after it
+            if path:
+                atomic.check_file_target(path)
         config, params, codebook, cfg_default = _load(args.model, args.grid, args.vocab)
         knobs = dict(cfg_scale=cfg_default if args.cfg_scale is None else args.cfg_scale,
                      temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
@@ -352,7 +357,9 @@ def _main(args) -> int:
                                    args.lantern_k if kw.get("lantern") else 0, args.lantern_delta)
                     for q in storages:
                         q_capacity(config.vocab_size, kw["method"], args.temperature, args.top_k, q, tree[0])
-        plot_path = None if args.no_plot else (args.plot or os.path.splitext(args.out)[0] + ".png")
+                        for b in batches:  # sizes before work: every configuration must fit
+                            memory.require_sampler(_spec_and_args(config, m, w, init, lantern, knobs, q,
+                                                                  args.chunk_elements)[0], b)
         if plot_path:
             import matplotlib  # noqa: F401  (fail before hours of work, not after)
     except ImportError:
@@ -381,7 +388,7 @@ def _main(args) -> int:
             jax.clear_caches()  # free each loop's code: hundreds of executables exhaust the mappings on CPU
             results.append(r)
             report = _report(args, config, params, knobs, lantern, costs, results)
-            _write_json(report, args.out)  # after every row: an interrupted run keeps what it measured
+            atomic.write_json(args.out, report)  # after every row: an interrupted run keeps what it measured
             bar.set_postfix(tok_s=f"{r['images'] * config.num_image_tokens / r['wall_s']:.0f}",
                             acc_per_iter=f"{r['mean_accepted_per_iteration']:.2f}", refresh=False)
             bar.update(1)

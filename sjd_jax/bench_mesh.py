@@ -36,7 +36,7 @@ def run_mesh(bundle_name: str, shape: dict, method: str, window: int, images: in
     kind = kw.pop("method")
     kw.pop("lantern", None)
     knobs = bundle.preset.knobs()
-    G = bpd * shape["data"]
+    G = shape["data"] * min(bpd, -(-images // shape["data"]))  # padding clamped to the work
     ids = np.arange(images)
     chunks = [np.resize(ids[i:i + G], G) for i in range(0, images, G)]
 
@@ -91,27 +91,24 @@ def _main(args) -> int:
     import jax
     from tqdm import tqdm
 
-    from . import presets, sharding
+    from . import atomic, distributed, presets, sharding
     from .cliutil import Output
+    from .memory import MAX_ROWS
     from .sampling import recipes
+    from .validate import check_int, check_seed
 
     report_to = Output(args)
-    if args.cpu_devices is not None:
-        if args.cpu_devices < 1:
-            raise ValueError("--cpu-devices must be >= 1")
-        try:
-            jax.config.update("jax_num_cpu_devices", args.cpu_devices)
-        except RuntimeError:  # backend already up (called in-process)
-            if jax.device_count() < args.cpu_devices:
-                raise ValueError(f"--cpu-devices {args.cpu_devices}: JAX already started with "
-                                 f"{jax.device_count()} devices") from None
+    check_int("--images", args.images, 1, MAX_ROWS)
+    check_int("--batch-per-device", args.batch_per_device, 1, MAX_ROWS)
+    if args.global_batch is not None:
+        check_int("--global-batch", args.global_batch, 1, MAX_ROWS)
+    check_seed(args.seed, "--seed")
+    distributed.set_cpu_devices(args.cpu_devices)
     presets.get(args.model)
     if args.method not in recipes.LOSSLESS and args.method != "ar":
         raise ValueError(f"--method must be ar or a lossless recipe ({', '.join(recipes.LOSSLESS)})")
     recipes.recipe(args.method, args.window)
-    if args.images < 1 or args.batch_per_device < 1:
-        raise ValueError(f"--images and --batch-per-device must be >= 1, got {args.images} and "
-                         f"{args.batch_per_device}")
+    atomic.check_file_target(args.out)  # before the work, not after it
     shapes = []
     for text in args.meshes.split(";"):
         sizes = {"data": 1, "model": 1}
@@ -149,10 +146,7 @@ def _main(args) -> int:
               "env": {"jax": jax.__version__, "backend": jax.default_backend(), "devices": jax.device_count(),
                       "device": str(jax.devices()[0].device_kind), "cpus": os.cpu_count()},
               "sharding_rules": sharding.RULES, "results": rows}
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(report, f, indent=1)
-    os.replace(tmp, args.out)
+    atomic.write_json(args.out, report)
     report_to.result({"out": args.out, "results": rows, "env": report["env"]}, json.dumps(rows, indent=1))
     return 0 if all(r["tokens_equal_baseline"] for r in rows) else 1
 

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
+import logging
+import re
 import shutil
 from pathlib import Path
 
 import jax
 
+from . import atomic, integrity, memory
 from .config import GPTConfig, check_fields
 from .model import abstract_params
 from .vq import VQConfig, abstract_vq_params
@@ -67,45 +69,98 @@ def config_from_dict(kind: str, d: dict):
     return cls(**d)
 
 
+def is_checkpoint(path) -> bool:
+    """Whether ``path`` holds a directory sjd-jax wrote (its ``config.json`` says format "sjd-jax"):
+    the only kind of non-empty directory ``force`` may replace."""
+    try:
+        meta = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == FORMAT
+
+
 def save(path, kind: str, config, params, *, force: bool = False, extra_files=None) -> Path:
-    """Write ``params`` (must match ``config``) to ``path``; refuses to overwrite unless ``force``.
+    """Write ``params`` (must match ``config``) to ``path``; refuses to overwrite unless ``force``,
+    and ``force`` replaces only an sjd-jax checkpoint or an empty directory.
 
     ``extra_files``: ``{name: source path}`` copied into the directory (e.g. ``tokenizer.json``).
-    Everything is written to a temporary sibling directory and renamed when complete, so a failed
-    or interrupted write leaves no half-written checkpoint.
+    Written through ``atomic.directory``: a failed or interrupted write leaves no half-written
+    checkpoint, and a replaced one is swapped atomically (the old or the new one is always there).
+    ``config.json`` records a checksum per leaf (``integrity``), verified by ``load``.
     """
-    from orbax.checkpoint import v1 as ocp
-
     if kind not in KINDS:
         raise ValueError(f"unknown checkpoint kind {kind!r}; choose one of {', '.join(KINDS)}")
-    path = Path(path).absolute()
-    if path.exists() and not force:
-        raise ValueError(f"{path} exists; pass --force (force=True) to overwrite it")
     want = jax.tree_util.tree_structure(_abstract(kind, config))
     if jax.tree_util.tree_structure(params) != want:
         raise ValueError("params do not match the config's parameter tree")
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    meta = {"format": FORMAT, "version": VERSION, "kind": kind, "config": dataclasses.asdict(config)}
+    return write(path, meta, params, force=force, extra_files=extra_files)
+
+
+def write(path, meta: dict, params, *, force: bool = False, extra_files=None) -> Path:
+    """The directory of any sjd-jax params tree (checkpoints, the evaluation classifier):
+    ``params/`` (orbax) + ``config.json`` (``meta`` plus the per-leaf checksums). Errors name
+    ``path``, never the temporary directory; nothing is left behind."""
+    path = Path(path).absolute()
+    target = atomic.check_dir_target(path, force, is_checkpoint, "sjd-jax checkpoint")
+    for src in (extra_files or {}).values():
+        if not Path(src).is_file():
+            raise ValueError(f"{src}: no such file")
+    # jax arrays: orbax writes them without another host copy (numpy leaves cost ~2x more),
+    # and bounded write concurrency keeps its buffers near 2x the largest leaf, not 1x the model.
+    params = jax.tree.map(jax.device_put, params)
+    meta = {**meta, "integrity": integrity.record(params)}
     try:
-        tmp.mkdir(parents=True)
-        # jax arrays: orbax writes them without another host copy (numpy leaves cost ~2x more),
-        # and bounded write concurrency keeps its buffers near 2x the largest leaf, not 1x the model.
-        params = jax.tree.map(jax.device_put, params)
-        budget = max(2 * max(x.nbytes for x in jax.tree.leaves(params)), 64 << 20)
+        with atomic.directory(target, replace=force, owned=is_checkpoint, what="sjd-jax checkpoint") as tmp:
+            try:
+                _orbax_save(tmp / "params", params)
+            except OSError:
+                raise
+            except Exception as e:  # orbax / tensorstore wrap their I/O errors (e.g. a full disk)
+                raise ValueError(f"cannot write {path}: {error_reason(e)}") from None
+            (tmp / "config.json").write_text(json.dumps(meta, indent=1))
+            for name, src in (extra_files or {}).items():
+                shutil.copyfile(src, tmp / name)
+    except OSError as e:  # name the user's path, not the temporary directory
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+    return path
+
+
+def _orbax_save(path: Path, params) -> None:
+    from orbax.checkpoint import v1 as ocp
+
+    budget = max(2 * max((x.nbytes for x in jax.tree.leaves(params)), default=0), 64 << 20)
+    ctx = ocp.Context()
+    if hasattr(ctx, "memory"):  # orbax >= 0.12: dot-notation options
+        ctx.memory.write_concurrent_bytes = budget
+        ctx.memory.transfer_concurrent_bytes = budget
+    else:
         ctx = ocp.Context(memory_options=ocp.options.MemoryOptions(
             write_concurrent_bytes=budget, transfer_concurrent_bytes=budget))
-        with ctx:
-            ocp.save(tmp / "params", params)
-        meta = {"format": FORMAT, "version": VERSION, "kind": kind, "config": dataclasses.asdict(config)}
-        (tmp / "config.json").write_text(json.dumps(meta, indent=1))
-        for name, src in (extra_files or {}).items():
-            shutil.copyfile(src, tmp / name)
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
+    with ctx:
+        ocp.save(path, params)
+
+
+_STATUS = re.compile(r"\b([A-Z][A-Z_]{3,}): (.*)")
+
+
+def error_reason(e: BaseException) -> str:
+    """The most telling line of an orbax / tensorstore error chain (its status message, if any)."""
+    chain, seen = [], set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    for err in reversed(chain):  # the root cause first
+        for line in str(err).splitlines():
+            m = _STATUS.search(line)
+            if m:
+                return f"{m.group(1)}: {m.group(2)}"[:300]
+    for err in reversed(chain):
+        if isinstance(err, OSError) and err.strerror:
+            return err.strerror
+    text = str(chain[0]).strip().splitlines()
+    return (text[0] if text else type(chain[0]).__name__)[:300]
 
 
 def kind_of(path) -> str | None:
@@ -126,13 +181,10 @@ def require_kind(path, want: str, family: str) -> None:
         raise ValueError(f"{path} holds a {kind!r} checkpoint, not {want!r} (sjd-jax convert --family {family})")
 
 
-def load(path, sharding=None, mesh=None):
-    """``path`` -> ``(config, params)``. Params land on ``sharding`` (default: the first device),
-    or with ``mesh`` on their ``sharding.RULES`` shardings: orbax restores each leaf straight into
-    its shards (each process reads only what its devices hold; no full host copy first)."""
-    from orbax.checkpoint import v1 as ocp
-
-    path = Path(path).absolute()  # orbax refuses relative paths
+def read_meta(path, kinds=KINDS) -> dict:
+    """``path/config.json`` of an sjd-jax checkpoint of one of ``kinds``, checked (one-line
+    ``ValueError`` otherwise)."""
+    path = Path(path)
     meta_file = path / "config.json"
     if not meta_file.is_file() or not (path / "params").is_dir():
         raise ValueError(f"{path} is not an sjd-jax checkpoint (needs config.json and params/)")
@@ -140,11 +192,41 @@ def load(path, sharding=None, mesh=None):
         meta = json.loads(meta_file.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{meta_file} is not valid JSON: {e}") from e
-    if meta.get("format") != FORMAT or meta.get("kind") not in KINDS:
-        raise ValueError(f"{meta_file} is not an sjd-jax config (format/kind missing)")
-    if meta.get("version", 0) > VERSION:
-        raise ValueError(f"{path} has format version {meta['version']}; this sjd-jax reads <= {VERSION}")
-    config = config_from_dict(meta["kind"], meta["config"])
+    except UnicodeDecodeError:
+        raise ValueError(f"{meta_file} is not valid JSON (not UTF-8 text)") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{meta_file}: expected a JSON object, got a {type(meta).__name__}")
+    if meta.get("format") != FORMAT or meta.get("kind") not in kinds:
+        raise ValueError(f"{meta_file} is not an sjd-jax config (format/kind missing)"
+                         if meta.get("format") != FORMAT or not isinstance(meta.get("kind"), str) else
+                         f"{path} holds a {meta['kind']!r} checkpoint, not {' or '.join(map(repr, kinds))}")
+    version = meta.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise ValueError(f"{meta_file}: version must be a non-negative integer, got {version!r}")
+    if version > VERSION:
+        raise ValueError(f"{path} has format version {version}; this sjd-jax reads <= {VERSION}")
+    if "config" in meta and not isinstance(meta["config"], dict):
+        raise ValueError(f"{meta_file}: \"config\" must be a JSON object")
+    return meta
+
+
+def load(path, sharding=None, mesh=None, verify: bool = True):
+    """``path`` -> ``(config, params)``. Params land on ``sharding`` (default: the first device),
+    or with ``mesh`` on their ``sharding.RULES`` shardings: orbax restores each leaf straight into
+    its shards (each process reads only what its devices hold; no full host copy first).
+
+    ``verify``: check every leaf against the checkpoint's checksums and for NaN/inf (``ValueError``
+    naming the leaf); damaged or missing data files are one ``ValueError`` too."""
+    path = Path(path).absolute()  # orbax refuses relative paths
+    if not path.exists():
+        atomic.sweep(path.parent, force=True)  # a replacement killed between its two renames
+    meta = read_meta(path)
+    if "config" not in meta:
+        raise ValueError(f"{path / 'config.json'} has no \"config\" entry")
+    try:
+        config = config_from_dict(meta["kind"], meta["config"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path / 'config.json'}: {e}") from None
     shapes = _abstract(meta["kind"], config)
     if mesh is not None:
         if sharding is not None:
@@ -159,4 +241,40 @@ def load(path, sharding=None, mesh=None):
         one = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         target = jax.tree.map(lambda _: one, shapes)
     abstract = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), shapes, target)
-    return config, ocp.load(path / "params", abstract)
+    return config, restore(path, meta, abstract, verify)
+
+
+def restore(path: Path, meta: dict, abstract, verify: bool = True):
+    """The params of the checkpoint at ``path`` (``meta``: its ``read_meta``) into ``abstract``
+    (shapes, dtypes, shardings). Refused before reading when they cannot fit in memory; any failure
+    of the stored data (missing, truncated or corrupt files, a failed checksum, NaN/inf) is one
+    ``ValueError`` naming ``path`` and the leaf."""
+    from orbax.checkpoint import v1 as ocp
+
+    memory.require_tree(abstract, f"loading {path}")
+    _quiet_orbax_task_noise()
+    try:
+        params = ocp.load(path / "params", abstract)
+    except (KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as e:
+        raise ValueError(f"{path}: checkpoint data is damaged or incomplete ({error_reason(e)}); convert or copy "
+                         f"it again") from None
+    if verify:
+        integrity.verify(params, meta.get("integrity"), path)
+    return params
+
+
+class _DropOrbaxTaskNoise(logging.Filter):
+    """asyncio logs every other failed read task of a failed restore at garbage collection
+    ("Task exception was never retrieved", ~80 lines each) after the error was already reported."""
+
+    def filter(self, record):
+        return not (record.getMessage().startswith("Task exception was never retrieved") and
+                    "orbax" in record.getMessage())
+
+
+def _quiet_orbax_task_noise() -> None:
+    logger = logging.getLogger("asyncio")
+    if not any(isinstance(f, _DropOrbaxTaskNoise) for f in logger.filters):
+        logger.addFilter(_DropOrbaxTaskNoise())

@@ -80,30 +80,26 @@ def train(images, labels, *, epochs: int = 3, batch: int = 128, lr: float = 1e-3
     return params
 
 
+META = {"format": "sjd-jax", "kind": "classifier", "arch": "CNN-32-64-128"}
+
+
 def save(path, params, force: bool = True) -> None:
-    import json
-    import shutil
+    """An sjd-jax params directory (``checkpoint.write``: atomic, with checksums); ``force``
+    replaces only a directory sjd-jax wrote."""
+    from . import checkpoint
 
-    from orbax.checkpoint import v1 as ocp
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    ocp.save(tmp / "params", params)
-    (tmp / "config.json").write_text(json.dumps({"format": "sjd-jax", "kind": "classifier", "arch": "CNN-32-64-128"}))
-    if path.exists() and force:
-        shutil.rmtree(path)
-    tmp.rename(path)
+    checkpoint.write(path, META, params, force=force)
 
 
 def load(path):
-    from orbax.checkpoint import v1 as ocp
+    from . import checkpoint
 
+    path = Path(path).absolute()
+    meta = checkpoint.read_meta(path, kinds=("classifier",))
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
                             jax.eval_shape(init_params, jax.random.key(0)))
-    return ocp.load(Path(path) / "params", abstract)
+    return checkpoint.restore(path, meta, abstract)
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:

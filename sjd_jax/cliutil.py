@@ -7,7 +7,9 @@
   subcommand's ``main`` returns 0 for ``--help`` and 2 for a usage error) and runs ``body(args)``,
   turning the expected user errors (``ValueError``: bad values, unknown names, checkpoint problems;
   ``OSError``: missing / unreadable / unwritable files) into one ``sjd-jax CMD: error: ...`` line and
-  exit status 2, never a traceback. ``SJD_JAX_TRACEBACK=1`` re-raises them (for debugging).
+  exit status 2, never a traceback (an out-of-memory error too). ``SJD_JAX_TRACEBACK=1`` re-raises
+  them (for debugging). Notes of the ``sjd_jax`` logger print as one ``sjd-jax CMD: note: ...``
+  line; ``--quiet`` silences them and absl / orbax / jax warnings.
 * ``add_output_flags``: ``--quiet`` (no progress bars, no informational output; errors still go to
   stderr) and ``--json`` (exactly one JSON object, the command's result, on stdout and nothing else;
   progress and information go to stderr). ``Output`` applies that policy.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -166,6 +169,50 @@ class TokenProgress:
         self.close()
 
 
+class _Logs:
+    """While a subcommand runs: notes of the ``sjd_jax`` logger as one ``PROG: note: ...`` line on
+    stderr (none with ``--quiet``); with ``--quiet`` also no warnings from absl / orbax / jax."""
+
+    CHATTY = ("absl", "orbax", "jax", "jax._src")
+
+    def __init__(self, prog: str, quiet: bool):
+        self.prog, self.quiet = prog, quiet
+
+    def __enter__(self):
+        self.log = logging.getLogger("sjd_jax")
+        self.saved = (self.log.level, self.log.propagate,
+                      {n: logging.getLogger(n).level for n in self.CHATTY})
+        self.handler = logging.StreamHandler(sys.stderr)
+        self.handler.setFormatter(logging.Formatter(f"{self.prog}: %(message)s"))
+        self.log.addHandler(self.handler)
+        self.log.propagate = False
+        self.log.setLevel(logging.ERROR if self.quiet else logging.INFO)
+        if self.quiet:
+            for n in self.CHATTY:
+                logging.getLogger(n).setLevel(logging.ERROR)
+        return self
+
+    def __exit__(self, *exc):
+        self.log.removeHandler(self.handler)
+        level, propagate, chatty = self.saved
+        self.log.setLevel(level)
+        self.log.propagate = propagate
+        for n, lv in chatty.items():
+            logging.getLogger(n).setLevel(lv)
+
+
+def _quiet_after_error() -> None:
+    """A failed orbax operation leaves coroutines that Python reports, unawaited, at exit: noise
+    after the one error line."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    return isinstance(e, MemoryError) or "RESOURCE_EXHAUSTED" in str(e).split("\n", 1)[0]
+
+
 def run(parser: argparse.ArgumentParser, argv, body, errors: tuple = USER_ERRORS) -> int:
     """Parse ``argv`` and run ``body(args) -> exit status``; see the module docstring."""
     try:
@@ -173,10 +220,12 @@ def run(parser: argparse.ArgumentParser, argv, body, errors: tuple = USER_ERRORS
     except SystemExit as e:  # --help (0) or a usage error (2, already printed)
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     try:
-        return body(args)
+        with _Logs(parser.prog, bool(getattr(args, "quiet", False))):
+            return body(args)
     except errors as e:
         if os.environ.get("SJD_JAX_TRACEBACK"):
             raise
+        _quiet_after_error()
         msg = str(e) or type(e).__name__
         if isinstance(e, OSError) and e.filename is not None and e.strerror:
             msg = f"{e.filename}: {e.strerror}"
@@ -186,3 +235,8 @@ def run(parser: argparse.ArgumentParser, argv, body, errors: tuple = USER_ERRORS
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr, flush=True)
         return 130
+    except Exception as e:  # an out-of-memory the size checks did not foresee: still one line
+        if not _out_of_memory(e) or os.environ.get("SJD_JAX_TRACEBACK"):
+            raise
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        return error(parser.prog, f"out of memory ({first}); use a smaller batch, window or model")

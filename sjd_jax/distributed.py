@@ -31,6 +31,23 @@ def cluster_env(env=None) -> str | None:
     return None
 
 
+def set_cpu_devices(n: int | None) -> None:
+    """``--cpu-devices N``: split the CPU into N JAX devices (before the backend starts; in-process
+    callers with the backend up must already have N). At most ``memory.MAX_CPU_DEVICES``."""
+    if n is None:
+        return
+    from .memory import MAX_CPU_DEVICES
+    from .validate import check_int
+
+    check_int("--cpu-devices", n, 1, MAX_CPU_DEVICES)
+    try:
+        jax.config.update("jax_num_cpu_devices", n)
+    except RuntimeError:  # backend already up (called in-process): fine if it has that many
+        if jax.device_count() != n:
+            raise ValueError(f"--cpu-devices {n}: JAX already started with {jax.device_count()} devices "
+                             f"in this process") from None
+
+
 def maybe_initialize(mode: str = "auto") -> bool:
     """Call ``jax.distributed.initialize`` if ``mode`` is "on", or "auto" and a launcher is seen.
 

@@ -10,8 +10,6 @@ within sampling noise.
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 
@@ -136,10 +134,11 @@ def main(argv=None) -> int:
 
 
 def _main(args) -> int:
-    from . import classifier, data, presets
+    from . import atomic, classifier, data, memory, presets
     from .cliutil import Output
     from .sampling import recipes
     from .sampling.generate import check_generate_options
+    from .validate import check_int, check_seed
     from .vq import codebook_vectors
 
     report_to = Output(args)
@@ -149,15 +148,18 @@ def _main(args) -> int:
         raise ValueError("--methods is empty; give comma-separated recipes, e.g. ar,sjd")
     knobs = preset.knobs(cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k,
                          top_p=args.top_p)
-    if args.n_per_class < 2:
-        raise ValueError(f"--n must be >= 2 (confidence intervals need 2 samples per class), got {args.n_per_class}")
-    if args.batch < 1:
-        raise ValueError(f"--batch must be >= 1, got {args.batch}")
+    check_int("--n (confidence intervals need 2 samples per class)", args.n_per_class, 2, memory.MAX_ROWS)
+    check_int("--batch", args.batch, 1, memory.MAX_ROWS)
+    check_seed(args.seed, "--seed")
+    n_total = args.n_per_class * len(preset.class_names)
+    args.batch = min(args.batch, n_total)  # padding clamped to the work
+    # host arrays kept per sample and method: the image, its classifier features, NFE and commits
+    per_sample = 28 * 28 + 128 * 4 + 4 * (1 + 256)
+    memory.require(n_total * per_sample * len(methods), f"eval of {n_total} samples x {len(methods)} methods",
+                   hint="use a smaller --n")
     for m in methods:  # names and windows before any loading
         recipes.recipe(m, args.window)
-    from .generate_cli import _writable
-
-    _writable(args.out)
+    atomic.check_file_target(args.out)
     bundle = presets.load(args.model)
     drafting = {}
     for m in methods:
@@ -200,9 +202,7 @@ def _main(args) -> int:
             report_to.info(f"{m} vs ar: {r['agreement_with_ar']}")
     for r in report["methods"].values():
         r.pop("_correct"), r.pop("_feats")
-    tmp = args.out.with_name(f".{args.out.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=1))
-    os.replace(tmp, args.out)
+    atomic.write_json(args.out, report)
     report_to.result({**report, "out": str(args.out)},
                      f"wrote {args.out}: " + "; ".join(
                          f"{m} accuracy {r['class_accuracy']:.3f}, FD {r['frechet_distance']:.2f}, "

@@ -43,8 +43,11 @@ def _common(ap):
 
 
 def _recipe(base: TrainConfig, steps, seed: int = 0):
-    if steps is not None and steps < 1:
-        raise ValueError(f"--steps must be positive, got {steps}")
+    from .validate import check_int, check_seed
+
+    if steps is not None:
+        check_int("--steps", steps, 1, 10 ** 9)
+    check_seed(seed, "--seed")
     kw = {**base.__dict__, "seed": seed}
     if steps is not None:
         kw["steps"] = steps
@@ -52,8 +55,10 @@ def _recipe(base: TrainConfig, steps, seed: int = 0):
 
 
 def _check_stop_after(stop_after):
-    if stop_after is not None and stop_after < 1:
-        raise ValueError(f"--stop-after must be positive, got {stop_after}")
+    from .validate import check_int
+
+    if stop_after is not None:
+        check_int("--stop-after", stop_after, 1)
 
 
 def main_train_vq(argv=None) -> int:
@@ -68,10 +73,11 @@ def main_train_vq(argv=None) -> int:
 def _train_vq(args) -> int:
     from . import data
     from .cliutil import Output
-    from .train import psnr, train_vq
+    from .train import check_run_dir, psnr, train_vq
 
     t = _recipe(VQ_TRAIN, args.steps, args.seed)
     _check_stop_after(args.stop_after)
+    check_run_dir(args.out)  # before the work, not after it
     train, _ = data.load("train", args.data_dir)
     test, _ = data.load("test", args.data_dir)
     params, done = train_vq(args.out, VQ_CONFIG, t, data.to_model_range(train), quiet=args.quiet,
@@ -100,26 +106,34 @@ def main_train_ar(argv=None) -> int:
 def _train_ar(args) -> int:
     import numpy as np
 
-    from . import checkpoint, data
+    from . import atomic, checkpoint, data
     from .cliutil import Output
-    from .train import encode_dataset, nll_bits_per_token, train_gpt
+    from .train import check_run_dir, encode_dataset, nll_bits_per_token, train_gpt
 
     t = _recipe(AR_TRAIN, args.steps, args.seed)
     _check_stop_after(args.stop_after)
+    check_run_dir(args.out)
+    kind = checkpoint.kind_of(args.vq)
+    if kind != "vq":
+        raise ValueError(f"--vq {args.vq} {'is not an sjd-jax checkpoint' if kind is None else f'holds a {kind!r} checkpoint'}; "
+                         f"give a VQ: train-vq's RUN/model")
     vq_config, vq_params = checkpoint.load(args.vq)
+    if vq_config.in_channels != 1 or vq_config.codebook_size != GPT_CONFIG.vocab_size:
+        raise ValueError(f"--vq {args.vq}: a {vq_config.in_channels}-channel VQ with {vq_config.codebook_size} codes; "
+                         f"the Fashion-MNIST GPT needs a 1-channel VQ with {GPT_CONFIG.vocab_size} codes (train-vq's)")
     train, y_train = data.load("train", args.data_dir)
     test, y_test = data.load("test", args.data_dir)
     args.out.mkdir(parents=True, exist_ok=True)
     cache = args.out / "tokens.npz"
-    if cache.exists():
-        z = np.load(cache)
-        tok_train, tok_test = z["train"], z["test"]
-    else:  # tokenize once (deterministic), reused on resume
+    try:
+        with np.load(cache) as z:
+            tok_train, tok_test = z["train"], z["test"]
+        if tok_train.shape != (len(train), GPT_CONFIG.num_image_tokens):
+            raise ValueError("stale token cache")
+    except Exception:  # none yet, or damaged: tokenize once (deterministic), reused on resume
         tok_train = encode_dataset(vq_params, vq_config, data.to_model_range(train))
         tok_test = encode_dataset(vq_params, vq_config, data.to_model_range(test))
-        tmp = args.out / "tokens.tmp.npz"
-        np.savez(tmp, train=tok_train, test=tok_test)
-        tmp.rename(cache)
+        atomic.write_file(cache, lambda f: np.savez(f, train=tok_train, test=tok_test))
     params, done = train_gpt(args.out, GPT_CONFIG, t, tok_train, y_train, quiet=args.quiet,
                              stop_after=args.stop_after)
     report = Output(args)
@@ -147,11 +161,13 @@ def main_train_classifier(argv=None) -> int:
 
 
 def _train_classifier(args) -> int:
-    from . import classifier, data
+    from . import atomic, checkpoint, classifier, data
     from .cliutil import Output
+    from .validate import check_int, check_seed
 
-    if args.epochs < 1:
-        raise ValueError(f"--epochs must be positive, got {args.epochs}")
+    check_int("--epochs", args.epochs, 1, 10 ** 4)
+    check_seed(args.seed, "--seed")
+    atomic.check_dir_target(args.out / "model", True, checkpoint.is_checkpoint, "sjd-jax checkpoint")
     x, y = data.load("train", args.data_dir)
     xt, yt = data.load("test", args.data_dir)
     params = classifier.train(x, y, epochs=args.epochs, seed=args.seed, quiet=args.quiet)

@@ -27,14 +27,12 @@ examples:
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
-from . import cliutil
+from . import atomic, cliutil
 from .sampling import recipes
 
 
@@ -83,28 +81,6 @@ def _parser():
     return ap
 
 
-def _writable(path: Path) -> None:
-    """Fail before any work if ``path`` cannot be written (probe file: permission bits lie to root)."""
-    parent = path.absolute().parent
-    if path.is_dir():
-        raise ValueError(f"cannot write {path}: it is a directory")
-    if not parent.is_dir():
-        raise ValueError(f"cannot write {path}: {parent} is not an existing directory")
-    probe = parent / f".{path.name}.probe-{os.getpid()}"
-    try:
-        probe.touch()
-        probe.unlink()
-    except OSError as e:
-        raise ValueError(f"cannot write {path}: {e.strerror}") from e
-
-
-def _write_json(path: Path, obj) -> None:
-    """Temp file, then rename: never a half-written stats file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-
-
 def stats_of(out, N: int, window: int) -> dict:
     from .sampling.loop import acceptance_stats
 
@@ -119,15 +95,7 @@ def _devices(args):
 
     from . import distributed, sharding
 
-    if args.cpu_devices is not None:
-        if args.cpu_devices < 1:
-            raise ValueError(f"--cpu-devices must be >= 1, got {args.cpu_devices}")
-        try:
-            jax.config.update("jax_num_cpu_devices", args.cpu_devices)
-        except RuntimeError:  # backend already up (called in-process): fine if it has that many
-            if jax.device_count() != args.cpu_devices:
-                raise ValueError(f"--cpu-devices {args.cpu_devices}: JAX already started with "
-                                 f"{jax.device_count()} devices in this process") from None
+    distributed.set_cpu_devices(args.cpu_devices)
     distributed.maybe_initialize(args.distributed)
     if args.mesh is None and jax.process_count() == 1 and (
             jax.device_count() == 1 or (jax.default_backend() == "cpu" and args.cpu_devices is None)):
@@ -142,10 +110,24 @@ def main(argv=None) -> int:
     return cliutil.run(_parser(), argv, _main)
 
 
+def _check_sizes(args) -> None:
+    """Numeric flags of every model kind, before anything loads."""
+    from .memory import MAX_CPU_DEVICES, MAX_ROWS
+    from .validate import check_int, check_seed
+
+    check_int("--n", args.n, 1, MAX_ROWS)
+    check_seed(args.seed, "--seed")
+    if args.batch_per_device is not None:
+        check_int("--batch-per-device", args.batch_per_device, 1, MAX_ROWS)
+    if args.cpu_devices is not None:
+        check_int("--cpu-devices", args.cpu_devices, 1, MAX_CPU_DEVICES)
+
+
 def _main(args) -> int:
     from . import pipelines, presets
     from .sampling.generate import check_generate_options
 
+    _check_sizes(args)
     if args.model in pipelines.TEXT_MODELS:
         return _text(args)
     # validation first: errors (ValueError) reach cliutil.run before any model is loaded
@@ -166,11 +148,7 @@ def _main(args) -> int:
         raise ValueError("--batch-per-device and --no-png need --out-dir (batch mode)")
     if args.out_dir is not None and args.out is not None:
         raise ValueError("--out writes the grid PNG; batch mode (--out-dir) writes one PNG per item")
-    if args.n < 1:
-        raise ValueError(f"--n must be >= 1, got {args.n}")
     bpd = 8 if args.batch_per_device is None else args.batch_per_device
-    if bpd < 1:
-        raise ValueError(f"--batch-per-device must be >= 1, got {bpd}")
     bundle = None
     if not ckpt_model:
         if args.model not in presets.PRESETS:
@@ -197,9 +175,9 @@ def _main(args) -> int:
     from .distributed import is_writer
 
     if args.out_dir is None and is_writer():  # only process 0 writes (probes included)
-        _writable(out_path)
+        atomic.check_file_target(out_path)
     if args.stats_json is not None and is_writer():
-        _writable(args.stats_json)
+        atomic.check_file_target(args.stats_json)
     recipes.recipe(method, window)
     if bundle is None:
         bundle = presets.load(args.model, mesh=mesh)
@@ -246,7 +224,7 @@ def _main(args) -> int:
               drafting=recipes.describe(drafting, args), seed=args.seed,
               classes=classes, n_per_class=args.n, wall_s=round(wall, 2), **knobs, png=str(out_path))
     if args.stats_json is not None:
-        _write_json(args.stats_json, st)
+        atomic.write_json(args.stats_json, st)
     report.result(st, f"wrote {out_path}: {B} images ({args.n} per class x {len(classes)} classes), {method} "
                       f"W={st['window']}: mean NFE {st['nfe_mean']:.1f} per image vs {N} AR steps "
                       f"-> step compression {st['step_compression']:.2f}x, {st['mean_accepted_per_iteration']:.2f} "
@@ -264,7 +242,7 @@ def _batch(args, bundle, method, kind, window, classes, knobs, drafting, bpd, me
                        batch_per_device=bpd, mesh=mesh, png=not args.no_png, quiet=args.quiet)
     if distributed.is_writer():
         if args.stats_json is not None:
-            _write_json(args.stats_json, st)
+            atomic.write_json(args.stats_json, st)
         cliutil.Output(args).result(
             {**st, "out_dir": str(args.out_dir)},
             f"wrote {args.out_dir}: {st['items']} items ({st['generated_this_run']} generated now, "
@@ -292,16 +270,14 @@ def _text(args) -> int:
     if args.out_dir is not None or args.batch_per_device is not None or args.no_png:
         raise ValueError("batch mode (--out-dir, --batch-per-device, --no-png) is for class-conditional "
                          "models; text-to-image models write one grid (--out)")
-    if args.n < 1:
-        raise ValueError(f"--n must be >= 1, got {args.n}")
     bad = [p for p in args.prompt if not p.strip()]
     if bad:
         raise ValueError("empty --prompt")
     out_path = args.out or Path(f"{args.model}.png")
     if distributed.is_writer():
-        _writable(out_path)
+        atomic.check_file_target(out_path)
         if args.stats_json is not None:
-            _writable(args.stats_json)
+            atomic.check_file_target(args.stats_json)
     method = args.method or "sjd"
     window = args.window if args.window is not None else 16
     recipes.recipe(method, window)
@@ -334,7 +310,7 @@ def _text(args) -> int:
               drafting=recipes.describe(drafting, args), seed=args.seed, image_size=list(tm.image_size),
               wall_s=round(wall, 2), **knobs, png=str(out_path))
     if args.stats_json is not None:
-        _write_json(args.stats_json, st)
+        atomic.write_json(args.stats_json, st)
     report.result(st, f"wrote {out_path}: {B} images ({args.n} per prompt x {P} prompts, "
                       f"{tm.image_size[0]}x{tm.image_size[1]}), {method} W={window}: mean NFE {st['nfe_mean']:.1f} "
                       f"per image vs {N} AR steps -> step compression {st['step_compression']:.2f}x, "

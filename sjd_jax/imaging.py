@@ -1,8 +1,7 @@
-"""Image grids written atomically (temp file, then rename)."""
+"""Image grids, and PNGs written through ``atomic.write_file``."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -28,13 +27,8 @@ def save_png(image: np.ndarray, path) -> Path:
     """Write ``[H, W, C]`` uint8 (C = 1 or 3) as PNG; a failed write leaves no file behind."""
     from PIL import Image
 
-    path = Path(path)
+    from .atomic import write_file
+
     img = image[..., 0] if image.shape[-1] == 1 else image
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        Image.fromarray(np.ascontiguousarray(img)).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    pil = Image.fromarray(np.ascontiguousarray(img))
+    return write_file(path, lambda f: pil.save(f, format="PNG"))

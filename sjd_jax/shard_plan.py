@@ -136,12 +136,17 @@ def main(argv=None) -> int:
 
 def _main(args) -> int:
     """The plan is the result: printed as indented JSON (--json: the same object; --quiet: only --out)."""
+    from . import atomic
     from .cliutil import Output
+    from .memory import MAX_ROWS
+    from .validate import check_int
 
     if args.config not in CONFIGS:
         raise ValueError(f"unknown model {args.config!r} (--model); choose one of {', '.join(CONFIGS)}")
-    if args.batch_per_device < 1 or args.window < 1:
-        raise ValueError(f"--batch-per-device and --window must be >= 1, got {args.batch_per_device} and {args.window}")
+    check_int("--batch-per-device", args.batch_per_device, 1, MAX_ROWS)
+    check_int("--window", args.window, 1)
+    if args.out:
+        atomic.check_file_target(args.out)
     config = CONFIGS[args.config]()
     if args.window > config.num_image_tokens:
         raise ValueError(f"--window must be <= {config.num_image_tokens} for {args.config}, got {args.window}")
@@ -149,11 +154,7 @@ def _main(args) -> int:
                                          args.window, args.method, not args.no_cfg, args.param_dtype)}
     text = json.dumps(res, indent=1)
     if args.out:
-        from pathlib import Path
-
-        from .streaming import _atomic_write
-
-        _atomic_write(Path(args.out), lambda tmp: tmp.write_text(text))
+        atomic.write_text(args.out, text)
     Output(args).result(res, text)
     return 0
 

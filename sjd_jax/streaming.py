@@ -1,6 +1,6 @@
 """Batch generation over a device mesh, streamed to disk and resumable.
 
-``DIR`` layout (only process 0 writes; every file is written to a temporary name, then renamed):
+``DIR`` layout (only process 0 writes; every file goes through ``atomic.write_file``):
 
 * ``run.json`` — the settings; a rerun with other settings is refused instead of mixing runs.
 * ``images/NNNNNN.png`` — one image per item (item i: class ``classes[i % len(classes)]``, seed
@@ -10,15 +10,16 @@
 * ``tokens.npy`` ``[n_items, N]`` int32, ``labels.npy`` ``[n_items]`` and ``stats.json`` — when
   every item is done.
 
-A rerun skips the items found in ``parts/`` (process 0 reads them and broadcasts the list). Every
-chunk has the same global shape ``batch_per_device x data-axis size`` (the last one padded), so one
-compile serves the run and every host traces identical shapes.
+A rerun skips the items found in ``parts/`` whose PNG is intact (process 0 reads them, checks each
+PNG's CRCs and broadcasts the list); a missing or damaged PNG is generated again. Every chunk has
+the same global shape ``batch_per_device x data-axis size`` (the last one padded; a batch larger
+than the work left shrinks to it), so one compile serves the run and every host traces identical
+shapes.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -27,39 +28,31 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import atomic
 from . import distributed as dist
 
 FORMAT = "sjd-jax-batch/1"
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _save_npz(path: Path, **arrays) -> None:
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-
-    _atomic_write(path, write)
+    atomic.write_file(path, lambda f: np.savez(f, **arrays))
 
 
 def _save_npy(path: Path, array) -> None:
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-
-    _atomic_write(path, write)
+    atomic.write_file(path, lambda f: np.save(f, array))
 
 
-def _save_json(path: Path, obj) -> None:
-    _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=1)))
+def _item_ok(png: Path) -> bool:
+    """A finished item's PNG is there, non-empty and passes its CRCs (a truncated or damaged file
+    does not)."""
+    from PIL import Image
+
+    try:
+        with Image.open(png) as im:
+            im.verify()  # chunk CRCs and structure, without decoding the pixels
+        return True
+    except Exception:  # missing, empty, truncated, not a PNG: generate it again
+        return False
 
 
 def _prepare_dir(out_dir: Path, settings: dict) -> np.ndarray | str:
@@ -75,14 +68,16 @@ def _prepare_dir(out_dir: Path, settings: dict) -> np.ndarray | str:
     if run.exists():
         try:
             old = json.loads(run.read_text())
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):
             return f"{run} is not valid JSON; remove it or use another --out-dir"
+        if not isinstance(old, dict):
+            return f"{run} is not a settings object (a JSON {type(old).__name__}); remove it or use another --out-dir"
         diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
         if diff:
             return (f"{out_dir} holds a run with other settings ({', '.join(diff)} differ); "
                     f"use another --out-dir or remove it")
     else:
-        _save_json(run, settings)
+        atomic.write_json(run, settings)
     done = []
     for part in sorted((out_dir / "parts").glob("*.npz")):
         try:
@@ -94,7 +89,14 @@ def _prepare_dir(out_dir: Path, settings: dict) -> np.ndarray | str:
         except Exception:  # a damaged part: its items are simply generated again
             print(f"sjd-jax: ignoring unreadable {part}", file=sys.stderr)
             part.unlink()
-    return np.unique(np.concatenate(done)) if done else np.zeros((0,), np.int64)
+    done = np.unique(np.concatenate(done)) if done else np.zeros((0,), np.int64)
+    if settings["png"]:  # an item counts as done only if its PNG is intact
+        bad = [i for i in done if not _item_ok(out_dir / "images" / f"{i:06d}.png")]
+        if bad:
+            print(f"sjd-jax: {len(bad)} finished item(s) have a missing or damaged PNG (first: "
+                  f"images/{bad[0]:06d}.png); generating them again", file=sys.stderr)
+            done = np.setdiff1d(done, bad)
+    return done
 
 
 def _agree_on_done(out_dir: Path, settings: dict, total: int) -> np.ndarray:
@@ -137,7 +139,9 @@ def run(bundle, out_dir, *, classes, n_per_class: int, seed: int, method: str, k
                 **{k: float(v) for k, v in knobs.items()}}
     done = _agree_on_done(out_dir, settings, total)
     todo = np.flatnonzero(~done)
-    G = batch_per_device * mesh_shape(mesh)["data"]
+    D = mesh_shape(mesh)["data"]
+    # padding clamped to the work left: a huge --batch-per-device never pads a few items to it
+    G = D * max(1, min(batch_per_device, -(-todo.size // D)))
     chunks = [todo[i:i + G] for i in range(0, todo.size, G)]
     writer = dist.is_writer()
     decode = jax.jit(lambda p, t: decode_tokens(p, bundle.vq_config, t, c.grid_size))
@@ -200,5 +204,5 @@ def run(bundle, out_dir, *, classes, n_per_class: int, seed: int, method: str, k
         _save_npy(out_dir / "tokens.npy", tokens)
         _save_npy(out_dir / "labels.npy", labels)
         stats.update(acceptance_stats(nfe, committed, N, window))
-        _save_json(out_dir / "stats.json", stats)
+        atomic.write_json(out_dir / "stats.json", stats)
     return stats

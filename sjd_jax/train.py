@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from . import checkpoint
+from . import atomic, checkpoint
 from .config import GPTConfig
 from .vq import VQConfig
 from .vq.model import VQModel, init_vq_params
@@ -63,25 +62,41 @@ def batch_indices(n: int, t: TrainConfig, step: int) -> np.ndarray:
 
 # ---- resumable state ---------------------------------------------------------------------------
 
+def _is_train_state(path: Path) -> bool:
+    """An orbax checkpoint directory (what ``_save_state`` writes): the only thing it replaces."""
+    return (Path(path) / "_CHECKPOINT_METADATA").is_file()
+
+
 def _save_state(path: Path, state) -> None:
     from orbax.checkpoint import v1 as ocp
 
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    ocp.save(tmp, state)
-    old = path.with_name(path.name + ".old")
-    if path.exists():
-        path.rename(old)
-    tmp.rename(path)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic.directory(path, replace=True, owned=_is_train_state, what="sjd-jax train state") as tmp:
+        ocp.save(tmp, state, overwrite=True)  # (tmp: our exclusive, empty directory)
 
 
 def _load_state(path: Path, like):
-    from orbax.checkpoint import v1 as ocp
-
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), like)
-    return ocp.load(path, abstract)
+    from orbax.checkpoint import v1 as ocp
+
+    try:
+        return ocp.load(Path(path).absolute(), abstract)
+    except (KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as e:
+        raise ValueError(f"{path}: the train state to resume from is damaged ({checkpoint.error_reason(e)}); "
+                         f"remove it to start over") from None
+
+
+def check_run_dir(out: Path) -> None:
+    """Fail before any training when ``out`` (a run directory, resumable) or the final ``out/model``
+    could not be written."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a directory")
+    atomic.check_dir_target(out / "model", True, checkpoint.is_checkpoint, "sjd-jax checkpoint")
+    if (out / "train_state").exists():
+        atomic.check_dir_target(out / "train_state", True, _is_train_state, "sjd-jax train state")
 
 
 def _loop(out: Path, t: TrainConfig, state, step_fn, make_batch, n_examples: int, what: str, quiet: bool,
@@ -93,14 +108,15 @@ def _loop(out: Path, t: TrainConfig, state, step_fn, make_batch, n_examples: int
     from tqdm import tqdm
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(t), indent=1))
+    atomic.write_json(out / "train_config.json", dataclasses.asdict(t))
     state_dir = out / "train_state"
     if state_dir.exists():
         state = _load_state(state_dir, jax.eval_shape(lambda: state))
         print(f"{what}: resumed at step {int(state['step'])}", file=sys.stderr)
     start = int(state["step"])
     end = t.steps if stop_after is None else min(t.steps, start + stop_after)
-    log = open(out / "log.jsonl", "a")
+    log_file = out / "log.jsonl"  # rewritten whole at each row (atomic), a resume appends to it
+    log = log_file.read_text() if log_file.exists() else ""
     acc: dict[str, list] = {}
     t0 = time.perf_counter()
     with tqdm(total=t.steps, initial=start, desc=what, unit="step", file=sys.stderr, disable=quiet) as bar:
@@ -112,13 +128,12 @@ def _loop(out: Path, t: TrainConfig, state, step_fn, make_batch, n_examples: int
                 row = {"step": step + 1, "time_s": round(time.perf_counter() - t0, 1),
                        **{k: round(float(np.mean(jax.device_get(v))), 5) for k, v in acc.items()}}
                 acc = {}
-                log.write(json.dumps(row) + "\n")
-                log.flush()
+                log += json.dumps(row) + "\n"
+                atomic.write_text(log_file, log)
                 bar.set_postfix({k: v for k, v in row.items() if k not in ("step", "time_s")})
             if (step + 1) % t.ckpt_every == 0 or step + 1 == end:
                 _save_state(state_dir, state)
             bar.update(1)
-    log.close()
     return state
 
 

@@ -126,3 +126,27 @@ def check_drafting(config: GPTConfig, method: str, window: int, coupling: str = 
                          f"(its chain must reach the tree depth), got {window}")
     if lantern_k and tree_width > 1:
         raise ValueError("lantern (lossy relaxed acceptance) is not combined with draft trees")
+
+
+def seed_bound() -> int:
+    """Seeds are 0 <= seed < this: JAX keys take 32-bit seeds (64-bit with jax_enable_x64); a larger
+    or negative seed would silently give the images of a smaller one."""
+    import jax
+
+    return 2 ** 63 if jax.config.jax_enable_x64 else 2 ** 32
+
+
+def check_seed(seed, name: str = "seed") -> int:
+    hi = seed_bound()
+    if not _int(seed) or not 0 <= seed < hi:
+        raise ValueError(f"{name} must be an integer in 0..{hi - 1} (JAX keys take {hi.bit_length() - 1}-bit "
+                         f"seeds; others would repeat the images of a smaller seed), got {seed!r}")
+    return int(seed)
+
+
+def check_int(name: str, value, lo: int = 1, hi: int | None = None) -> int:
+    """An integer flag in ``[lo, hi]``: one ValueError naming the flag otherwise."""
+    if not _int(value) or value < lo or (hi is not None and value > hi):
+        rng = f">= {lo}" if hi is None else f"in {lo}..{hi}"
+        raise ValueError(f"{name} must be an integer {rng}, got {value!r}")
+    return int(value)

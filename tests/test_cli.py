@@ -56,14 +56,14 @@ def test_bad_flag_value_is_one_line(capsys):
 # One user error per subcommand, found before any model is loaded or compiled.
 USER_ERRORS = {
     "generate": (["--class", "10"], "class 10 out of range: fashion-mnist has classes 0..9"),
-    "eval": (["--n", "1"], "--n must be >= 2"),
+    "eval": (["--n", "1"], "--n (confidence intervals need 2 samples per class) must be an integer in 2.."),
     "bench": (["--windows", "16,x"], "--windows takes comma-separated integers"),
-    "bench-mesh": (["--images", "0"], "--images and --batch-per-device must be >= 1"),
+    "bench-mesh": (["--images", "0"], "--images must be an integer in 1..1048576, got 0"),
     "shard-plan": (["--model", "llamagen-xxxl"], "unknown model 'llamagen-xxxl'"),
     "convert": (["--family", "llamagen-c2i", "{tmp}/c2i_B_256.pt", "--out", "{tmp}/ck"], "no such file"),
-    "train-vq": (["--out", "{tmp}/run", "--steps", "0"], "--steps must be positive"),
+    "train-vq": (["--out", "{tmp}/run", "--steps", "0"], "--steps must be an integer in 1.."),
     "train-ar": (["--out", "{tmp}/run", "--vq", "{tmp}/novq"], "is not an sjd-jax checkpoint"),
-    "train-classifier": (["--out", "{tmp}/run", "--epochs", "0"], "--epochs must be positive"),
+    "train-classifier": (["--out", "{tmp}/run", "--epochs", "0"], "--epochs must be an integer in 1.."),
 }
 
 

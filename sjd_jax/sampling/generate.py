@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..config import GPTConfig
+from ..memory import require_sampler
 from ..model import split_cond
 from ..validate import check_chunk_elements, check_cond, check_drafting, check_sampling
 from . import keys as K
@@ -157,6 +158,7 @@ def generate(params, config: GPTConfig, cond, key, *, method: str = "sjd", windo
                        lantern_k=0 if neighbours is None else int(neighbours.shape[1]), mesh=mesh,
                        q_slots=q_slots, accept_rule=accept_rule, draft_rule=draft_rule,
                        chunk_elements=DEFAULT_CHUNK_ELEMENTS if chunk_elements is None else int(chunk_elements))
+    require_sampler(spec, B, mesh)  # sizes before work: one line instead of an out-of-memory abort
     if mesh is not None:
         params, cond_arr, prefix_mask, rows, knobs, neighbours = _place(
             mesh, params, cond_arr, prefix_mask, rows, knobs, neighbours)

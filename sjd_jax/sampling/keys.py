@@ -21,7 +21,9 @@ ACCEPT_BRANCH = 64
 def as_key(key) -> jax.Array:
     """An int seed, a typed key, or a raw uint32 key -> typed key (scalar or ``[B]``)."""
     if isinstance(key, (int, np.integer)):
-        return jax.random.key(int(key))
+        from ..validate import check_seed
+
+        return jax.random.key(check_seed(key))
     key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
     if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         return key

@@ -1,0 +1,255 @@
+"""Every file and directory sjd-jax writes goes through here: nothing half-written, nothing followed.
+
+* ``write_file(path, write)``: ``write(f)`` fills an exclusive temp file created in ``path``'s own
+  directory (``mkstemp``: ``O_CREAT | O_EXCL | O_NOFOLLOW``, so a planted symlink or file at a
+  temp name is never opened), which is flushed, fsynced and renamed onto ``path``. The rename
+  replaces ``path`` itself: a symlink there is replaced, its target is never written.
+* ``directory(path, replace=..., owned=...)``: a context manager yielding an exclusive temp
+  directory next to ``path``; on success its files are fsynced and it takes ``path``'s place. An
+  existing ``path`` is replaced only when asked to and only if it is empty or ``owned(path)`` says
+  the package wrote it; anything else is refused before any work, with nothing touched. The swap
+  is one ``renameat2(RENAME_EXCHANGE)`` where the kernel has it, so a kill at any moment leaves
+  the old or the new directory at ``path``; elsewhere the old one is first renamed aside, and a
+  later run puts it back if the process died between the two renames.
+* Temp names carry the host and pid: ``.NAME.tmp-HOST-PID-XXXXXXXX`` (``.NAME.old-...`` for a
+  directory being replaced). The first write into a directory removes the temps of dead
+  processes of this host there (``sweep``), so a killed run leaves nothing behind for long.
+* ``check_file_target`` / ``check_dir_target``: fail before the work when the result could not be
+  written (probe file in the target directory: permission bits lie to root).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import json
+import os
+import re
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterator
+
+_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:24] or "host"
+# (a suffix: what a library writing inside the temp's name made of it, e.g. orbax's own temp)
+_TEMP = re.compile(r"^\.(?P<name>.+?)\.(?P<what>tmp|old)-(?P<host>[A-Za-z0-9]+)-(?P<pid>\d+)-[A-Za-z0-9_]+(?:\..+)?$")
+# written by sjd-jax before this module (convert, streaming, PNGs): ".NAME.tmp-PID"
+_LEGACY = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)$")
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+_swept: set[str] = set()
+
+
+def temp_prefix(name: str, what: str = "tmp") -> str:
+    return f".{name}.{what}-{_HOST}-{os.getpid()}-"
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is one of this module's temp names (any host or pid)."""
+    return bool(_TEMP.match(name) or _LEGACY.match(name))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def sweep(parent, force: bool = False) -> list[str]:
+    """Remove the temps in ``parent`` left by dead processes of this host (once per directory and
+    process unless ``force``); a directory renamed aside by a replacement that died before putting
+    the new one in place is moved back. Returns the names handled."""
+    parent = Path(parent)
+    key = str(parent.absolute())
+    if key in _swept and not force:
+        return []
+    _swept.add(key)
+    done = []
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return done
+    for e in entries:
+        m = _TEMP.match(e.name)
+        if m is not None and (m["host"] != _HOST or _pid_alive(int(m["pid"]))):
+            continue
+        if m is None:
+            m = _LEGACY.match(e.name)
+            if m is None or _pid_alive(int(m["pid"])):
+                continue
+        path = Path(e.path)
+        target = parent / m["name"]
+        if m.groupdict().get("what") == "old" and not os.path.lexists(target):
+            with contextlib.suppress(OSError):
+                os.rename(path, target)  # the replacement died between its two renames
+                done.append(e.name)
+                continue
+        _remove(path)
+        done.append(e.name)
+    return done
+
+
+def _fsync(path: Path, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    except OSError as e:  # some filesystems refuse fsync on directories
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            _fsync(Path(dirpath) / f)
+        _fsync(Path(dirpath), directory=True)
+
+
+def write_file(path, write: Callable[[BinaryIO], object]) -> Path:
+    """Write ``path`` through an exclusive temp file in its directory (see the module docstring)."""
+    path = Path(path)
+    parent = path.absolute().parent
+    if path.is_dir() and not path.is_symlink():
+        raise IsADirectoryError(errno.EISDIR, "is a directory", str(path))
+    sweep(parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), dir=parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; the result gets the usual mode
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync(parent, directory=True)
+    return path
+
+
+def write_bytes(path, data: bytes) -> Path:
+    return write_file(path, lambda f: f.write(data))
+
+
+def write_text(path, text: str) -> Path:
+    return write_bytes(path, text.encode())
+
+
+def write_json(path, obj, **kw) -> Path:
+    kw.setdefault("indent", 1)
+    return write_text(path, json.dumps(obj, **kw))
+
+
+def _rename_exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EPERM):
+        return False  # filesystem or kernel without the flag
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _is_empty_dir(path: Path) -> bool:
+    with os.scandir(path) as it:
+        return next(it, None) is None
+
+
+def check_dir_target(path, replace: bool, owned: Callable[[Path], bool], what: str = "sjd-jax output") -> Path:
+    """Refuse (ValueError, nothing touched) a directory target that must not be written or replaced:
+    ``path`` exists and ``replace`` is off; or it is a symlink, not a directory, or a non-empty
+    directory that ``owned`` does not claim. Then probe that its parent can take new entries
+    (the nearest existing ancestor, when the parent does not exist yet)."""
+    path = Path(path).absolute()
+    if os.path.lexists(path):
+        if not replace:
+            raise ValueError(f"{path} exists; pass --force (force=True) to replace it")
+        if path.is_symlink() or not path.is_dir():
+            raise ValueError(f"{path} is not a directory (a file or a symlink): --force replaces only an "
+                             f"{what} directory; nothing touched")
+        if not (_is_empty_dir(path) or owned(path)):
+            raise ValueError(f"{path} is not an {what} and not empty: --force replaces only what sjd-jax "
+                             f"wrote; nothing touched")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    _probe(parent, path)
+    return path
+
+
+def check_file_target(path) -> Path:
+    """Fail before any work if ``path`` cannot be written as a file."""
+    path = Path(path)
+    parent = path.absolute().parent
+    if path.is_dir() and not path.is_symlink():
+        raise ValueError(f"cannot write {path}: it is a directory")
+    if not parent.is_dir():
+        raise ValueError(f"cannot write {path}: {parent} is not an existing directory")
+    _probe(parent, path)
+    return path
+
+
+def _probe(parent: Path, path: Path) -> None:
+    if not parent.is_dir():
+        raise ValueError(f"cannot write {path}: {parent} is not a directory")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), dir=parent)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise ValueError(f"cannot write {path}: {e.strerror}") from e
+
+
+@contextlib.contextmanager
+def directory(path, *, replace: bool = False, owned: Callable[[Path], bool] = lambda p: False,
+              what: str = "sjd-jax output") -> Iterator[Path]:
+    """Build a directory in an exclusive temp sibling of ``path``; it takes ``path``'s place when
+    the ``with`` block ends without an error (see the module docstring). On an error the temp is
+    removed and ``path`` is untouched."""
+    path = check_dir_target(path, replace, owned, what)
+    parent = path.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    sweep(parent)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(path.name), dir=parent))
+    try:
+        os.chmod(tmp, 0o777 & ~_UMASK)
+        yield tmp
+        _fsync_tree(tmp)
+        if os.path.lexists(path):
+            check_dir_target(path, replace, owned, what)  # again: it may have changed meanwhile
+            if _rename_exchange(tmp, path):
+                pass  # tmp now holds the old directory, removed below
+            else:
+                old = Path(tempfile.mkdtemp(prefix=temp_prefix(path.name, "old"), dir=parent))
+                os.rename(path, old)  # (replaces the empty placeholder) ... a kill here: sweep restores it
+                os.rename(tmp, path)
+                tmp = old
+        else:
+            os.rename(tmp, path)
+            tmp = None
+        _fsync(parent, directory=True)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
