@@ -16,7 +16,7 @@ from pathlib import Path
 import jax
 
 from . import atomic, integrity, memory
-from .config import GPTConfig, check_fields
+from .config import GPTConfig, from_dict
 from .model import abstract_params
 from .vq import VQConfig, abstract_vq_params
 
@@ -47,6 +47,8 @@ def _abstract(kind: str, config):
 
 
 def config_from_dict(kind: str, d: dict):
+    """The config of a ``kind`` checkpoint from its config.json entry; every type or range problem
+    is one ``ValueError`` naming the field (``config.from_dict``)."""
     if kind == "t5":
         from .text import T5Config
 
@@ -63,10 +65,7 @@ def config_from_dict(kind: str, d: dict):
         from .emu3 import Emu3Config
 
         return Emu3Config.from_dict(d)
-    cls = {"gpt": GPTConfig, "vq": VQConfig}[kind]
-    check_fields(cls, d, kind)
-    d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-    return cls(**d)
+    return from_dict({"gpt": GPTConfig, "vq": VQConfig}[kind], d, kind)
 
 
 def is_checkpoint(path) -> bool:

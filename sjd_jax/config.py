@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from typing import Literal
+
+# Sizes past these are refused: nothing real comes near, and a config that does (a damaged or
+# hand-edited config.json) would otherwise allocate by them before any memory check can run.
+MAX_IMAGE_TOKENS = 1 << 20  # image tokens of one image (Emu3 at 720 px: 8190)
+MAX_VOCAB = 1 << 26
 
 
 def check_fields(cls, d: dict, what: str) -> None:
@@ -11,6 +19,83 @@ def check_fields(cls, d: dict, what: str) -> None:
     unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
     if unknown:
         raise ValueError(f"unknown {what} config field(s) {unknown}: written by a newer sjd-jax?")
+
+
+def from_dict(cls, d, what: str):
+    """The config dataclass ``cls`` from a dict read from disk (a checkpoint's config.json): unknown
+    fields, a value of the wrong JSON type (``"dim": "768"``), a non-finite float and every range
+    check of ``cls`` are one ``ValueError`` naming the field. Nested config dataclasses are read
+    the same way; JSON lists become tuples."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{what} config must be a JSON object, got a {type(d).__name__}")
+    check_fields(cls, d, what)
+    hints = typing.get_type_hints(cls)
+    kw = {k: _typed(hints[k], v, what, k) for k, v in d.items()}
+    try:
+        return cls(**kw)
+    except TypeError as e:  # a required field is missing
+        raise ValueError(f"{what} config: {e}") from None
+
+
+def _typed(tp, v, what: str, key: str):
+    """``v``, field ``key`` of a ``what`` config, checked against the annotation ``tp`` (and
+    converted: lists -> tuples, ints -> floats)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if v is None and type(None) in args:
+            return None
+        for a in (a for a in args if a is not type(None)):
+            try:
+                return _typed(a, v, what, key)
+            except ValueError:
+                continue
+    elif origin is Literal:
+        if v in args:
+            return v
+    elif origin is tuple or tp is tuple:
+        try:
+            if isinstance(v, (list, tuple)):
+                if len(args) == 2 and args[1] is Ellipsis:
+                    return tuple(_typed(args[0], x, what, key) for x in v)
+                if not args:
+                    return tuple(v)
+                if len(v) == len(args):
+                    return tuple(_typed(a, x, what, key) for a, x in zip(args, v))
+        except ValueError:
+            pass  # an item of the wrong type: the message names the list's type
+    elif dataclasses.is_dataclass(tp):
+        return from_dict(tp, v, f"{what} {key}")
+    elif tp is bool:
+        if isinstance(v, bool):
+            return v
+    elif tp is int:
+        if isinstance(v, int) and not isinstance(v, bool):
+            return v
+    elif tp is float:
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            return float(v)
+    elif tp is str:
+        if isinstance(v, str):
+            return v
+    else:  # Any, callables, dicts: no narrower check
+        return v
+    raise ValueError(f"{what} config field {key!r} must be {_type_name(tp)}, got {v!r}")
+
+
+def _type_name(tp) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if origin is Literal:
+        return "one of " + ", ".join(map(repr, args))
+    if origin is tuple:
+        if args[-1:] == (Ellipsis,):
+            return f"a list whose items are each {_type_name(args[0])}"
+        return f"a list of {len(args)} items, each " + " / ".join(sorted({_type_name(a) for a in args}))
+    if dataclasses.is_dataclass(tp):
+        return "a JSON object"
+    return {type(None): "null", bool: "true/false", int: "an integer", float: "a finite number",
+            str: "a string"}.get(tp, getattr(tp, "__name__", str(tp)))
 
 
 def find_multiple(n: int, k: int) -> int:
@@ -119,6 +204,18 @@ class GPTConfig:
             problems.append("class-conditional models use exactly one condition token (cls_token_num=1)")
         if min(self.grid_size) < 1 or self.vocab_size < 2 or self.cls_token_num < 1:
             problems.append("grid_size, vocab_size and cls_token_num must be positive")
+        elif self.num_image_tokens > MAX_IMAGE_TOKENS or self.vocab_size > MAX_VOCAB:
+            problems.append(f"grid {self.grid_size} ({self.num_image_tokens} image tokens) or vocab_size "
+                            f"{self.vocab_size} beyond any model (at most {MAX_IMAGE_TOKENS} tokens, "
+                            f"{MAX_VOCAB} ids)")
+        sizes = dict(n_layer=self.n_layer, multiple_of=self.multiple_of, num_classes=self.num_classes,
+                     caption_dim=self.caption_dim, text_vocab_size=self.text_vocab_size,
+                     intermediate_size=self.intermediate_size, head_hidden=self.head_hidden)
+        bad = [k for k, v in sizes.items() if v is not None and v < 1]
+        if bad:
+            problems.append(f"{', '.join(bad)} must be positive")
+        if not (self.norm_eps > 0 and self.rope_theta > 0 and (self.ffn_dim_multiplier or 1) > 0):
+            problems.append("norm_eps, rope_theta and ffn_dim_multiplier must be positive")
         if self.cfg_uncond_suffix is not None and not (
                 self.cond_kind == "tokens" and 1 <= self.cfg_uncond_suffix <= self.cls_token_num
                 and self.rope_type == "1d"):

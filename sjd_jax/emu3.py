@@ -63,10 +63,6 @@ class Emu3Config(PipelineConfig):
     def image_size(self) -> tuple[int, int]:
         return self.latent[0] * self.vq.downsample, self.latent[1] * self.vq.downsample
 
-    @classmethod
-    def vq_from_dict(cls, d: dict) -> Emu3VQConfig:
-        return Emu3VQConfig.from_dict(d)
-
 
 def make_config(gpt: GPTConfig, vq: Emu3VQConfig, vocabulary: dict, latent: tuple[int, int],
                 max_positions: int) -> Emu3Config:

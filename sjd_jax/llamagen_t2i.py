@@ -80,7 +80,10 @@ def _read_config(path: Path, kind: str, what: str):
     if meta.get("kind") != kind:
         raise ValueError(f"{path}: a {meta.get('kind')!r} checkpoint where the {what} (kind {kind!r}) "
                          f"belongs; make it with `{make}`")
-    return config_from_dict(kind, meta["config"])
+    try:
+        return config_from_dict(kind, meta.get("config"))
+    except ValueError as e:
+        raise ValueError(f"{meta_file}: {e}") from None
 
 
 def load(ckpt_dir, t5_dir=None, mesh=None) -> T2IBundle:

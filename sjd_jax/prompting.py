@@ -8,7 +8,7 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 
-from .config import GPTConfig, check_fields
+from .config import GPTConfig, from_dict
 from .model import Prompt
 
 
@@ -22,18 +22,10 @@ class PipelineConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def vq_from_dict(cls, d: dict):
-        from .checkpoint import config_from_dict
-
-        return config_from_dict("vq", d)
-
-    @classmethod
     def from_dict(cls, d: dict):
-        from .checkpoint import config_from_dict
-
-        d = dict(d)
-        check_fields(cls, d, cls.KIND)
-        return cls(gpt=config_from_dict("gpt", d.pop("gpt")), vq=cls.vq_from_dict(d.pop("vq")), **d)
+        """From a checkpoint's config.json entry: fields type-checked, ``gpt`` and ``vq`` read as
+        their annotated config classes (``config.from_dict``)."""
+        return from_dict(cls, d, cls.KIND)
 
     def with_prompt_length(self, length: int) -> GPTConfig:
         """The GPT config for prompts padded to ``length`` tokens (one compile per length)."""

@@ -48,7 +48,7 @@ def test_generate_cli_writes_png_and_stats(tmp_path, capsys):
 @pytest.mark.parametrize("argv,msg", [
     (["--model", "imagenet-xl"], "unknown model"),
     (["--class", "10"], "class 10 out of range"),
-    (["--n", "0"], "--n must be >= 1"),
+    (["--n", "0"], "--n must be an integer in 1..1048576, got 0"),
     (["--method", "beam"], "unknown method"),
     (["--window", "0"], "window must be"),
     (["--top-k", "999"], "top_k must be"),

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..config import check_fields
+from ..config import from_dict
 
 FF_KINDS = ("relu", "gated-gelu")
 
@@ -49,8 +49,7 @@ class T5Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> "T5Config":
-        check_fields(cls, d, "T5")
-        return cls(**d)
+        return from_dict(cls, d, "T5")
 
 
 def relative_buckets(q_len: int, k_len: int, num_buckets: int, max_distance: int) -> np.ndarray:

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..config import check_fields
+from ..config import from_dict
 
 BATCHNORM_EPS = 1e-5  # torch.nn.BatchNorm3d default (HF / BAAI leave it)
 GROUPNORM_EPS = 1e-6
@@ -83,8 +83,7 @@ class Emu3VQConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Emu3VQConfig":
-        check_fields(cls, d, "Emu3 VQ")
-        return cls(**d)
+        return from_dict(cls, d, "Emu3 VQ")
 
 
 def _conv2d(features, k, name):

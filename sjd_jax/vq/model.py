@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..config import MAX_VOCAB
+
 
 @dataclasses.dataclass(frozen=True)
 class VQConfig:
@@ -36,6 +38,13 @@ class VQConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "ch_mult", tuple(int(m) for m in self.ch_mult))
+        sizes = dict(ch=self.ch, codebook_embed_dim=self.codebook_embed_dim, in_channels=self.in_channels,
+                     out_channels=self.out_channels, norm_groups=self.norm_groups, z_channels=self.z_channels,
+                     levels=len(self.ch_mult), ch_mult=min(self.ch_mult, default=0))
+        bad = [k for k, v in sizes.items() if v < 1]
+        if bad or self.num_res_blocks < 0 or self.codebook_size > MAX_VOCAB or len(self.ch_mult) > 12:
+            raise ValueError(f"invalid VQConfig: {', '.join(bad) or 'sizes'} out of range "
+                             f"(positive sizes, at most 12 levels and {MAX_VOCAB} codes)")
         if self.attn_levels is not None:
             object.__setattr__(self, "attn_levels", tuple(int(i) for i in self.attn_levels))
             if any(not 0 <= i < len(self.ch_mult) for i in self.attn_levels):
