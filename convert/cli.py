@@ -35,13 +35,17 @@ FAMILIES = ("llamagen-c2i", "llamagen-t2i", "llamagen-vq", "janus-pro", "t5-enco
             "emu3")
 _CONTAINERS = ("model", "module", "state_dict")  # LlamaGen / DeepSpeed / Lightning
 _LLAMAGEN_DIM_TO_HEADS = {768: 12, 1024: 16, 1280: 20, 1536: 24, 3200: 32}
+MAX_IMAGE_SIZE = 8192  # px per side: above every released model; bounds what a typo can allocate
 
 
 def read_tensors(path: Path, trust_pickle: bool = False) -> dict:
-    """name -> array-like (torch tensors stay lazy/mmapped until converted one by one).
+    """name -> lazy tensor entry (``.shape``, ``.dtype``, ``.numpy()``; read only when converted by
+    ``to_numpy``, which knows each entry's name and file).
 
-    ``trust_pickle`` (``--trust-pickle``): load a PyTorch file with ``weights_only=False``, which runs
-    whatever code the pickle holds; only for files from a source you trust."""
+    PyTorch files: the zip format (``torch.save`` since 1.6) has every member's CRC-32 checked, then
+    is memory-mapped; legacy (pickle) files are read into memory. ``trust_pickle``
+    (``--trust-pickle``): load with ``weights_only=False``, which runs whatever code the pickle
+    holds; only for files from a source you trust."""
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
     if path.suffix == ".safetensors":
@@ -56,24 +60,81 @@ def read_tensors(path: Path, trust_pickle: bool = False) -> dict:
 
     import torch
 
+    is_zip = _verified_zip(path)
     try:
         # weights_only: never run pickled code. LlamaGen training files also pickle their argparse
-        # Namespace; exactly that class is allow-listed.
+        # Namespace; exactly that class is allow-listed. mmap needs the zip format.
         with torch.serialization.safe_globals([_argparse.Namespace]):
-            obj = torch.load(str(path), map_location="cpu", weights_only=not trust_pickle, mmap=True)
+            obj = torch.load(str(path), map_location="cpu", weights_only=not trust_pickle, mmap=is_zip)
     except Exception as e:
-        hint = "" if trust_pickle else (" (if it pickles other objects and you trust its source, "
-                                        "--trust-pickle loads it with weights_only=False)")
-        raise ValueError(f"{path}: cannot be read as a PyTorch checkpoint with weights_only={not trust_pickle} "
-                         f"({type(e).__name__}: {str(e).splitlines()[0][:200]}){hint}") from e
+        raise ValueError(_load_error(path, e)) from e
     if isinstance(obj, dict):
         for key in _CONTAINERS:
             if isinstance(obj.get(key), dict):
                 obj = obj[key]
                 break
-    if not isinstance(obj, dict) or not all(hasattr(v, "shape") for v in obj.values()):
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(f"{path}: expected a state dict (optionally under {_CONTAINERS})")
-    return obj
+    return {k: _TorchEntry(v, k, path) for k, v in obj.items()}
+
+
+def _verified_zip(path: Path) -> bool:
+    """True for a zip-format file whose members all pass their CRC-32 check (torch itself never
+    checks them: a flipped byte would load as a wrong weight); False for a legacy pickle file.
+    Costs one sequential read of the file (0.3 s/GiB from the page cache here)."""
+    import zipfile
+    import zlib
+
+    with open(path, "rb") as fh:
+        if fh.read(4) != b"PK\x03\x04":
+            return False
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError, RuntimeError) as e:
+        raise ValueError(f"{path}: cannot be read: damaged zip archive ({e}); the file is truncated or "
+                         "corrupt, download it again") from e
+    if bad is not None:
+        raise ValueError(f"{path}: member {bad} fails its CRC-32 check: the file is corrupt, download it again")
+    return True
+
+
+def _load_error(path: Path, e: Exception) -> str:
+    """The one-line reason ``torch.load`` failed, suggesting --trust-pickle only where it helps: a
+    weights-only load that refused a pickled class or function (not one that met garbage)."""
+    text = str(e)
+    if m := re.search(r"Unsupported global: GLOBAL (\S+)", text):
+        return (f"{path}: cannot be read with weights_only=True: it pickles {m.group(1)}; if you trust its "
+                "source, pass --trust-pickle (loads it with weights_only=False, which runs the pickle's code)")
+    # torch's weights-only message opens with generic advice; the reason follows "WeightsUnpickler error:"
+    m = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    reason = (m.group(1) if m else text.strip().splitlines()[0] if text.strip() else "").strip()[:200]
+    return (f"{path}: cannot be read as a PyTorch checkpoint ({type(e).__name__}: {reason}); the file is "
+            "damaged or not a torch.save file")
+
+
+class _TorchEntry:
+    """A tensor of a PyTorch file (a view of the mmapped file for the zip format), with its name
+    and file for error messages."""
+
+    def __init__(self, t, key, path: Path):
+        self.t, self.key, self.path = t, key, path
+        self.shape, self.dtype = tuple(t.shape), t.dtype
+
+    def numpy(self) -> np.ndarray:
+        return _torch_numpy(self.t)
+
+
+def _torch_numpy(t) -> np.ndarray:
+    """A torch tensor -> numpy, widening the float dtypes numpy lacks (bfloat16, float8: exact)."""
+    import torch
+
+    t = t.detach()
+    if t.is_floating_point() and t.dtype not in (torch.float16, torch.float32, torch.float64):
+        t = t.float()
+    elif t.dtype == torch.complex32:
+        t = t.to(torch.complex64)
+    return t.numpy()
 
 
 class _Lazy:
@@ -110,30 +171,84 @@ def _bf16_view(path: Path, key: str) -> np.ndarray:
 
 
 def to_numpy(x) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach()
-        if str(x.dtype) == "torch.bfloat16":
-            x = x.float()
-    return np.asarray(x.numpy(), np.float32)
+    """A tensor (``read_tensors`` entry, torch tensor or array) -> float32 numpy array, same shape.
+
+    ``read_tensors`` entries know their name and file, and are refused here, by both, when complex
+    or non-finite (NaN/inf). Bare tensors and arrays (the Python API) get the same checks, by
+    tensor name, in ``convert.tree.assign``; complex ones are returned unchanged for that."""
+    entry = x if isinstance(x, (_Lazy, _TorchEntry)) else None
+    try:
+        raw = x.numpy() if entry is not None else _torch_numpy(x) if hasattr(x, "detach") else np.asarray(x)
+    except (TypeError, AttributeError) as e:  # a dtype numpy cannot hold (safetensors: AttributeError)
+        where = f"{entry.path}: tensor {entry.key}" if entry is not None else "tensor"
+        raise ValueError(f"{where}: unsupported dtype {getattr(x, 'dtype', '?')} ({e})") from e
+    if entry is None:
+        return raw if np.iscomplexobj(raw) else np.asarray(raw, np.float32)
+    from .tree import require_finite  # here: convert.tree imports jax (slow for --help)
+
+    where = f"{entry.path}: tensor {entry.key}"
+    if np.iscomplexobj(raw):
+        raise ValueError(f"{where} is complex ({raw.dtype}); model weights are real, refusing to drop "
+                         "the imaginary part")
+    arr = np.asarray(raw, np.float32)
+    require_finite(arr, where)
+    return arr
+
+
+def latent_side(size, downsample: int, what: str) -> int:
+    """Image side ``size`` (px) -> latent side (codes), or a one-line ValueError naming ``what``
+    (the flag or file the size came from)."""
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_IMAGE_SIZE:
+        raise ValueError(f"{what}: image size {size!r} must be a whole number of pixels in 1..{MAX_IMAGE_SIZE}")
+    if size % downsample:
+        raise ValueError(f"{what}: image size {size} is not a multiple of the {downsample}x downsampling")
+    return size // downsample
 
 
 def _grid(args, src: Path) -> int:
-    if args.image_size:
-        size = args.image_size
-    else:
-        m = re.search(r"_(\d{2,4})(?:\.\w+)?$", src.name)
-        if not m:
-            raise ValueError("cannot tell the image size from the file name; pass --image-size")
-        size = int(m.group(1))
-    if size % 16:
-        raise ValueError(f"image size {size} is not a multiple of the VQ-16 downsampling")
-    return size // 16
+    """LlamaGen's grid side (VQ-16 codes) from --image-size or a ``_256``-style file-name suffix."""
+    if args.image_size is not None:
+        return latent_side(args.image_size, 16, f"--image-size {args.image_size}")
+    m = re.search(r"_(\d{2,4})(?:\.\w+)?$", src.name)
+    if not m:
+        raise ValueError("cannot tell the image size from the file name; pass --image-size")
+    return latent_side(int(m.group(1)), 16, f"{src.name} (size from its name; --image-size overrides it)")
+
+
+def _heads(args, dim: int, src: Path) -> int:
+    """--n-head, or the released LlamaGen size's; a positive divisor of dim with head_dim % 4 == 0
+    (2D RoPE rotates quarters of each head)."""
+    if args.n_head is None:
+        if dim not in _LLAMAGEN_DIM_TO_HEADS:
+            raise ValueError(f"{src.name}: dim {dim} is not a released LlamaGen size; pass --n-head")
+        return _LLAMAGEN_DIM_TO_HEADS[dim]
+    n = args.n_head
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= dim or dim % n or (dim // n) % 4:
+        raise ValueError(f"--n-head {n}: must divide the model dim {dim} (of {src.name}) into heads of a "
+                         f"multiple of 4 features, e.g. {', '.join(str(h) for h in _head_counts(dim)[:6])}")
+    return n
+
+
+def _head_counts(dim: int) -> list[int]:
+    return [h for h in range(1, dim + 1) if dim % h == 0 and (dim // h) % 4 == 0][::-1]
+
+
+def _kv_heads(rows: int, cols: int, n_head: int, dim: int, src: Path) -> int:
+    """KV heads from the fused ``wqkv`` weight ``[(n_head + 2 * kv) * head_dim, dim]``."""
+    hd = dim // n_head
+    fits = {(n_head + 2 * kv) * hd: kv for kv in range(1, n_head + 1) if n_head % kv == 0}
+    if cols != dim or rows not in fits:
+        raise ValueError(f"{src.name}: layers.0.attention.wqkv.weight has shape {(rows, cols)}; with {n_head} heads "
+                         f"of {hd} (dim {dim}) expected ((n_head + 2 * kv) * head_dim, dim) for kv heads dividing "
+                         f"n_head: rows one of {sorted(fits)}, {dim} columns")
+    return fits[rows]
 
 
 def gpt_config(tensors: dict, family: str, args, src: Path):
     from sjd_jax import GPTConfig
 
     from .llamagen import strip_prefix
+    from .tree import count_indexed, shape_of
 
     names = {strip_prefix(k): v for k, v in tensors.items()}
     is_t2i = "cls_embedding.cap_proj.fc1.weight" in names
@@ -143,37 +258,35 @@ def gpt_config(tensors: dict, family: str, args, src: Path):
     if family == "llamagen-c2i" and is_t2i or family == "llamagen-t2i" and is_c2i:
         raise ValueError(f"{src.name} looks like {'llamagen-t2i' if is_t2i else 'llamagen-c2i'}, "
                          f"not --family {family}")
-    vocab, dim = names["tok_embeddings.weight"].shape
-    n_layer = 1 + max(int(m.group(1)) for k in names if (m := re.match(r"layers\.(\d+)\.", k)))
-    n_head = args.n_head or _LLAMAGEN_DIM_TO_HEADS.get(dim)
-    if n_head is None:
-        raise ValueError(f"dim {dim} is not a released LlamaGen size; pass --n-head")
-    hd = dim // n_head
-    rows = names["layers.0.attention.wqkv.weight"].shape[0]
-    kv = (rows // hd - n_head) // 2
+    vocab, dim = shape_of(names, "tok_embeddings.weight", 2, src.name)
+    n_layer = count_indexed(names, r"layers\.(\d+)\.", src.name)
+    n_head = _heads(args, dim, src)
+    kv = _kv_heads(*shape_of(names, "layers.0.attention.wqkv.weight", 2, src.name), n_head, dim, src)
     kw = dict(vocab_size=vocab, dim=dim, n_layer=n_layer, n_head=n_head,
               n_kv_head=None if kv == n_head else kv, grid_size=_grid(args, src))
     if is_t2i:
-        C, cap = names["cls_embedding.uncond_embedding"].shape
+        C, cap = shape_of(names, "cls_embedding.uncond_embedding", 2, src.name)
         kw.update(caption_dim=cap, cls_token_num=C, num_classes=None)
     else:
-        kw.update(num_classes=names["cls_embedding.embedding_table.weight"].shape[0] - 1)
+        kw.update(num_classes=shape_of(names, "cls_embedding.embedding_table.weight", 2, src.name)[0] - 1)
     return GPTConfig(**kw)
 
 
 def vq_config(tensors: dict, src: Path):
     from sjd_jax.vq import VQConfig
 
+    from .tree import channel_multiple, count_indexed, shape_of
+
     if "quantize.embedding.weight" not in tensors or "decoder.conv_in.weight" not in tensors:
         raise ValueError(f"{src.name} is not a LlamaGen VQ checkpoint (no quantize/decoder keys)")
-    levels = 1 + max(int(m.group(1)) for k in tensors if (m := re.match(r"encoder\.conv_blocks\.(\d+)\.", k)))
-    n_res = 1 + max(int(m.group(1)) for k in tensors
-                    if (m := re.match(r"encoder\.conv_blocks\.0\.res\.(\d+)\.", k)))
-    ch = tensors["encoder.conv_in.weight"].shape[0]
-    mults = tuple(tensors[f"encoder.conv_blocks.{i}.res.0.conv1.weight"].shape[0] // ch for i in range(levels))
-    K, D = tensors["quantize.embedding.weight"].shape
+    levels = count_indexed(tensors, r"encoder\.conv_blocks\.(\d+)\.", src.name)
+    n_res = count_indexed(tensors, r"encoder\.conv_blocks\.0\.res\.(\d+)\.", src.name)
+    ch = shape_of(tensors, "encoder.conv_in.weight", 4, src.name)[0]
+    mults = tuple(channel_multiple(tensors, f"encoder.conv_blocks.{i}.res.0.conv1.weight", ch, src.name)
+                  for i in range(levels))
+    K, D = shape_of(tensors, "quantize.embedding.weight", 2, src.name)
     return VQConfig(codebook_size=K, codebook_embed_dim=D, ch=ch, ch_mult=mults, num_res_blocks=n_res,
-                    z_channels=tensors["quant_conv.weight"].shape[1])
+                    z_channels=shape_of(tensors, "quant_conv.weight", 4, src.name)[1])
 
 
 def _read_json(path: Path) -> dict:
@@ -300,11 +413,12 @@ def convert_lumina(srcs: list[Path], out: Path, args, layout: str) -> dict:
     vq_tensors = read_tensors(Path(args.vqgan), args.trust_pickle)
     vq = vqgan_config(vq_tensors, Path(args.vqgan).name)
     name = srcs[0].name if len(srcs) == 1 and srcs[0].is_dir() else files["config"].parent.name
-    if layout == "anole" and not args.image_size:
+    if layout == "anole" and args.image_size is None:
         args.image_size = 512
     latent = latent_of(args, name, vq.downsample)
     gpt = chameleon_config(cfg, latent, 1)
     config = make_config(gpt, vq, vocab, latent, layout, int(cfg.get("max_position_embeddings") or 4096))
+    _fits_context(config, latent[0] * vq.downsample)
     tensors = read_all(files["weights"], args.trust_pickle)
     n_skipped = sum(map(skipped, tensors))
     extra = {"tokenizer.json": tok_file} if tok_file else {}
@@ -331,6 +445,15 @@ def convert_lumina(srcs: list[Path], out: Path, args, layout: str) -> dict:
                       f"vocab {config.gpt.vocab_size}, VQGAN {vq.codebook_size} codes",
             "note": f"skipped {n_skipped} HF VQ-encoder / rotary tensors"
                     + ("" if extra else "; no tokenizer.json (pass the snapshot directory or --tokenizer)")}
+
+
+def _fits_context(config, size: int) -> None:
+    """Refuse an image size whose image tokens alone overflow the model's context (the converted
+    checkpoint could never generate; generation checks prompt + image against the same bound)."""
+    n = config.gpt.num_image_tokens
+    if n >= config.max_positions:
+        raise ValueError(f"image size {size} px needs {n} image positions, more than the model's context "
+                         f"(max_position_embeddings {config.max_positions}); pass a smaller --image-size")
 
 
 def convert_emu3(srcs: list[Path], out: Path, args) -> dict:
@@ -367,13 +490,14 @@ def convert_emu3(srcs: list[Path], out: Path, args) -> dict:
         vq_cfg = _read_json(vq_files["config"])
         vq_tensors = read_all(vq_files["weights"], args.trust_pickle)
     vq = emu3_vq_config(vq_cfg)
-    size = args.image_size or 720
-    if size % vq.downsample:
-        raise ValueError(f"image size {size} is not a multiple of the vision tokenizer's {vq.downsample}x downsampling")
-    latent = (size // vq.downsample, size // vq.downsample)
+    size = 720 if args.image_size is None else args.image_size
+    side = latent_side(size, vq.downsample, f"--image-size {size}" if args.image_size is not None
+                       else "the 720 px default")
+    latent = (side, side)
     text_cfg = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else cfg
     config = make_config(emu3_config(cfg, (latent[0], latent[1] + 1), 4), vq, vocab, latent,
                          int(text_cfg.get("max_position_embeddings") or 9216))
+    _fits_context(config, size)
     # Bounded memory (Emu3-Gen is 34 GB of float32): each converted tensor goes to a disk-backed
     # memmap next to --out, and the save reads those pages (convert.staging; about 2x the largest
     # tensor of anonymous memory).
@@ -440,6 +564,22 @@ def convert(family: str, srcs, out: Path, args) -> dict:
             "dtype": "float32", "bytes": int(sum(x.nbytes for x in leaves)), "config": config}
 
 
+def _bounded_int(lo: int, hi: int):
+    """argparse type: an integer in [lo, hi] (a usage error, one line, otherwise)."""
+    import argparse
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be in {lo}..{hi}, got {value}")
+        return value
+
+    return parse
+
+
 def _parser():
     from sjd_jax.cliutil import Parser, add_output_flags
 
@@ -449,13 +589,14 @@ def _parser():
                     help="checkpoint file (.pt/.pth/.bin/.safetensors); janus-pro, t5-encoder, lumina-mgpt, "
                          "anole: snapshot dir or files")
     ap.add_argument("--out", type=Path, required=True, help="output directory")
-    ap.add_argument("--image-size", type=int, default=None,
+    ap.add_argument("--image-size", type=_bounded_int(1, MAX_IMAGE_SIZE), default=None, metavar="PX",
                     help="GPT / lumina-mgpt / anole / emu3: pixels (LlamaGen 256/384/512, Lumina 512/768/1024, Emu3 720)")
     ap.add_argument("--vqgan", type=Path, default=None, help="lumina-mgpt / anole: Chameleon's vqgan.ckpt")
     ap.add_argument("--tokenizer", type=Path, default=None,
                     help="lumina-mgpt / anole / emu3: tokenizer.json to use instead of the snapshot's")
     ap.add_argument("--vq", type=Path, default=None, help="emu3: the BAAI/Emu3-VisionTokenizer snapshot dir")
-    ap.add_argument("--n-head", type=int, default=None, help="GPT only: heads, for non-released sizes")
+    ap.add_argument("--n-head", type=_bounded_int(1, 1 << 16), default=None,
+                    help="GPT only: heads, for non-released sizes (must divide the model dim)")
     ap.add_argument("--force", action="store_true", help="overwrite --out")
     ap.add_argument("--trust-pickle", action="store_true",
                     help=".pt/.ckpt files: load with weights_only=False (runs the pickle's code; trusted files only)")

@@ -13,20 +13,23 @@ import re
 
 from sjd_jax.vq import VQConfig
 
+from .tree import channel_multiple, count_indexed, shape_of
+
 
 def vqgan_config(tensors: dict, name: str = "vqgan") -> VQConfig:
     """taming-transformers VQGAN tensors -> VQConfig (plain codebook, attention where the encoder has it)."""
     need = ("encoder.conv_in.weight", "quantize.embedding.weight", "quant_conv.weight", "decoder.conv_in.weight")
     if any(k not in tensors for k in need) or not any(k.startswith("encoder.down.") for k in tensors):
         raise ValueError(f"{name} is not a taming/Chameleon VQGAN state dict (needs {', '.join(need)}, encoder.down.*)")
-    levels = 1 + max(int(m.group(1)) for k in tensors if (m := re.match(r"encoder\.down\.(\d+)\.", k)))
-    n_res = 1 + max(int(m.group(1)) for k in tensors if (m := re.match(r"encoder\.down\.0\.block\.(\d+)\.", k)))
-    ch = tensors["encoder.conv_in.weight"].shape[0]
-    mults = tuple(tensors[f"encoder.down.{i}.block.0.conv1.weight"].shape[0] // ch for i in range(levels))
+    levels = count_indexed(tensors, r"encoder\.down\.(\d+)\.", name)
+    n_res = count_indexed(tensors, r"encoder\.down\.0\.block\.(\d+)\.", name)
+    ch = shape_of(tensors, "encoder.conv_in.weight", 4, name)[0]
+    mults = tuple(channel_multiple(tensors, f"encoder.down.{i}.block.0.conv1.weight", ch, name) for i in range(levels))
     attn = tuple(sorted({int(m.group(1)) for k in tensors if (m := re.match(r"encoder\.down\.(\d+)\.attn\.", k))}))
-    K, D = tensors["quantize.embedding.weight"].shape
+    K, D = shape_of(tensors, "quantize.embedding.weight", 2, name)
     return VQConfig(codebook_size=K, codebook_embed_dim=D, ch=ch, ch_mult=mults, num_res_blocks=n_res,
-                    z_channels=tensors["quant_conv.weight"].shape[1], codebook_l2_norm=False, attn_levels=attn)
+                    z_channels=shape_of(tensors, "quant_conv.weight", 4, name)[1], codebook_l2_norm=False,
+                    attn_levels=attn)
 
 
 def vocabulary(config: dict, tokenizer_json: dict | None) -> dict:
@@ -47,12 +50,13 @@ def vocabulary(config: dict, tokenizer_json: dict | None) -> dict:
 
 def latent_of(args, src_name: str, downsample: int) -> tuple[int, int]:
     """Image size from ``--image-size`` or a ``-512``/``-768``/``-1024`` suffix of the snapshot name."""
-    size = args.image_size
-    if not size:
-        m = re.search(r"[-_](\d{2,4})(?:[-_][A-Za-z]+)?$", src_name)
-        if not m:
-            raise ValueError(f"cannot tell the image size from {src_name!r}; pass --image-size (e.g. 768)")
-        size = int(m.group(1))
-    if size % downsample:
-        raise ValueError(f"image size {size} is not a multiple of the VQGAN's {downsample}x downsampling")
-    return size // downsample, size // downsample
+    from .cli import latent_side
+
+    if args.image_size is not None:
+        side = latent_side(args.image_size, downsample, f"--image-size {args.image_size}")
+        return side, side
+    m = re.search(r"[-_](\d{2,4})(?:[-_][A-Za-z]+)?$", src_name)
+    if not m:
+        raise ValueError(f"cannot tell the image size from {src_name!r}; pass --image-size (e.g. 768)")
+    side = latent_side(int(m.group(1)), downsample, f"{src_name!r} (size from its name; --image-size overrides it)")
+    return side, side

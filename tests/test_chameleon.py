@@ -107,6 +107,14 @@ def test_converter_errors():
                          to_numpy)
     with pytest.raises(ValueError, match="unused keys"):
         chameleon_params({**sd, "model.layers.0.self_attn.extra.weight": torch.zeros(2)}, config, to_numpy)
+    nan_q = sd["model.layers.0.self_attn.q_proj.weight"].clone()
+    nan_q[5, 7] = float("nan")  # fused into wqkv: named by its group
+    with pytest.raises(ValueError, match=r"tensor model\.layers\.0\.self_attn\.\{q,k,v\}_proj\.weight holds 1 "
+                                         r"non-finite value\(s\) \(NaN/inf\) of 8192, the first at index \(7, 5\)"):
+        chameleon_params({**sd, "model.layers.0.self_attn.q_proj.weight": nan_q}, config, to_numpy)
+    cplx = sd["model.layers.1.self_attn.k_norm.weight"].to(torch.complex64)
+    with pytest.raises(ValueError, match=r"tensor model\.layers\.1\.self_attn\.k_norm\.weight is complex"):
+        chameleon_params({**sd, "model.layers.1.self_attn.k_norm.weight": cplx}, config, to_numpy)
     bad = {**sd, "model.layers.0.self_attn.k_norm.weight": torch.zeros(3, 16)}
     with pytest.raises(ValueError, match="does not expand to 2 heads"):
         chameleon_params(bad, config, to_numpy)

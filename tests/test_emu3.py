@@ -285,6 +285,29 @@ def test_convert_and_cli_generate(pipeline, tmp_path, capsys):
     assert not any((tmp_path / n).exists() for n in "xyz")
 
 
+def test_convert_refuses_image_sizes_the_model_cannot_use(pipeline, tmp_path, capsys):
+    """--image-size 0 is not "unset"; sizes off the vision tokenizer's grid or whose image tokens
+    overflow the model's context (max_position_embeddings 512 here) are refused before converting."""
+    from convert.cli import main as convert_main
+
+    snap = tmp_path / "Emu3-Gen-hf"
+    pipeline["model"].save_pretrained(snap)
+    pipeline["tok"].save(str(snap / "tokenizer.json"))
+    capsys.readouterr()  # save_pretrained's progress bar
+    cases = [("0", "argument --image-size: must be in 1..8192, got 0"),
+             ("9", "--image-size 9: image size 9 is not a multiple of the 2x downsampling"),
+             ("64", "image size 64 px needs 1056 image positions, more than the model's context "
+                    "(max_position_embeddings 512)")]
+    for size, msg in cases:
+        out = tmp_path / f"out{size}"
+        rc = convert_main(["--family", "emu3", str(snap), "--image-size", size, "--out", str(out), "--quiet"])
+        err = capsys.readouterr().err
+        assert rc == 2 and msg in err and err.count("\n") == 1, (size, err)
+        assert not out.exists()
+    assert convert_main(["--family", "emu3", str(snap), "--image-size", "40", "--out", str(tmp_path / "ok"),
+                         "--quiet"]) == 0  # 20 x 21 = 420 image positions fit
+
+
 def test_layout_at_720px():
     """Emu3-Gen at 720 px: 90 x 90 codes, 8190 positions with the end-of-line column (+ EOF, image
     end, EOS = 8193 in the image section); end of line at every 91st position; codes over the
