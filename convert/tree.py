@@ -40,11 +40,13 @@ def count_indexed(names: Iterable[str], pattern: str, where: str) -> int:
     """The number of blocks ``pattern`` (whose one group is the block index) finds in ``names``;
     the indices must be 0..n-1 (e.g. ``layers\\.(\\d+)\\.`` -> the layer count). A one-line ValueError
     naming ``where`` (the file) otherwise."""
-    found = {int(m.group(1)) for k in names if (m := re.match(pattern, k))}
-    if not found or found != set(range(len(found))):
-        shown = sorted(found)[:8]
-        raise ValueError(f"{where}: tensor names matching {pattern!r} number blocks {shown}"
-                         f"{' ...' if len(found) > 8 else ''}, not 0..n-1 (n >= 1): not a complete state dict")
+    found = sorted({int(m.group(1)) for k in names if (m := re.match(pattern, k))})
+    shown = pattern.replace(r"(\d+)", "N").replace("\\", "") + "*"  # layers\.(\d+)\. -> layers.N.*
+    if not found:
+        raise ValueError(f"{where}: no tensors named {shown}: not a complete state dict")
+    if found != list(range(len(found))):
+        raise ValueError(f"{where}: tensors named {shown} number blocks {found[:8]}{' ...' if len(found) > 8 else ''}, "
+                         "not 0..n-1: some are missing")
     return len(found)
 
 
