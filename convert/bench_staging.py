@@ -102,7 +102,7 @@ def run_staged(gib: float, work: Path) -> dict:
         same = all(np.array_equal(np.asarray(flat_l[k][1]), np.asarray(flat_s[flat_l[k][0]]))
                    for k in picks)
         del loaded, flat_l, flat_s, params
-    staging_removed = not any(work.glob(".sjd-staging-*"))
+    staging_removed = not any(work.glob(".sjd-staging.tmp-*"))
     shutil.rmtree(out, ignore_errors=True)
     total = param_bytes(config)
     return {"path": "staged", "params_gib": round(total / GiB, 3), "n_layer": config.n_layer,

@@ -519,7 +519,7 @@ def convert(family: str, srcs, out: Path, args) -> dict:
     import jax
     from tqdm import tqdm
 
-    from sjd_jax import checkpoint
+    from sjd_jax import atomic, checkpoint
 
     from .llamagen import gpt_params_from_state_dict
     from .vq import vq_params_from_state_dict
@@ -527,8 +527,8 @@ def convert(family: str, srcs, out: Path, args) -> dict:
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
     out = Path(out)
-    if out.exists() and not args.force:
-        raise ValueError(f"{out} exists; pass --force to overwrite it")
+    # before reading anything: --out must be new, or (--force) an sjd-jax checkpoint or empty dir
+    atomic.check_dir_target(out, args.force, checkpoint.is_checkpoint, "sjd-jax checkpoint")
     srcs = [Path(s) for s in (srcs if isinstance(srcs, (list, tuple)) else [srcs])]
     if family == "t5-encoder":
         return convert_t5(srcs, out, args)

@@ -57,7 +57,8 @@ class Staging:
             self._parent.mkdir(parents=True, exist_ok=True)
             atomic.sweep(self._parent)  # a killed conversion's staging (it can be the model's size)
         # an atomic temp name (host, pid): a later run removes it if this process dies
-        self.root = Path(tempfile.mkdtemp(prefix=atomic.temp_prefix("sjd-staging"), dir=self._parent))
+        self.root = atomic.exclusive_temp(self._parent or Path(tempfile.gettempdir()), "sjd-staging",
+                                          directory=True)
         return self
 
     def __exit__(self, *exc) -> None:

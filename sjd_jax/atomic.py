@@ -1,8 +1,8 @@
 """Every file and directory sjd-jax writes goes through here: nothing half-written, nothing followed.
 
 * ``write_file(path, write)``: ``write(f)`` fills an exclusive temp file created in ``path``'s own
-  directory (``mkstemp``: ``O_CREAT | O_EXCL | O_NOFOLLOW``, so a planted symlink or file at a
-  temp name is never opened), which is flushed, fsynced and renamed onto ``path``. The rename
+  directory (``O_CREAT | O_EXCL | O_NOFOLLOW``, so a planted symlink or file at a temp name is
+  never opened: the name is skipped), which is flushed, fsynced and renamed onto ``path``. The rename
   replaces ``path`` itself: a symlink there is replaced, its target is never written.
 * ``directory(path, replace=..., owned=...)``: a context manager yielding an exclusive temp
   directory next to ``path``; on success its files are fsynced and it takes ``path``'s place. An
@@ -26,9 +26,9 @@ import errno
 import json
 import os
 import re
+import secrets
 import shutil
 import socket
-import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
@@ -44,6 +44,36 @@ _swept: set[str] = set()
 
 def temp_prefix(name: str, what: str = "tmp") -> str:
     return f".{name}.{what}-{_HOST}-{os.getpid()}-"
+
+
+def _token() -> str:
+    return secrets.token_hex(4)
+
+
+def _open_new(path: Path) -> int:
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+
+
+def _fresh(parent: Path, name: str, what: str, make):
+    """``(path, make(path))`` for the first free temp name; ``make`` must fail with
+    ``FileExistsError`` on a taken one (``O_CREAT | O_EXCL | O_NOFOLLOW``, ``mkdir``): nothing
+    already there, a planted file or symlink included, is ever opened or followed."""
+    for _ in range(100):
+        path = parent / (temp_prefix(name, what) + _token())
+        try:
+            return path, make(path)
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(parent / name))
+
+
+def exclusive_temp(parent: Path, name: str, what: str = "tmp", directory: bool = False) -> Path:
+    """A new temp file (empty, mode 0600) or directory (0700) in ``parent`` (see ``_fresh``)."""
+    if directory:
+        return _fresh(Path(parent), name, what, lambda p: os.mkdir(p, 0o700))[0]
+    path, fd = _fresh(Path(parent), name, what, _open_new)
+    os.close(fd)
+    return path
 
 
 def is_temp_name(name: str) -> bool:
@@ -128,9 +158,9 @@ def write_file(path, write: Callable[[BinaryIO], object]) -> Path:
     if path.is_dir() and not path.is_symlink():
         raise IsADirectoryError(errno.EISDIR, "is a directory", str(path))
     sweep(parent)
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), dir=parent)
+    tmp, fd = _fresh(parent, path.name, "tmp", _open_new)
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; the result gets the usual mode
+        os.fchmod(fd, 0o666 & ~_UMASK)  # created 0600; the result gets the usual mode
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -215,9 +245,7 @@ def _probe(parent: Path, path: Path) -> None:
     if not parent.is_dir():
         raise ValueError(f"cannot write {path}: {parent} is not a directory")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), dir=parent)
-        os.close(fd)
-        os.unlink(tmp)
+        os.unlink(exclusive_temp(parent, path.name))
     except OSError as e:
         raise ValueError(f"cannot write {path}: {e.strerror}") from e
 
@@ -232,7 +260,7 @@ def directory(path, *, replace: bool = False, owned: Callable[[Path], bool] = la
     parent = path.parent
     parent.mkdir(parents=True, exist_ok=True)
     sweep(parent)
-    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(path.name), dir=parent))
+    tmp = exclusive_temp(parent, path.name, directory=True)
     try:
         os.chmod(tmp, 0o777 & ~_UMASK)
         yield tmp
@@ -242,7 +270,7 @@ def directory(path, *, replace: bool = False, owned: Callable[[Path], bool] = la
             if _rename_exchange(tmp, path):
                 pass  # tmp now holds the old directory, removed below
             else:
-                old = Path(tempfile.mkdtemp(prefix=temp_prefix(path.name, "old"), dir=parent))
+                old = exclusive_temp(parent, path.name, "old", directory=True)
                 os.rename(path, old)  # (replaces the empty placeholder) ... a kill here: sweep restores it
                 os.rename(tmp, path)
                 tmp = old
@@ -250,6 +278,25 @@ def directory(path, *, replace: bool = False, owned: Callable[[Path], bool] = la
             os.rename(tmp, path)
             tmp = None
         _fsync(parent, directory=True)
+    except BaseException:
+        if tmp is not None:
+            _remove_settled(tmp)
+            tmp = None
+        raise
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove_settled(tmp: Path, seconds: float = 3.0) -> None:
+    """Remove a failed write's temp directory. A library that failed mid-write (orbax after ENOSPC)
+    may still have writer threads finishing into it, re-creating entries after a first rmtree:
+    remove until it stays gone for a moment (at most ``seconds``)."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while True:
+        shutil.rmtree(tmp, ignore_errors=True)
+        time.sleep(0.05)
+        if not os.path.lexists(tmp) or time.monotonic() > deadline:
+            return

@@ -6,11 +6,13 @@ kinds "janus", "t5", "lumina" and "emu3" also hold the source checkpoint's ``tok
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import jax
@@ -116,7 +118,7 @@ def write(path, meta: dict, params, *, force: bool = False, extra_files=None) ->
             except OSError:
                 raise
             except Exception as e:  # orbax / tensorstore wrap their I/O errors (e.g. a full disk)
-                raise ValueError(f"cannot write {path}: {error_reason(e)}") from None
+                raise ValueError(f"cannot write {path}: {error_reason(e, {str(tmp): str(path)})}") from None
             (tmp / "config.json").write_text(json.dumps(meta, indent=1))
             for name, src in (extra_files or {}).items():
                 shutil.copyfile(src, tmp / name)
@@ -136,30 +138,39 @@ def _orbax_save(path: Path, params) -> None:
     else:
         ctx = ocp.Context(memory_options=ocp.options.MemoryOptions(
             write_concurrent_bytes=budget, transfer_concurrent_bytes=budget))
-    with ctx:
+    with ctx, _orbax_errors_are_ours():
         ocp.save(path, params)
 
 
 _STATUS = re.compile(r"\b([A-Z][A-Z_]{3,}): (.*)")
+_OS_ERROR = re.compile(r"\[OS error \d+: ([^\]]+)\]|(No space left on device|Disk quota exceeded|Read-only file "
+                       r"system|Permission denied|Input/output error|File name too long)")
 
 
-def error_reason(e: BaseException) -> str:
-    """The most telling line of an orbax / tensorstore error chain (its status message, if any)."""
+def error_reason(e: BaseException, rename: dict | None = None) -> str:
+    """The most telling words of an orbax / tensorstore error chain, on one line: the operating
+    system's error if one is named (a full disk...), else the root cause's status message. Paths
+    in ``rename`` (e.g. a temporary directory) are shown as the path the user gave."""
     chain, seen = [], set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
         chain.append(e)
         e = e.__cause__ or e.__context__
-    for err in reversed(chain):  # the root cause first
-        for line in str(err).splitlines():
-            m = _STATUS.search(line)
-            if m:
-                return f"{m.group(1)}: {m.group(2)}"[:300]
+    text = "\n".join(str(err) for err in reversed(chain))  # the root cause first
+    for old, new in (rename or {}).items():
+        text = text.replace(old, new)
     for err in reversed(chain):
         if isinstance(err, OSError) and err.strerror:
             return err.strerror
-    text = str(chain[0]).strip().splitlines()
-    return (text[0] if text else type(chain[0]).__name__)[:300]
+    m = _OS_ERROR.search(text)
+    if m:
+        return m.group(1) or m.group(2)
+    for line in text.splitlines():
+        m = _STATUS.search(line)
+        if m:
+            return f"{m.group(1)}: {m.group(2)}"[:300]
+    first = text.strip().splitlines()
+    return (first[0] if first else type(chain[0]).__name__)[:300]
 
 
 def kind_of(path) -> str | None:
@@ -251,9 +262,9 @@ def restore(path: Path, meta: dict, abstract, verify: bool = True):
     from orbax.checkpoint import v1 as ocp
 
     memory.require_tree(abstract, f"loading {path}")
-    _quiet_orbax_task_noise()
     try:
-        params = ocp.load(path / "params", abstract)
+        with _orbax_errors_are_ours():
+            params = ocp.load(path / "params", abstract)
     except (KeyboardInterrupt, MemoryError):
         raise
     except Exception as e:
@@ -264,16 +275,37 @@ def restore(path: Path, meta: dict, abstract, verify: bool = True):
     return params
 
 
+@contextlib.contextmanager
+def _orbax_errors_are_ours():
+    """A failed orbax read or write is reported by the caller as one line. Meanwhile orbax logs it
+    with a traceback from its worker thread; its asyncio tasks log theirs again when collected
+    ("Task/Future exception was never retrieved"); tensorstore callbacks that arrive after orbax closed
+    its event loop print "RuntimeError: Event loop is closed" tracebacks. All of that is muted:
+    absl during the call, the other two for good once installed (narrow filters)."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    asyncio_log = logging.getLogger("asyncio")
+    if not any(isinstance(f, _DropOrbaxTaskNoise) for f in asyncio_log.filters):
+        asyncio_log.addFilter(_DropOrbaxTaskNoise())
+    if not getattr(sys.unraisablehook, "_sjd_jax", False):
+        sys.unraisablehook = _without_closed_loop_errors(sys.unraisablehook)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _without_closed_loop_errors(hook):
+    def unraisablehook(u):
+        if not (u.exc_type is RuntimeError and str(u.exc_value) == "Event loop is closed"):
+            hook(u)
+
+    unraisablehook._sjd_jax = True
+    return unraisablehook
+
+
 class _DropOrbaxTaskNoise(logging.Filter):
-    """asyncio logs every other failed read task of a failed restore at garbage collection
-    ("Task exception was never retrieved", ~80 lines each) after the error was already reported."""
-
     def filter(self, record):
-        return not (record.getMessage().startswith("Task exception was never retrieved") and
-                    "orbax" in record.getMessage())
-
-
-def _quiet_orbax_task_noise() -> None:
-    logger = logging.getLogger("asyncio")
-    if not any(isinstance(f, _DropOrbaxTaskNoise) for f in logger.filters):
-        logger.addFilter(_DropOrbaxTaskNoise())
+        msg = record.getMessage()
+        return not ("exception was never retrieved" in msg.split("\n", 1)[0] and "orbax" in msg)

@@ -202,11 +202,12 @@ class _Logs:
 
 
 def _quiet_after_error() -> None:
-    """A failed orbax operation leaves coroutines that Python reports, unawaited, at exit: noise
-    after the one error line."""
+    """A failed orbax operation leaves coroutines that Python reports at exit (never awaited, or
+    failing in interpreter shutdown): noise after the one error line."""
     import warnings
 
     warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
+    sys.unraisablehook = lambda unraisable: None
 
 
 def _out_of_memory(e: BaseException) -> bool:

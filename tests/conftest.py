@@ -24,3 +24,16 @@ def _release_compiled_code():
     if os.environ.get("SJD_TEST_MAPS"):
         with open("/proc/self/maps") as f:
             print(f"\n[memory mappings after module: {sum(1 for _ in f)}]")
+
+
+@pytest.fixture(scope="session")
+def tiny_c2i_pt(tmp_path_factory):
+    """A tiny LlamaGen c2i GPT in the released file format (``{"model": state_dict}``, 4x4 grid
+    from its ``_64.pt`` name), written by colab/tiny_checkpoints.py."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "colab"))
+    from tiny_checkpoints import llamagen_c2i
+
+    return llamagen_c2i(tmp_path_factory.mktemp("c2i") / "c2i_T_64.pt")
