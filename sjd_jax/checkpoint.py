@@ -206,10 +206,13 @@ def read_meta(path, kinds=KINDS) -> dict:
         raise ValueError(f"{meta_file} is not valid JSON (not UTF-8 text)") from None
     if not isinstance(meta, dict):
         raise ValueError(f"{meta_file}: expected a JSON object, got a {type(meta).__name__}")
-    if meta.get("format") != FORMAT or meta.get("kind") not in kinds:
-        raise ValueError(f"{meta_file} is not an sjd-jax config (format/kind missing)"
-                         if meta.get("format") != FORMAT or not isinstance(meta.get("kind"), str) else
-                         f"{path} holds a {meta['kind']!r} checkpoint, not {' or '.join(map(repr, kinds))}")
+    kind = meta.get("kind")
+    if meta.get("format") != FORMAT or not isinstance(kind, str):
+        raise ValueError(f"{meta_file} is not an sjd-jax config (format/kind missing)")
+    if kind not in kinds:
+        raise ValueError(f"{meta_file}: unknown checkpoint kind {kind!r} (this sjd-jax reads {', '.join(KINDS)})"
+                         if kind not in KINDS else f"{path} holds a {kind!r} checkpoint, not "
+                                                   f"{' or '.join(map(repr, kinds))}")
     version = meta.get("version", 0)
     if not isinstance(version, int) or isinstance(version, bool) or version < 0:
         raise ValueError(f"{meta_file}: version must be a non-negative integer, got {version!r}")

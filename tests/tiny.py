@@ -14,3 +14,24 @@ def tiny_config(**overrides) -> S.GPTConfig:
 
 def class_cond(*ids):
     return jnp.asarray(ids, jnp.int32)
+
+
+def c2i_checkpoints(directory, seed: int = 0):
+    """``directory/gpt`` + ``directory/vq``: a tiny class-conditional model in the layout
+    ``sjd-jax generate --model llamagen-c2i --ckpt DIR`` reads (random weights)."""
+    from pathlib import Path
+
+    import jax
+
+    from sjd_jax import checkpoint
+    from sjd_jax.model import init_params
+    from sjd_jax.vq import VQConfig
+    from sjd_jax.vq.model import init_vq_params
+
+    directory = Path(directory)
+    gpt = tiny_config()
+    vq = VQConfig(codebook_size=gpt.vocab_size, codebook_embed_dim=4, ch=32, ch_mult=(1, 1), num_res_blocks=1,
+                  z_channels=32)
+    checkpoint.save(directory / "gpt", "gpt", gpt, init_params(gpt, jax.random.key(seed)))
+    checkpoint.save(directory / "vq", "vq", vq, init_vq_params(vq, jax.random.key(seed + 1), image_size=8))
+    return directory
