@@ -100,12 +100,15 @@ def plan(config: GPTConfig, mesh: dict, batch_per_device: int, window: int, meth
     }
 
 
+MAX_AXIS = 1 << 16  # devices along one mesh axis (the largest TPU pods have ~9000 chips)
+
+
 def _parse_planned_mesh(text: str) -> dict:
     sizes = {}
     for part in text.split(","):
         name, _, val = part.partition("=")
-        if name.strip() not in shd.MESH_AXES or not val.strip().isdigit() or int(val) < 1:
-            raise ValueError(f"bad --mesh {text!r}: expected data=D,model=M with positive sizes")
+        if name.strip() not in shd.MESH_AXES or not val.strip().isdigit() or not 1 <= int(val) <= MAX_AXIS:
+            raise ValueError(f"bad --mesh {text!r}: expected data=D,model=M with sizes in 1..{MAX_AXIS}")
         sizes[name.strip()] = int(val)
     return {a: sizes.get(a, 1) for a in shd.MESH_AXES}
 

@@ -283,7 +283,7 @@ def test_batch_generation_resumes_and_equals_the_grid(tmp_path, capsys, grid_tok
 
 @pytest.mark.parametrize("args,match", [
     (["--batch-per-device", "4"], "need --out-dir"),
-    (["--out-dir", "X", "--batch-per-device", "0"], "--batch-per-device must be >= 1"),
+    (["--out-dir", "X", "--batch-per-device", "0"], "--batch-per-device must be an integer in 1..1048576, got 0"),
     (["--out-dir", "X", "--mesh", "data=3"], "not divisible"),
     (["--out-dir", "X", "--mesh", "data=4,model=4"], "needs 16 devices"),
     (["--mesh", "tensor=2"], "axes: data, model"),
