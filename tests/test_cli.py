@@ -176,3 +176,35 @@ def test_generate_json_is_one_object_on_stdout(tmp_path, capsys):
     assert r["png"] == str(out) and out.is_file() and r["nfe_per_image"] == [256] and r["method"] == "ar"
     assert r["step_compression"] == 1.0 and r["mean_accepted_per_iteration"] == 1.0
     assert "tok/s" in cap.err and "acc_per_iter=1.00" in cap.err  # the bar went to stderr
+
+
+def test_quiet_convert_prints_nothing(tmp_path, tiny_c2i_pt):
+    """--quiet: no progress, no absl/orbax chatter (orbax used to warn on every save)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    r = subprocess.run([sys.executable, "-m", "sjd_jax.cli", "convert", "--family", "llamagen-c2i", str(tiny_c2i_pt),
+                        "--out", str(tmp_path / "ck"), "--quiet"], capture_output=True, text=True,
+                       cwd=Path(__file__).resolve().parent.parent)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+
+
+def test_train_ar_refuses_a_vq_it_cannot_use(tmp_path, capsys):
+    """A GPT checkpoint, or an RGB VQ, given as --vq: one line, before any data is read."""
+    import jax
+
+    from sjd_jax import checkpoint
+    from sjd_jax.presets import ASSETS
+    from sjd_jax.vq import VQConfig
+    from sjd_jax.vq.model import init_vq_params
+
+    rgb = VQConfig(codebook_size=256, codebook_embed_dim=4, ch=32, ch_mult=(1, 1), num_res_blocks=1, z_channels=32)
+    checkpoint.save(tmp_path / "rgb", "vq", rgb, init_vq_params(rgb, jax.random.key(0), image_size=8))
+    for vq, msg in ((ASSETS / "fashion_mnist" / "gpt", "holds a 'gpt' checkpoint"),
+                    (tmp_path / "rgb", "a 3-channel VQ with 256 codes; the Fashion-MNIST GPT needs a 1-channel VQ")):
+        assert main(["train-ar", "--vq", str(vq), "--out", str(tmp_path / "run"), "--quiet",
+                     "--data-dir", str(tmp_path / "no-data")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and msg in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rgb"]

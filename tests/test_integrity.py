@@ -215,3 +215,21 @@ def test_generate_on_damaged_weights_is_exit_2_and_writes_nothing(tmp_path, caps
     assert err.count("\n") == 1 and str(ck / "gpt") in err and "damaged" in err, err
     assert not (tmp_path / "bad.png").exists()
     S.load(ck / "vq")  # the other checkpoint is fine
+
+
+def test_damaged_data_in_a_fresh_process_is_exactly_one_line(tmp_path):
+    """What the user sees, exit noise included: orbax's failed reads used to add 220+ lines
+    ("Event loop is closed", "Task exception was never retrieved") around the error."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    ck = c2i_checkpoints(tmp_path / "c2i")
+    big = max((p for p in (ck / "gpt" / "params").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    big.unlink()
+    r = subprocess.run([sys.executable, "-m", "sjd_jax.cli", "generate", "--model", "llamagen-c2i", "--ckpt",
+                        str(ck), "--class", "0", "--n", "1", "--out", str(tmp_path / "x.png")],
+                       capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.count("\n") == 1 and "checkpoint data is damaged or incomplete" in r.stderr, r.stderr
+    assert not (tmp_path / "x.png").exists()
