@@ -31,11 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .sizes import MAX_IMAGE_SIZE, latent_side
+
 FAMILIES = ("llamagen-c2i", "llamagen-t2i", "llamagen-vq", "janus-pro", "t5-encoder", "lumina-mgpt", "anole",
             "emu3")
 _CONTAINERS = ("model", "module", "state_dict")  # LlamaGen / DeepSpeed / Lightning
 _LLAMAGEN_DIM_TO_HEADS = {768: 12, 1024: 16, 1280: 20, 1536: 24, 3200: 32}
-MAX_IMAGE_SIZE = 8192  # px per side: above every released model; bounds what a typo can allocate
 
 
 def read_tensors(path: Path, trust_pickle: bool = False) -> dict:
@@ -193,16 +194,6 @@ def to_numpy(x) -> np.ndarray:
     arr = np.asarray(raw, np.float32)
     require_finite(arr, where)
     return arr
-
-
-def latent_side(size, downsample: int, what: str) -> int:
-    """Image side ``size`` (px) -> latent side (codes), or a one-line ValueError naming ``what``
-    (the flag or file the size came from)."""
-    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_IMAGE_SIZE:
-        raise ValueError(f"{what}: image size {size!r} must be a whole number of pixels in 1..{MAX_IMAGE_SIZE}")
-    if size % downsample:
-        raise ValueError(f"{what}: image size {size} is not a multiple of the {downsample}x downsampling")
-    return size // downsample
 
 
 def _grid(args, src: Path) -> int:

@@ -13,6 +13,7 @@ import re
 
 from sjd_jax.vq import VQConfig
 
+from .sizes import latent_side
 from .tree import channel_multiple, count_indexed, shape_of
 
 
@@ -50,8 +51,6 @@ def vocabulary(config: dict, tokenizer_json: dict | None) -> dict:
 
 def latent_of(args, src_name: str, downsample: int) -> tuple[int, int]:
     """Image size from ``--image-size`` or a ``-512``/``-768``/``-1024`` suffix of the snapshot name."""
-    from .cli import latent_side
-
     if args.image_size is not None:
         side = latent_side(args.image_size, downsample, f"--image-size {args.image_size}")
         return side, side
