@@ -17,6 +17,7 @@ import numpy as np
 from sjd_jax.config import GPTConfig
 from sjd_jax.model import abstract_params
 
+from .hfconfig import refuse_unknown_fields
 from .tree import assign
 
 _SKIPPED = (r"model\.vqmodel\..*", r"model\.rotary_emb\.inv_freq", r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
@@ -35,22 +36,6 @@ _TABLE = [  # (HF name regex, sjd-jax path template, transpose)
 ]
 
 
-# Fields every HF config may carry (transformers v4 and v5, remote-code configs) that do not change
-# the forward pass.
-HF_GENERIC_FIELDS = frozenset({
-    "_name_or_path", "architectures", "auto_map", "chunk_size_feed_forward", "dtype", "torch_dtype", "id2label",
-    "label2id", "is_encoder_decoder", "output_attentions", "output_hidden_states", "problem_type",
-    "return_dict", "transformers_version", "use_cache", "initializer_range", "_attn_implementation_autoset",
-    "add_cross_attention", "bad_words_ids", "begin_suppress_tokens", "cross_attention_hidden_size",
-    "decoder_start_token_id", "diversity_penalty", "do_sample", "early_stopping",
-    "encoder_no_repeat_ngram_size", "exponential_decay_length_penalty", "finetuning_task",
-    "forced_bos_token_id", "forced_eos_token_id", "is_decoder", "length_penalty", "max_length",
-    "min_length", "no_repeat_ngram_size", "num_beam_groups", "num_beams", "num_return_sequences",
-    "output_scores", "prefix", "pruned_heads", "remove_invalid_values", "repetition_penalty",
-    "return_dict_in_generate", "sep_token_id", "suppress_tokens", "task_specific_params", "temperature",
-    "tf_legacy_loss", "tie_encoder_decoder", "tokenizer_class", "top_k", "top_p", "torchscript",
-    "typical_p", "use_bfloat16",
-})
 # The Llama-family fields ``llama_family_config`` reads (an unsupported value is refused there) ...
 LLAMA_FIELDS = frozenset({
     "model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -72,14 +57,6 @@ CHAMELEON_QK_NORM_EPS = 1e-5  # HF ChameleonLayerNorm's, fixed (not the config's
 
 def skipped(name: str) -> bool:
     return any(re.fullmatch(p, name) for p in _SKIPPED)
-
-
-def refuse_unknown_fields(section: dict, known, where: str) -> None:
-    """One-line ValueError listing the fields of ``section`` outside ``known`` and the generic ones."""
-    unknown = sorted(set(section) - set(known) - HF_GENERIC_FIELDS)
-    if unknown:
-        raise ValueError(f"{where} has field(s) this converter does not understand: {unknown}; refusing "
-                         "to guess their effect")
 
 
 def _positive_int(cfg: dict, key: str, family: str) -> int:

@@ -13,7 +13,8 @@ import re
 
 from sjd_jax.config import GPTConfig
 
-from .chameleon import LLAMA_FIELDS, chameleon_params, llama_family_config, refuse_unknown_fields
+from .chameleon import LLAMA_FIELDS, chameleon_params, llama_family_config
+from .hfconfig import refuse_unknown_fields
 
 _RENAMES = [(r"^model\.text_model\.", "model."), (r"^text_model\.lm_head\.", "lm_head."),
             (r"^text_model\.model\.", "model.")]

@@ -19,24 +19,10 @@ from sjd_jax.janus import JanusConfig
 from sjd_jax.model import abstract_params
 from sjd_jax.vq import VQConfig
 
+from .hfconfig import refuse_unknown_fields
 from .tree import assign
 from .vq import vq_params_from_state_dict
 
-# Fields every HF config may carry (transformers v4 and v5) that do not change the forward pass.
-_GENERIC = {
-    "_name_or_path", "architectures", "chunk_size_feed_forward", "dtype", "torch_dtype", "id2label",
-    "label2id", "is_encoder_decoder", "output_attentions", "output_hidden_states", "problem_type",
-    "return_dict", "transformers_version", "use_cache", "initializer_range", "_attn_implementation_autoset",
-    "add_cross_attention", "bad_words_ids", "begin_suppress_tokens", "cross_attention_hidden_size",
-    "decoder_start_token_id", "diversity_penalty", "do_sample", "early_stopping",
-    "encoder_no_repeat_ngram_size", "exponential_decay_length_penalty", "finetuning_task",
-    "forced_bos_token_id", "forced_eos_token_id", "is_decoder", "length_penalty", "max_length",
-    "min_length", "no_repeat_ngram_size", "num_beam_groups", "num_beams", "num_return_sequences",
-    "output_scores", "prefix", "pruned_heads", "remove_invalid_values", "repetition_penalty",
-    "return_dict_in_generate", "sep_token_id", "suppress_tokens", "task_specific_params", "temperature",
-    "tf_legacy_loss", "tie_encoder_decoder", "tokenizer_class", "top_k", "top_p", "torchscript",
-    "typical_p", "use_bfloat16",
-}
 _TOP = {"model_type", "text_config", "vision_config", "vq_config", "image_token_id",
         "image_token_index", "tie_word_embeddings"}  # tie_word_embeddings: the text lm_head, unused
 # text_config: fields read below, plus ones that only matter for text/training.
@@ -51,13 +37,6 @@ _VQ = {"model_type", "embed_dim", "num_embeddings", "base_channels", "channel_mu
        "attn_resolutions"}
 
 
-def _check_fields(section: dict, known: set, where: str) -> None:
-    unknown = sorted(set(section) - known - _GENERIC)
-    if unknown:
-        raise ValueError(f"config.json {where} has field(s) this converter does not understand: "
-                         f"{unknown}; refusing to guess their effect")
-
-
 def _require(cond: bool, msg: str) -> None:
     if not cond:
         raise ValueError(f"unsupported Janus config: {msg}")
@@ -65,13 +44,13 @@ def _require(cond: bool, msg: str) -> None:
 
 def janus_config(cfg: dict, gen_cfg: dict, tokenizer_vocab: dict | None) -> JanusConfig:
     """HF ``config.json`` (+ ``generation_config.json``, tokenizer vocabulary) -> JanusConfig."""
-    _check_fields(cfg, _TOP, "(top level)")
+    refuse_unknown_fields(cfg, _TOP, "config.json (top level)")
     _require(cfg.get("model_type") == "janus", f"model_type {cfg.get('model_type')!r} is not 'janus'")
     for key in ("text_config", "vq_config", "vision_config"):
         _require(isinstance(cfg.get(key), dict), f"missing {key}")
     t, v = cfg["text_config"], cfg["vq_config"]
-    _check_fields(t, _TEXT, "text_config")
-    _check_fields(v, _VQ, "vq_config")
+    refuse_unknown_fields(t, _TEXT, "config.json text_config")
+    refuse_unknown_fields(v, _VQ, "config.json vq_config")
     _require(t.get("model_type", "llama") == "llama", f"text model_type {t.get('model_type')!r}")
     _require(t.get("hidden_act", "silu") == "silu", f"text hidden_act {t.get('hidden_act')!r}")
     _require(not t.get("attention_bias", False) and not t.get("mlp_bias", False), "biased Llama layers")

@@ -37,3 +37,26 @@ def tiny_c2i_pt(tmp_path_factory):
     from tiny_checkpoints import llamagen_c2i
 
     return llamagen_c2i(tmp_path_factory.mktemp("c2i") / "c2i_T_64.pt")
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """``tmpfs(name, options)``: a tmpfs mounted at ``tmp_path / name`` ("size=1m": a full disk;
+    "ro": a read-only one root cannot write either), unmounted after the test. Needs root on
+    Linux; the test is skipped where mounting is not allowed."""
+    import subprocess
+
+    mounted = []
+
+    def mount(name: str, options: str = "size=1m"):
+        mnt = tmp_path / name
+        mnt.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mnt)], capture_output=True)
+        if r.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+        mounted.append(mnt)
+        return mnt
+
+    yield mount
+    for mnt in mounted:
+        subprocess.run(["umount", "-l", str(mnt)])

@@ -225,17 +225,9 @@ def test_kill_during_convert_leaves_nothing_or_a_checkpoint(tmp_path, tiny_c2i_p
 # ---- a full disk -----------------------------------------------------------------------------------
 
 @pytest.fixture
-def small_tmpfs(tmp_path):
-    """A 1 MiB tmpfs (root, Linux): writes past it fail with ENOSPC in orbax's C++ I/O too."""
-    mnt = tmp_path / "full"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True)
-    if r.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)])
+def small_tmpfs(tmpfs):
+    """1 MiB: writes past it fail with ENOSPC in orbax's C++ I/O too."""
+    return tmpfs("full", "size=1m")
 
 
 def test_full_disk_is_one_error_and_leaves_the_old_checkpoint(small_tmpfs):

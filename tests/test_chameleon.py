@@ -38,14 +38,19 @@ def _raw_logits(model, ids):
         return model.lm_head(model.model(torch.from_numpy(ids)).last_hidden_state).numpy()
 
 
+def _case(model, C: int):
+    """A prompt [2, C] (BOS first), 6 image tokens [2, 6] and HF's logits for those image tokens."""
+    rng = np.random.default_rng(0)
+    prompt = np.concatenate([np.full((2, 1), 1), rng.integers(4, N_TEXT, (2, C - 1))], 1)
+    image = rng.integers(N_TEXT, N_TEXT + N_IMG, (2, 6))
+    return prompt, image, _raw_logits(model, np.concatenate([prompt, image], 1))[:, C - 1:C - 1 + 6]
+
+
 @pytest.mark.parametrize("kv_heads", [4, 2])
 def test_logits_match_hf_chameleon(kv_heads):
     model = _hf_model(kv_heads)
     C, grid = 5, (2, 3)
-    rng = np.random.default_rng(0)
-    prompt = np.concatenate([np.full((2, 1), 1), rng.integers(4, N_TEXT, (2, C - 1))], 1)
-    image = rng.integers(N_TEXT, N_TEXT + N_IMG, (2, 6))
-    ref = _raw_logits(model, np.concatenate([prompt, image], 1))[:, C - 1:C - 1 + 6]
+    prompt, image, ref = _case(model, C)
     config = chameleon_config(model.config.to_dict(), grid, C)
     sd = {k: v for k, v in model.state_dict().items()}
     params = chameleon_params(sd, config, to_numpy)
@@ -64,10 +69,7 @@ def test_qk_norm_eps_is_chameleons_not_rms_norm_eps():
             layer.self_attn.q_proj.weight.mul_(0.1)
             layer.self_attn.k_proj.weight.mul_(0.1)
     C, grid = 5, (2, 3)
-    rng = np.random.default_rng(0)
-    prompt = np.concatenate([np.full((2, 1), 1), rng.integers(4, N_TEXT, (2, C - 1))], 1)
-    image = rng.integers(N_TEXT, N_TEXT + N_IMG, (2, 6))
-    ref = _raw_logits(model, np.concatenate([prompt, image], 1))[:, C - 1:C - 1 + 6]
+    prompt, image, ref = _case(model, C)
     config = chameleon_config(model.config.to_dict(), grid, C)
     assert (config.norm_eps, config.qk_norm_eps) == (1e-6, 1e-5)
     params = chameleon_params(dict(model.state_dict()), config, to_numpy)

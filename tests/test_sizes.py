@@ -3,7 +3,6 @@ the work left; outputs that could not be written fail before the work, not after
 
 import json
 import resource
-import subprocess
 import time
 
 import pytest
@@ -115,23 +114,14 @@ EARLY = [
 
 
 @pytest.fixture(params=["file-parent", "read-only"])
-def unwritable(request, tmp_path):
+def unwritable(request, tmp_path, tmpfs):
     """A directory nothing can be written under: below a regular file, or a read-only tmpfs
     (root ignores permission bits, so a mode 0555 directory would not do)."""
     if request.param == "file-parent":
         f = tmp_path / "afile"
         f.write_text("x")
-        yield f
-        return
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], capture_output=True)
-    if r.returncode:
-        pytest.skip(f"cannot mount a read-only tmpfs: {r.stderr.decode().strip()}")
-    try:
-        yield ro
-    finally:
-        subprocess.run(["umount", "-l", str(ro)])
+        return f
+    return tmpfs("ro", "ro,size=1m")
 
 
 @pytest.mark.parametrize("argv", EARLY, ids=[" ".join(a[:3]) for a in EARLY])
