@@ -204,10 +204,11 @@ class _Logs:
 def _quiet_after_error() -> None:
     """A failed orbax operation leaves coroutines that Python reports at exit (never awaited, or
     failing in interpreter shutdown): noise after the one error line."""
+    import atexit
     import warnings
 
     warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
-    sys.unraisablehook = lambda unraisable: None
+    atexit.register(setattr, sys, "unraisablehook", lambda unraisable: None)  # at interpreter exit only
 
 
 def _out_of_memory(e: BaseException) -> bool:
