@@ -103,7 +103,7 @@ def _main(args) -> int:
     if args.global_batch is not None:
         check_int("--global-batch", args.global_batch, 1, MAX_ROWS)
     check_seed(args.seed, "--seed")
-    distributed.set_cpu_devices(args.cpu_devices)
+    distributed.set_cpu_devices(args.cpu_devices, exact=False)  # it takes the first N devices
     presets.get(args.model)
     if args.method not in recipes.LOSSLESS and args.method != "ar":
         raise ValueError(f"--method must be ar or a lossless recipe ({', '.join(recipes.LOSSLESS)})")

@@ -31,9 +31,10 @@ def cluster_env(env=None) -> str | None:
     return None
 
 
-def set_cpu_devices(n: int | None) -> None:
+def set_cpu_devices(n: int | None, exact: bool = True) -> None:
     """``--cpu-devices N``: split the CPU into N JAX devices (before the backend starts; in-process
-    callers with the backend up must already have N). At most ``memory.MAX_CPU_DEVICES``."""
+    callers with the backend up must already have N, or at least N unless ``exact``). At most
+    ``memory.MAX_CPU_DEVICES``."""
     if n is None:
         return
     from .memory import MAX_CPU_DEVICES
@@ -43,7 +44,7 @@ def set_cpu_devices(n: int | None) -> None:
     try:
         jax.config.update("jax_num_cpu_devices", n)
     except RuntimeError:  # backend already up (called in-process): fine if it has that many
-        if jax.device_count() != n:
+        if jax.device_count() < n or (exact and jax.device_count() != n):
             raise ValueError(f"--cpu-devices {n}: JAX already started with {jax.device_count()} devices "
                              f"in this process") from None
 

@@ -155,8 +155,10 @@ def _main(args) -> int:
     args.batch = min(args.batch, n_total)  # padding clamped to the work
     # host arrays kept per sample and method: the image, its classifier features, NFE and commits
     per_sample = 28 * 28 + 128 * 4 + 4 * (1 + 256)
+    import jax
+
     memory.require(n_total * per_sample * len(methods), f"eval of {n_total} samples x {len(methods)} methods",
-                   hint="use a smaller --n")
+                   jax.devices("cpu")[0], hint="use a smaller --n")  # host arrays: the host's RAM
     for m in methods:  # names and windows before any loading
         recipes.recipe(m, args.window)
     atomic.check_file_target(args.out)

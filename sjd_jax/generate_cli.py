@@ -112,15 +112,13 @@ def main(argv=None) -> int:
 
 def _check_sizes(args) -> None:
     """Numeric flags of every model kind, before anything loads."""
-    from .memory import MAX_CPU_DEVICES, MAX_ROWS
+    from .memory import MAX_ROWS
     from .validate import check_int, check_seed
 
     check_int("--n", args.n, 1, MAX_ROWS)
     check_seed(args.seed, "--seed")
     if args.batch_per_device is not None:
         check_int("--batch-per-device", args.batch_per_device, 1, MAX_ROWS)
-    if args.cpu_devices is not None:
-        check_int("--cpu-devices", args.cpu_devices, 1, MAX_CPU_DEVICES)
 
 
 def _main(args) -> int:
