@@ -272,7 +272,11 @@ def directory(path, *, replace: bool = False, owned: Callable[[Path], bool] = la
             else:
                 old = exclusive_temp(parent, path.name, "old", directory=True)
                 os.rename(path, old)  # (replaces the empty placeholder) ... a kill here: sweep restores it
-                os.rename(tmp, path)
+                try:
+                    os.rename(tmp, path)
+                except OSError:
+                    os.rename(old, path)  # the old one back in place
+                    raise
                 tmp = old
         else:
             os.rename(tmp, path)

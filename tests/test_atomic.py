@@ -290,3 +290,31 @@ def test_no_write_bypasses_the_atomic_module():
                 continue
             bad.append(f"{rel}:{n}: {line.strip()}")
     assert not bad, "writes that bypass sjd_jax.atomic:\n" + "\n".join(bad)
+
+
+def test_replacement_without_rename_exchange(tmp_path, monkeypatch):
+    """Where the kernel or filesystem has no RENAME_EXCHANGE: the old directory is renamed aside,
+    the new one into place; if that second rename fails, the old one goes back."""
+    config = tiny_config()
+    old, new = _params(config, 0), _params(config, 1)
+    ck = tmp_path / "ck"
+    checkpoint.save(ck, "gpt", config, old)
+    monkeypatch.setattr(atomic, "_rename_exchange", lambda a, b: False)
+    checkpoint.save(ck, "gpt", config, new, force=True)
+    assert _listing(tmp_path) == ["ck"]
+    for a, b in zip(jax.tree.leaves(checkpoint.load(ck)[1]), jax.tree.leaves(new)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    real_rename = os.rename
+
+    def second_rename_fails(src, dst):
+        if ".tmp-" in str(src) and str(dst) == str(ck):
+            raise OSError(errno.EIO, "Input/output error", str(dst))
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", second_rename_fails)
+    with pytest.raises(OSError, match="Input/output error"):
+        checkpoint.save(ck, "gpt", config, old, force=True)
+    monkeypatch.setattr(os, "rename", real_rename)
+    assert _listing(tmp_path) == ["ck"]
+    for a, b in zip(jax.tree.leaves(checkpoint.load(ck)[1]), jax.tree.leaves(new)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
