@@ -76,11 +76,6 @@ def exclusive_temp(parent: Path, name: str, what: str = "tmp", directory: bool =
     return path
 
 
-def is_temp_name(name: str) -> bool:
-    """Whether ``name`` is one of this module's temp names (any host or pid)."""
-    return bool(_TEMP.match(name) or _LEGACY.match(name))
-
-
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -123,12 +118,15 @@ def sweep(parent, force: bool = False) -> list[str]:
                 continue
         path = Path(e.path)
         target = parent / m["name"]
-        if m.groupdict().get("what") == "old" and not os.path.lexists(target):
-            with contextlib.suppress(OSError):
-                os.rename(path, target)  # the replacement died between its two renames
-                done.append(e.name)
-                continue
-        _remove(path)
+        if m.groupdict().get("what") == "old":  # a replacement died between its two renames
+            if os.path.lexists(target):
+                continue  # a newer one took the name meanwhile: keep this copy, remove nothing
+            try:
+                os.rename(path, target)
+            except OSError:
+                continue  # never delete the only copy of a checkpoint
+        else:
+            _remove(path)
         done.append(e.name)
     return done
 

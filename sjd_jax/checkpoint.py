@@ -70,14 +70,19 @@ def config_from_dict(kind: str, d: dict):
     return from_dict({"gpt": GPTConfig, "vq": VQConfig}[kind], d, kind)
 
 
-def is_checkpoint(path) -> bool:
-    """Whether ``path`` holds a directory sjd-jax wrote (its ``config.json`` says format "sjd-jax"):
-    the only kind of non-empty directory ``force`` may replace."""
+def _meta_or_none(path) -> dict | None:
+    """``path/config.json`` as a dict, or None (missing, unreadable, not a JSON object)."""
     try:
         meta = json.loads((Path(path) / "config.json").read_text())
     except (OSError, ValueError):
-        return False
-    return isinstance(meta, dict) and meta.get("format") == FORMAT
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def is_checkpoint(path) -> bool:
+    """Whether ``path`` holds a directory sjd-jax wrote (its ``config.json`` says format "sjd-jax"):
+    the only kind of non-empty directory ``force`` may replace."""
+    return (_meta_or_none(path) or {}).get("format") == FORMAT
 
 
 def save(path, kind: str, config, params, *, force: bool = False, extra_files=None) -> Path:
@@ -175,10 +180,7 @@ def error_reason(e: BaseException, rename: dict | None = None) -> str:
 
 def kind_of(path) -> str | None:
     """The ``kind`` of the sjd-jax checkpoint at ``path``, or None if it is not one (no weights read)."""
-    try:
-        return json.loads((Path(path) / "config.json").read_text()).get("kind")
-    except (OSError, ValueError, AttributeError):
-        return None
+    return (_meta_or_none(path) or {}).get("kind")
 
 
 def require_kind(path, want: str, family: str) -> None:

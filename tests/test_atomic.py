@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import jax
@@ -180,12 +181,9 @@ def test_kill_during_force_replacement_leaves_the_old_or_the_new(tmp_path):
     ck = tmp_path / "ck"
     checkpoint.save(ck, "gpt", config, versions[0])
     rng = np.random.default_rng(0)
-    seen = set()
     for k in range(6):
         child = subprocess.Popen([sys.executable, "-c", _REPLACER, str(ck)], stdout=subprocess.PIPE, cwd=ROOT)
         assert child.stdout.readline().strip() == b"ready"
-        import time
-
         time.sleep(rng.uniform(0.05, 0.6))
         child.kill()
         child.wait()
@@ -197,8 +195,6 @@ def test_kill_during_force_replacement_leaves_the_old_or_the_new(tmp_path):
                  if all(np.array_equal(np.asarray(a), np.asarray(b))
                         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(v)))]
         assert len(match) == 1
-        seen.add(match[0])
-    assert len(seen) >= 1
 
 
 def test_kill_during_convert_leaves_nothing_or_a_checkpoint(tmp_path, tiny_c2i_pt):
@@ -208,8 +204,6 @@ def test_kill_during_convert_leaves_nothing_or_a_checkpoint(tmp_path, tiny_c2i_p
     out = tmp_path / "ck"
     cmd = [sys.executable, "-m", "sjd_jax.cli", "convert", "--family", "llamagen-c2i", str(tiny_c2i_pt),
            "--out", str(out), "--quiet"]
-    import time
-
     for k in range(4):
         child = subprocess.Popen(cmd + (["--force"] if out.exists() else []), cwd=ROOT)
         time.sleep(rng.uniform(1.0, 5.0))
