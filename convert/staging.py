@@ -171,14 +171,14 @@ class _TrimFreedMemory:
     def __enter__(self):
         import threading
 
-        from .tree import _malloc_trim
+        from .tree import malloc_trim
 
         self._stop = threading.Event()
         self._t = None
-        if self.every_s and _malloc_trim is not None:
+        if self.every_s and malloc_trim is not None:
             def run():
                 while not self._stop.wait(self.every_s):
-                    _malloc_trim(0)
+                    malloc_trim(0)
 
             self._t = threading.Thread(target=run, daemon=True)
             self._t.start()

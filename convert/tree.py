@@ -13,14 +13,14 @@ Path = tuple[str, ...]
 try:  # glibc keeps freed medium-sized blocks in its arenas; hand them back between tensors
     import ctypes
 
-    _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+    malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
 except (OSError, AttributeError):  # not glibc
-    _malloc_trim = None
+    malloc_trim = None
 
 
 def _release_freed_memory() -> None:
-    if _malloc_trim is not None:
-        _malloc_trim(0)
+    if malloc_trim is not None:
+        malloc_trim(0)
 
 
 def require_finite(arr: np.ndarray, what: str) -> None:

@@ -1,0 +1,60 @@
+"""The package's structure rules, checked on its source: no function past 80 lines, no private
+name used across modules, each with a negative control on a synthetic source."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCES = sorted(p for d in ("sjd_jax", "convert") for p in (ROOT / d).rglob("*.py"))
+MAX_LINES = 80
+
+
+def long_functions(source: str, limit: int = MAX_LINES):
+    """(name, lines) of every function (nested ones too) longer than ``limit`` lines."""
+    out = []
+    for n in ast.walk(ast.parse(source)):
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > limit:
+            out.append((n.name, n.end_lineno - n.lineno + 1))
+    return out
+
+
+def private_uses(source: str):
+    """Private names (one leading underscore) taken from another module: ``from m import _x`` and
+    ``m._x`` where ``m`` was bound by an import."""
+    tree = ast.parse(source)
+    modules, found = set(), []
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Import):
+            modules.update((a.asname or a.name).split(".")[0] for a in n.names)
+        elif isinstance(n, ast.ImportFrom):
+            for a in n.names:
+                if a.name.startswith("_") and not a.name.startswith("__"):
+                    found.append(f"from {n.module} import {a.name}")
+                else:
+                    modules.add(a.asname or a.name)
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id in modules and \
+                n.attr.startswith("_") and not n.attr.startswith("__"):
+            found.append(f"{n.value.id}.{n.attr}")
+    return found
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_functions_stay_short(path):
+    assert long_functions(path.read_text()) == []
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_private_name_crosses_a_module(path):
+    assert private_uses(path.read_text()) == []
+
+
+def test_structure_checks_catch_violations():
+    """Negative controls: a synthetic long function and synthetic private uses are reported."""
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_LINES))
+    assert long_functions(f"def f():\n{body}\n") == [("f", MAX_LINES + 1)]
+    assert long_functions("def f():\n    return 1\n") == []
+    src = "import m\nfrom p import _hidden, ok\nfrom q import mod\nm._x\nmod._y\nobj = 1\nobj._z\nm.__name__\n"
+    assert private_uses(src) == ["from p import _hidden", "m._x", "mod._y"]
