@@ -13,8 +13,10 @@ import sjd_jax as S
 from convert.cli import main
 from convert.llamagen import gpt_params_from_state_dict
 from convert.vq import janus_to_llamagen_key
-from test_llamagen_parity import CASES, llamagen_state_dict
-from test_vq import hf_model, state_dict
+from fixtures_convert import LLAMAGEN_CASES as CASES
+from fixtures_convert import hf_vq_model as hf_model
+from fixtures_convert import llamagen_state_dict
+from fixtures_convert import vq_state_dict as state_dict
 
 C2I = S.GPTConfig(**CASES["c2i"])
 T2I = S.GPTConfig(**CASES["t2i-padded"])

@@ -10,38 +10,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import sjd_jax as S
 from convert.llamagen import gpt_params_from_state_dict
-
-CASES = {
-    "c2i": dict(vocab_size=64, grid_size=(4, 4), dim=64, n_layer=2, n_head=4, num_classes=10),
-    "c2i-gqa": dict(vocab_size=64, grid_size=(3, 5), dim=64, n_layer=2, n_head=4, n_kv_head=2, num_classes=10),
-    "t2i-padded": dict(vocab_size=64, grid_size=(4, 4), dim=64, n_layer=2, n_head=4, caption_dim=24,
-                       cls_token_num=6),
-}
-
-
-def llamagen_state_dict(c: S.GPTConfig, seed=0):
-    """A random state dict with LlamaGen's key names and shapes (torch layout)."""
-    g = torch.Generator().manual_seed(seed)
-    r = lambda *s, std=0.2: torch.randn(*s, generator=g) * std
-    hd, kv = c.head_dim, c.kv_heads
-    sd = {"tok_embeddings.weight": r(c.vocab_size, c.dim, std=1.0), "norm.weight": 1 + r(c.dim, std=0.1),
-          "output.weight": r(c.vocab_size, c.dim), "freqs_cis": torch.zeros(3)}
-    if c.text_conditional:
-        sd["cls_embedding.cap_proj.fc1.weight"] = r(c.dim, c.caption_dim)
-        sd["cls_embedding.cap_proj.fc2.weight"] = r(c.dim, c.dim)
-        sd["cls_embedding.uncond_embedding"] = r(c.cls_token_num, c.caption_dim)
-    else:
-        sd["cls_embedding.embedding_table.weight"] = r(c.num_classes + 1, c.dim, std=1.0)
-    for i in range(c.n_layer):
-        p = f"layers.{i}."
-        sd[p + "attention.wqkv.weight"] = r((c.n_head + 2 * kv) * hd, c.dim)
-        sd[p + "attention.wo.weight"] = r(c.dim, c.dim)
-        sd[p + "feed_forward.w1.weight"] = r(c.ffn_hidden, c.dim)
-        sd[p + "feed_forward.w3.weight"] = r(c.ffn_hidden, c.dim)
-        sd[p + "feed_forward.w2.weight"] = r(c.dim, c.ffn_hidden)
-        sd[p + "attention_norm.weight"] = 1 + r(c.dim, std=0.1)
-        sd[p + "ffn_norm.weight"] = 1 + r(c.dim, std=0.1)
-    return sd
+from fixtures_convert import LLAMAGEN_CASES as CASES
+from fixtures_convert import llamagen_state_dict
 
 
 def permute_rows(w, n_heads):  # interleaved pairs -> rotate-half layout

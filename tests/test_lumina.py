@@ -11,9 +11,9 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import ChameleonConfig, ChameleonForConditionalGeneration
 
 from convert.cli import main as convert_main
+from fixtures_convert import taming_vqgan
 from sjd_jax import checkpoint, lumina
 from sjd_jax.cli import main as cli_main
-from test_vqgan import _taming_vqgan
 
 # A Chameleon-like vocabulary: special tokens by their real names at small ids, 16 image tokens
 # (ids 4..19) whose code order is shuffled (the mapping must go by name), then words.
@@ -76,7 +76,7 @@ def converted(tmp_path_factory):
     model = model.float()
     assert len(list(snap.glob("model-*-of-*.safetensors"))) > 1 and (snap / "model.safetensors.index.json").is_file()
     _tokenizer().save(str(snap / "tokenizer.json"))
-    enc, dec, qc, pqc, codebook, sd = _taming_vqgan([8])
+    enc, dec, qc, pqc, codebook, sd = taming_vqgan([8])
     torch.save({"state_dict": sd}, root / "vqgan.ckpt")
     out = root / "ckpt"
     assert convert_main(["--family", "lumina-mgpt", str(snap), "--vqgan", str(root / "vqgan.ckpt"),

@@ -5,36 +5,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from transformers.models.janus.configuration_janus import JanusVQVAEConfig
-from transformers.models.janus.modeling_janus import JanusVQVAE
 
 from convert.vq import janus_to_llamagen_key, vq_params_from_state_dict
+from fixtures_convert import hf_vq_model as hf_model
+from fixtures_convert import vq_state_dict as state_dict
 from sjd_jax import vq as V
 
 CASES = {  # (channel_multiplier, num_res_blocks, grid)
     "3-levels": ((1, 1, 2), 1, 4),
     "4-levels-2-res": ((1, 2, 2, 4), 2, 2),
 }
-
-
-def hf_model(mults, n_res, seed=0, codebook=64, grid=4):
-    torch.manual_seed(seed)
-    cfg = JanusVQVAEConfig(embed_dim=8, num_embeddings=codebook, base_channels=32,
-                           channel_multiplier=list(mults), num_res_blocks=n_res, latent_channels=32,
-                           num_patches=grid)
-    model = JanusVQVAE(cfg).eval()
-    with torch.no_grad():  # LlamaGen l2-normalises the codebook; make HF's argmin agree
-        w = model.quantize.embedding.weight
-        w.copy_(torch.nn.functional.normalize(torch.randn_like(w), dim=-1))
-        for name, p in model.named_parameters():  # non-trivial norms and biases
-            if p.ndim == 1:
-                p.add_(0.1 * torch.randn_like(p))
-    return model, V.VQConfig(codebook_size=codebook, ch=32, ch_mult=mults, num_res_blocks=n_res,
-                             z_channels=32)
-
-
-def state_dict(model):
-    return {k: v.numpy() for k, v in model.state_dict().items()}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

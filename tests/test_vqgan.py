@@ -6,32 +6,8 @@ import pytest
 import torch
 
 from convert.vq import vq_params_from_state_dict
+from fixtures_convert import taming_vqgan as _taming_vqgan  # needs taming-transformers-rom1504 (README)
 from sjd_jax.vq import VQConfig, decode_tokens, encode_images
-
-# the README's test command installs it: pip install --no-deps taming-transformers-rom1504==0.0.6
-import taming.modules.diffusionmodules.model as taming  # noqa: E402
-
-
-def _taming_vqgan(attn_resolutions, seed=0):
-    torch.manual_seed(seed)
-    kw = dict(ch=32, out_ch=3, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=attn_resolutions,
-              dropout=0.0, in_channels=3, resolution=32, z_channels=32)
-    enc = taming.Encoder(**kw, double_z=False).eval()
-    dec = taming.Decoder(**kw).eval()
-    quant_conv, post_quant_conv = torch.nn.Conv2d(32, 8, 1), torch.nn.Conv2d(8, 32, 1)
-    codebook = torch.nn.Embedding(16, 8)
-    with torch.no_grad():  # GroupNorm affine away from the identity init, so a mix-up would show
-        for m in list(enc.modules()) + list(dec.modules()):
-            if isinstance(m, torch.nn.GroupNorm):
-                m.weight.normal_(1.0, 0.2)
-                m.bias.normal_(0.0, 0.2)
-    sd = {**{f"encoder.{k}": v for k, v in enc.state_dict().items()},
-          **{f"decoder.{k}": v for k, v in dec.state_dict().items()},
-          **{f"quant_conv.{k}": v for k, v in quant_conv.state_dict().items()},
-          **{f"post_quant_conv.{k}": v for k, v in post_quant_conv.state_dict().items()},
-          "quantize.embedding.weight": codebook.weight.detach().clone(),
-          "loss.discriminator.main.0.weight": torch.zeros(4, 3, 4, 4)}  # in vqgan.ckpt; skipped
-    return enc, dec, quant_conv, post_quant_conv, codebook, sd
 
 
 @pytest.mark.parametrize("attn_resolutions,attn_levels", [([], ()), ([8], (2,))])
