@@ -15,10 +15,8 @@ from transformers import T5EncoderModel
 import sjd_jax as S
 from convert.cli import main as convert_main
 from convert.vq import janus_to_llamagen_key
+from fixtures_convert import hf_vq_model, llamagen_state_dict, vq_state_dict
 from sjd_jax import llamagen_t2i as T
-from test_llamagen_parity import llamagen_state_dict
-from test_vq import hf_model as hf_vq_model
-from test_vq import state_dict as vq_state_dict
 
 D_MODEL = 32
 MAX_LEN = 120  # convert/t5.py fixes T5Config.max_length at LlamaGen's 120
