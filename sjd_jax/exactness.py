@@ -55,8 +55,11 @@ def tiny_model(vocab_size: int = 4, grid: tuple[int, int] = (2, 2), num_classes:
 def target_np(lc, lu, cfg_scale, temperature, top_k, top_p):
     """Independent numpy reference of p: CFG on raw logits, temperature, top-k, top-p (float64).
     ``lc``/``lu``: conditional / unconditional logits ``[..., V]`` (``lu`` None: no CFG)."""
-    l = lu + cfg_scale * (lc - lu) if lu is not None else lc.copy()
-    l = l.astype(np.float64) / temperature
+    l = np.asarray(lc, np.float64)  # float64 from the logits on, CFG included
+    if lu is not None:
+        lu = np.asarray(lu, np.float64)
+        l = lu + cfg_scale * (l - lu)
+    l = l / temperature
     if top_k:  # exactly k: ties with the k-th value go to the lower ids (stable order)
         keep = np.zeros(l.shape, bool)
         np.put_along_axis(keep, np.argsort(-l, axis=-1, kind="stable")[..., :top_k], True, -1)
@@ -89,14 +92,38 @@ def sequence_index(tokens, vocab_size: int) -> np.ndarray:
     return (tokens * vocab_size ** np.arange(tokens.shape[1] - 1, -1, -1)).sum(-1)
 
 
+def prefix_logits(logits, seqs, rtol: float = 1e-4) -> np.ndarray:
+    """Teacher-forced logits ``[S, N, V]`` of the enumerated sequences ``seqs`` ``[S, N]`` as float64,
+    one conditional per prefix: position t of every sequence is taken from the first sequence that
+    shares its prefix ``seqs[:, :t]``.
+
+    The model runs in float32, and XLA may round the same prefix's logits differently in different
+    rows of one batch (jax 0.12's CPU backend does, by about 1e-6); a joint multiplied out of such
+    rows mixes slightly different conditionals and sums to 1 only within ~1e-7. With one conditional
+    per prefix the joint is a distribution to float64 rounding (the 1e-9 checks). Rows of one prefix
+    that differ by more than ``rtol`` of the largest logit mean a later token changed an earlier
+    conditional (a non-causal model): ValueError."""
+    logits, seqs = np.asarray(logits, np.float64), np.asarray(seqs)
+    out = np.empty_like(logits)
+    base = int(seqs.max()) + 1
+    for t in range(seqs.shape[1]):
+        key = sequence_index(seqs[:, :t], base) if t else np.zeros(len(seqs), np.int64)
+        _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+        out[:, t] = logits[first[inverse.reshape(-1)], t]
+    err = np.abs(out - logits).max()
+    if err > rtol * max(1.0, np.abs(logits).max()):
+        raise ValueError(f"logits of one prefix differ by {err:.3g} between sequences: the model is not causal")
+    return out
+
+
 def exact_joint(params, config: GPTConfig, cls: int, cfg_scale: float = 1.0, temperature: float = 1.0,
                 top_k: int = 0, top_p: float = 1.0, cfg: bool = False) -> np.ndarray:
     """Probability of each of the V^N sequences under the target p (class ``cls``), ``[V^N]``."""
     if config.forced_tokens().max() >= 0 or config.allowed_tokens() is not None:
         raise ValueError("exact_joint covers models without structure tokens (forced ids, id ranges)")
     seqs = all_sequences(config)
-    tf = lambda c: np.asarray(teacher_forced_logits(params, config, jnp.full((len(seqs),), c),  # noqa: E731
-                                                    jnp.asarray(seqs)), np.float64)
+    tf = lambda c: prefix_logits(teacher_forced_logits(params, config, jnp.full((len(seqs),), c),  # noqa: E731
+                                                       jnp.asarray(seqs)), seqs)
     p = target_np(tf(cls), tf(config.num_classes) if cfg else None, cfg_scale, temperature, top_k, top_p)
     joint = np.take_along_axis(p, seqs[..., None], -1)[..., 0].prod(-1)  # [V^N]
     assert abs(joint.sum() - 1) < 1e-9

@@ -207,8 +207,8 @@ def fit_layout(p, seqs, forced, free, tokens, label, codes=3):
 def structured_joint(params, cls, cfg_scale=1.0, temperature=1.0, top_k=0, top_p=1.0, cfg=False):
     """Exact probabilities of the 81 sequences consistent with the layout, and the sequences."""
     forced, _, seqs = layout_seqs(CONFIG_S)
-    tf = lambda c: np.asarray(S.teacher_forced_logits(params, CONFIG_S, jnp.full((len(seqs),), c),  # noqa: E731
-                                                      jnp.asarray(seqs)), np.float64)
+    tf = lambda c: E.prefix_logits(S.teacher_forced_logits(params, CONFIG_S, jnp.full((len(seqs),), c),  # noqa: E731
+                                                           jnp.asarray(seqs)), seqs)  # float64, one per prefix
     lc = tf(cls)
     l = tf(CONFIG_S.num_classes) + cfg_scale * (lc - tf(CONFIG_S.num_classes)) if cfg else lc
     l[..., 3] = -np.inf  # codes only at free positions (independent reference of the range mask)
@@ -285,8 +285,8 @@ def test_exact_distribution_chameleon_style_with_lumina_cfg():
     for b in range(2):
         prompt = S.Prompt(jnp.asarray(np.repeat(ids[b:b + 1], len(seqs), 0)),
                           jnp.asarray(np.repeat(mask[b:b + 1], len(seqs), 0)))
-        tf = lambda null: np.asarray(S.teacher_forced_logits(  # noqa: E731
-            params, CONFIG_L, prompt, jnp.asarray(seqs), null=np.full(len(seqs), null)), np.float64)
+        tf = lambda null: E.prefix_logits(S.teacher_forced_logits(  # noqa: E731
+            params, CONFIG_L, prompt, jnp.asarray(seqs), null=np.full(len(seqs), null)), seqs)
         lc, lu = tf(False), tf(True)
         # the unconditional branch is the 2-token sequence alone (its own positions from 0)
         short = S.teacher_forced_logits(params, CONFIG_L.replace(cls_token_num=2, cfg_uncond_suffix=None),
@@ -326,8 +326,8 @@ def test_exact_distribution_emu3_style_negative_prompt_log_softmax_cfg():
     assert (tokens[:, forced >= 0] == 3).all() and (tokens[:, free] < 3).all()
     for b in range(2):
         prompt = S.Prompt(jnp.asarray(np.repeat(ids[b:b + 1], len(seqs), 0)), jnp.asarray(np.repeat(mask[b:b + 1], len(seqs), 0)))
-        tf = lambda null: np.asarray(S.teacher_forced_logits(  # noqa: E731
-            params, CONFIG_E, prompt, jnp.asarray(seqs), null=np.full(len(seqs), null)), np.float64)
+        tf = lambda null: E.prefix_logits(S.teacher_forced_logits(  # noqa: E731
+            params, CONFIG_E, prompt, jnp.asarray(seqs), null=np.full(len(seqs), null)), seqs)
         lc, lu = tf(False), tf(True)
         # the unconditional branch is the negative prompt alone (left padding ignored)
         neg = CONFIG_E.replace(cfg_negative_prompt=False)
