@@ -107,6 +107,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_exact_distribution(models, name):
     model, method, window, classes, knobs, options = CASES[name]
@@ -139,6 +140,7 @@ NEGATIVE = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("broken", sorted(NEGATIVE))
 def test_negative_control_fails(models, broken):
     """A deliberately wrong rule is not lossless: the test must detect it."""
@@ -154,6 +156,7 @@ def test_negative_control_fails(models, broken):
     assert pval < 1e-12 and tv > 1.3 * bound, (pval, tv, bound)
 
 
+@pytest.mark.slow
 def test_lantern_relaxed_acceptance_is_opt_in_and_lossy(params):
     """LANTERN acceptance (k latent neighbours, mass budget delta): delta = 0 is exactly SJD (same
     tokens for the same key); delta > 0 accepts more drafts and is NOT lossless — the exact test
@@ -226,6 +229,7 @@ STRUCT_CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(STRUCT_CASES))
 def test_exact_distribution_with_structure_tokens(name):
     window, classes, knobs, options = STRUCT_CASES[name]
@@ -272,6 +276,7 @@ PROMPTS_L = (np.array([[4, 1, 4, 2], [0, 4, 0, 2]], np.int32),  # row 2 left-pad
              np.array([[True] * 4, [False, True, True, True]]))
 
 
+@pytest.mark.slow
 def test_exact_distribution_chameleon_style_with_lumina_cfg():
     params = scaled_params(CONFIG_L, seed=5, scale=6.0, head_scale=2.0)
     knobs = dict(cfg_scale=2.5, top_k=2)
@@ -312,6 +317,7 @@ def _log_softmax(x):
     return x - np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1, keepdims=True)) - x.max(-1, keepdims=True)
 
 
+@pytest.mark.slow
 def test_exact_distribution_emu3_style_negative_prompt_log_softmax_cfg():
     """Emu3's CFG, ``lsm(u) + s (lsm(c) - lsm(u))`` over the whole vocabulary, then the layout mask
     and top-k, differs from raw-logit CFG by a per-row constant: the same p. Checked exactly on
@@ -387,6 +393,7 @@ def test_custom_rules_equal_to_builtin_ones_give_the_same_tokens(models):
     assert np.asarray(ref.branch_hits).sum() > 0
 
 
+@pytest.mark.slow
 def test_custom_draft_rule_exact_distribution(models):
     """A new lossless draft rule (a mixture of copying and sampling p, with its true q) passes the
     exact check batched with CFG, top-k and a tree; the same draws reported with a wrong q fail."""

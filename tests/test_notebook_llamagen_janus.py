@@ -25,6 +25,7 @@ def executed(tmp_path_factory):
     return nb, work / "sjd_work"
 
 
+@pytest.mark.slow
 def test_notebook_runs_both_pipelines(executed):
     nb, out = executed
     results = json.loads((out / "results.json").read_text())

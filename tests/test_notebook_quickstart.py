@@ -49,6 +49,7 @@ def executed(tmp_path_factory):
     return nb, results
 
 
+@pytest.mark.slow
 def test_quickstart_runs_and_reports(executed):
     nb, r = executed
     assert r["ci"] is True and r["image_tokens"] == N
@@ -83,6 +84,7 @@ def test_quickstart_runs_and_reports(executed):
     assert all(n < N for n in r["greedy_nfe"]["sjd"] + r["greedy_nfe"]["best"])
 
 
+@pytest.mark.slow
 def test_quickstart_figures(executed):
     nb, _ = executed
     figure_cells = [c for c in nb.cells if c.cell_type == "code" and "figure" in c.metadata.get("tags", [])]

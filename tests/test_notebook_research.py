@@ -5,9 +5,12 @@ test fail it."""
 
 import json
 
+import pytest
+
 from nbrun import COLAB, outputs_of, run_notebook, stale_outputs
 
 
+@pytest.mark.slow
 def test_research_notebook_runs_and_judges_rules(tmp_path):
     nb = run_notebook("research.ipynb", tmp_path)
     res = json.loads((tmp_path / "research_results.json").read_text())

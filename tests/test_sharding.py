@@ -332,6 +332,7 @@ def _two_processes(args_of_rank):
     return logs
 
 
+@pytest.mark.slow
 def test_two_processes_only_rank0_writes_and_tokens_match(tmp_path, grid_tokens):
     """Batch mode on 2 processes: only process 0 writes, and its tokens equal a single-process run's.
     Each rank gets its own output path: anything rank 1 wrote would show. (Grid mode's gather,
@@ -345,6 +346,7 @@ def test_two_processes_only_rank0_writes_and_tokens_match(tmp_path, grid_tokens)
     assert "error" not in logs[0] + logs[1]
 
 
+@pytest.mark.slow
 def test_bench_mesh_cli(tmp_path, capsys):
     from sjd_jax.bench_mesh import main
 
