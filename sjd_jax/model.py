@@ -332,7 +332,9 @@ def forward(params, config: GPTConfig, x, cache: KVCache, offsets=None, tree_mas
 
 
 @functools.partial(jax.jit, static_argnums=(1, 6))
-def _teacher_forced(params, config, cond, prefix_mask, tokens, null, mesh=None):
+def teacher_forced(params, config, cond, prefix_mask, tokens, null, mesh=None):
+    """``teacher_forced_logits`` without its checks and conversions, traceable (training losses):
+    ``cond`` and ``prefix_mask`` as ``split_cond`` returns them, ``null`` ``[B]`` bool."""
     with shd.active(mesh):
         cond, prefix_mask = pick_prompt(config, cond, prefix_mask, null)
         x = jnp.concatenate([embed_cond(params, config, cond, null),
@@ -370,4 +372,4 @@ def teacher_forced_logits(params, config: GPTConfig, cond, tokens, mesh=None, nu
         cond_arr, prefix_mask, tokens, null = (
             shd.to_global(x, shd.batch_sharding(mesh, x.shape, what)) for x, what in
             ((cond_arr, "cond"), (prefix_mask, "prefix mask"), (tokens, "tokens"), (null, "null rows")))
-    return _teacher_forced(params, config, cond_arr, prefix_mask, tokens, jnp.asarray(null), mesh)
+    return teacher_forced(params, config, cond_arr, prefix_mask, tokens, jnp.asarray(null), mesh)

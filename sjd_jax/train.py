@@ -202,10 +202,10 @@ def encode_dataset(params, config: VQConfig, images: np.ndarray, batch: int = 50
 
 def gpt_loss(params, config: GPTConfig, labels, tokens):
     """Mean next-token cross-entropy (nats) over all N image tokens. labels: [B]; tokens: [B, N]."""
-    from .model import _teacher_forced
+    from .model import teacher_forced
 
     B = labels.shape[0]  # labels may hold the null class (CFG dropout); no row uses `null`
-    logits = _teacher_forced(params, config, labels, jnp.ones((B, 1), bool), tokens, jnp.zeros((B,), bool))
+    logits = teacher_forced(params, config, labels, jnp.ones((B, 1), bool), tokens, jnp.zeros((B,), bool))
     logp = jax.nn.log_softmax(logits, axis=-1)
     return -jnp.mean(jnp.take_along_axis(logp, tokens[..., None], axis=-1))
 
