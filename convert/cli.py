@@ -33,10 +33,16 @@ import numpy as np
 
 from .sizes import MAX_IMAGE_SIZE, latent_side
 
-FAMILIES = ("llamagen-c2i", "llamagen-t2i", "llamagen-vq", "janus-pro", "t5-encoder", "lumina-mgpt", "anole",
-            "emu3")
 _CONTAINERS = ("model", "module", "state_dict")  # LlamaGen / DeepSpeed / Lightning
 _LLAMAGEN_DIM_TO_HEADS = {768: 12, 1024: 16, 1280: 20, 1536: 24, 3200: 32}
+
+
+def __getattr__(name: str):
+    if name == "FAMILIES":  # every --family name (the registry's converter entries)
+        from sjd_jax import families
+
+        return families.converter_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def read_tensors(path: Path, trust_pickle: bool = False) -> dict:
@@ -280,7 +286,8 @@ def vq_config(tensors: dict, src: Path):
                     z_channels=shape_of(tensors, "quant_conv.weight", 4, src.name)[1])
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
+    """A JSON object file (one-line ValueError otherwise)."""
     import json
 
     try:
@@ -312,7 +319,7 @@ def hf_files(srcs: list[Path]) -> dict:
         raise ValueError("no weight files (*.safetensors / pytorch_model*.bin) given")
     index = named.get("model.safetensors.index.json") or named.get("pytorch_model.bin.index.json")
     if index is not None:
-        want = set(_read_json(index).get("weight_map", {}).values())
+        want = set(read_json(index).get("weight_map", {}).values())
         missing = sorted(want - {p.name for p in weights})
         if missing:
             raise ValueError(f"shards listed in {index.name} are missing: {missing}")
@@ -332,6 +339,8 @@ def read_all(paths: list[Path], trust_pickle: bool = False) -> dict:
 
 
 def convert_janus(srcs: list[Path], out: Path, args) -> dict:
+    """Janus-Pro HF snapshot -> kind "janus" (generation path + tokenizer.json)."""
+    import jax
     from tqdm import tqdm
 
     from sjd_jax import checkpoint
@@ -341,13 +350,13 @@ def convert_janus(srcs: list[Path], out: Path, args) -> dict:
     files = hf_files(srcs)
     vocab = None
     if files["tokenizer"] is not None:  # special tokens live in "added_tokens", the rest in the model vocab
-        tj = _read_json(files["tokenizer"])
+        tj = read_json(files["tokenizer"])
         vocab = (tj.get("model") or {}).get("vocab")
         vocab = dict(vocab) if isinstance(vocab, dict) else {}
         vocab.update({t["content"]: t["id"] for t in tj.get("added_tokens") or []
                       if isinstance(t, dict) and "content" in t and "id" in t})
-    config = janus_config(_read_json(files["config"]),
-                          _read_json(files["generation"]) if files["generation"] else {}, vocab)
+    config = janus_config(read_json(files["config"]),
+                          read_json(files["generation"]) if files["generation"] else {}, vocab)
     tensors = read_all(files["weights"], args.trust_pickle)
     n_skipped = sum(map(skipped, tensors))
     with tqdm(total=len(tensors) - n_skipped, desc="converting janus-pro", unit="tensor",
@@ -356,7 +365,10 @@ def convert_janus(srcs: list[Path], out: Path, args) -> dict:
     del tensors
     extra = {"tokenizer.json": files["tokenizer"]} if files["tokenizer"] else {}
     checkpoint.save(out, "janus", config, params, force=args.force, extra_files=extra)
-    return params, config, n_skipped
+    leaves = jax.tree.leaves(params)
+    return {"family": "janus-pro", "out": str(out), "kind": "janus", "params": int(sum(x.size for x in leaves)),
+            "dtype": "float32", "bytes": int(sum(x.nbytes for x in leaves)), "config": config,
+            "note": f"skipped {n_skipped} image-understanding / text-head tensors"}
 
 
 def convert_t5(srcs: list[Path], out: Path, args) -> dict:
@@ -368,7 +380,7 @@ def convert_t5(srcs: list[Path], out: Path, args) -> dict:
     from .t5 import skipped, t5_config, t5_params
 
     files = hf_files(srcs)
-    config = t5_config(_read_json(files["config"]))
+    config = t5_config(read_json(files["config"]))
     tensors = read_all(files["weights"], args.trust_pickle)
     n_skipped = sum(skipped(n) for n in tensors)
     params = t5_params(tensors, config, to_numpy)
@@ -381,31 +393,42 @@ def convert_t5(srcs: list[Path], out: Path, args) -> dict:
                     + ("" if extra else "; no tokenizer.json given (pass the snapshot directory)")}
 
 
-def convert_lumina(srcs: list[Path], out: Path, args, layout: str) -> dict:
-    """HF Chameleon snapshot + Chameleon VQGAN -> kind "lumina" (``layout`` lumina or anole)."""
+def convert_lumina_mgpt(srcs: list[Path], out: Path, args) -> dict:
+    """Lumina-mGPT: image size from the snapshot's ``-768``-style name or --image-size."""
+    return convert_lumina(srcs, out, args, "lumina", "lumina-mgpt")
+
+
+def convert_anole(srcs: list[Path], out: Path, args) -> dict:
+    """Anole: 512 px unless --image-size."""
+    return convert_lumina(srcs, out, args, "anole", "anole", default_size=512)
+
+
+def convert_lumina(srcs: list[Path], out: Path, args, layout: str, family: str,
+                   default_size: int | None = None) -> dict:
+    """HF Chameleon snapshot + Chameleon VQGAN -> kind "lumina" (``layout`` lumina or anole), as
+    ``--family family``; ``default_size``: pixels when --image-size is not given."""
     import jax
     from tqdm import tqdm
 
-    from sjd_jax.lumina import make_config
+    from sjd_jax.families.lumina import make_config
 
     from .chameleon import chameleon_config, chameleon_params, skipped
     from .lumina import latent_of, vocabulary, vqgan_config
     from .staging import Staging, save_bounded
     from .vq import vq_params_from_state_dict
 
-    family = "lumina-mgpt" if layout == "lumina" else "anole"
     if args.vqgan is None:
         raise ValueError(f"--family {family} needs --vqgan PATH (Chameleon's vqgan.ckpt, e.g. "
                          "GAIR/Anole-7b-v0.1/tokenizer/vqgan.ckpt)")
     files = hf_files(srcs)
     tok_file = args.tokenizer or files["tokenizer"]
-    cfg = _read_json(files["config"])
-    vocab = vocabulary(cfg, _read_json(tok_file) if tok_file else None)
+    cfg = read_json(files["config"])
+    vocab = vocabulary(cfg, read_json(tok_file) if tok_file else None)
     vq_tensors = read_tensors(Path(args.vqgan), args.trust_pickle)
     vq = vqgan_config(vq_tensors, Path(args.vqgan).name)
     name = srcs[0].name if len(srcs) == 1 and srcs[0].is_dir() else files["config"].parent.name
-    if layout == "anole" and args.image_size is None:
-        args.image_size = 512
+    if args.image_size is None and default_size is not None:
+        args.image_size = default_size
     latent = latent_of(args, name, vq.downsample)
     gpt = chameleon_config(cfg, latent, 1)
     config = make_config(gpt, vq, vocab, latent, layout, int(cfg.get("max_position_embeddings") or 4096))
@@ -452,7 +475,7 @@ def convert_emu3(srcs: list[Path], out: Path, args) -> dict:
     import jax
 
     from sjd_jax import checkpoint
-    from sjd_jax.emu3 import make_config
+    from sjd_jax.families.emu3 import make_config
 
     from .emu3 import emu3_config, emu3_params
     from .emu3_vq import emu3_vq_config, emu3_vq_params
@@ -464,8 +487,8 @@ def convert_emu3(srcs: list[Path], out: Path, args) -> dict:
     if tok_file is None:
         raise ValueError("no tokenizer.json: BAAI/Emu3-Gen ships a tiktoken file; pass --tokenizer with the "
                          "tokenizer.json of BAAI/Emu3-Gen-hf")
-    cfg = _read_json(files["config"])
-    vocab = vocabulary(cfg, _read_json(tok_file))
+    cfg = read_json(files["config"])
+    vocab = vocabulary(cfg, read_json(tok_file))
     tensors = read_all(files["weights"], args.trust_pickle)
     if any(k.startswith(("model.vqmodel.", "vqmodel.")) for k in tensors):
         if args.vq is not None:
@@ -478,7 +501,7 @@ def convert_emu3(srcs: list[Path], out: Path, args) -> dict:
             raise ValueError("the snapshot has no vision tokenizer: pass --vq with the BAAI/Emu3-VisionTokenizer "
                              "snapshot directory")
         vq_files = hf_files([Path(args.vq)])
-        vq_cfg = _read_json(vq_files["config"])
+        vq_cfg = read_json(vq_files["config"])
         vq_tensors = read_all(vq_files["weights"], args.trust_pickle)
     vq = emu3_vq_config(vq_cfg)
     size = 720 if args.image_size is None else args.image_size
@@ -506,53 +529,69 @@ def convert_emu3(srcs: list[Path], out: Path, args) -> dict:
                       f"({config.gpt.kv_heads} KV heads), vocab {config.gpt.vocab_size}, {vq.codebook_size} codes"}
 
 
-def convert(family: str, srcs, out: Path, args) -> dict:
+def convert_llamagen_c2i(srcs: list[Path], out: Path, args) -> dict:
+    """LlamaGen class-to-image GPT file -> kind "gpt"."""
+    from .llamagen import gpt_params_from_state_dict
+
+    return _convert_file(srcs, out, args, "llamagen-c2i", "gpt",
+                         lambda tensors, src: gpt_config(tensors, "llamagen-c2i", args, src),
+                         gpt_params_from_state_dict)
+
+
+def convert_llamagen_t2i(srcs: list[Path], out: Path, args) -> dict:
+    """LlamaGen text-to-image GPT file -> kind "gpt" (with ``caption_dim``)."""
+    from .llamagen import gpt_params_from_state_dict
+
+    return _convert_file(srcs, out, args, "llamagen-t2i", "gpt",
+                         lambda tensors, src: gpt_config(tensors, "llamagen-t2i", args, src),
+                         gpt_params_from_state_dict)
+
+
+def convert_llamagen_vq(srcs: list[Path], out: Path, args) -> dict:
+    """LlamaGen VQ file -> kind "vq"."""
+    from .vq import vq_params_from_state_dict
+
+    return _convert_file(srcs, out, args, "llamagen-vq", "vq", vq_config, vq_params_from_state_dict)
+
+
+def _convert_file(srcs: list[Path], out: Path, args, family: str, kind: str, make_config, make_params) -> dict:
+    """One LlamaGen-layout file -> a ``kind`` checkpoint: ``make_config(tensors, src)``, then
+    ``make_params(stream of (name, array), config)`` fed one tensor at a time."""
     import jax
     from tqdm import tqdm
 
-    from sjd_jax import atomic, checkpoint
+    from sjd_jax import checkpoint
 
-    from .llamagen import gpt_params_from_state_dict
-    from .vq import vq_params_from_state_dict
-
-    if family not in FAMILIES:
-        raise ValueError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
-    out = Path(out)
-    # before reading anything: --out must be new, or (--force) an sjd-jax checkpoint or empty dir
-    atomic.check_dir_target(out, args.force, checkpoint.is_checkpoint, "sjd-jax checkpoint")
-    srcs = [Path(s) for s in (srcs if isinstance(srcs, (list, tuple)) else [srcs])]
-    if family == "t5-encoder":
-        return convert_t5(srcs, out, args)
-    if family == "emu3":
-        return convert_emu3(srcs, out, args)
-    if family in ("lumina-mgpt", "anole"):
-        return convert_lumina(srcs, out, args, "lumina" if family == "lumina-mgpt" else "anole")
-    if family == "janus-pro":
-        params, config, n_skipped = convert_janus(srcs, out, args)
-        leaves = jax.tree.leaves(params)
-        return {"family": family, "out": str(out), "kind": "janus", "params": int(sum(x.size for x in leaves)),
-                "dtype": "float32", "bytes": int(sum(x.nbytes for x in leaves)), "config": config,
-                "note": f"skipped {n_skipped} image-understanding / text-head tensors"}
     if len(srcs) != 1:
         raise ValueError(f"--family {family} takes exactly one checkpoint file, got {len(srcs)}")
     src = srcs[0]
     tensors = read_tensors(src, args.trust_pickle)
-    if family == "llamagen-vq":
-        kind, config = "vq", vq_config(tensors, src)
-    else:
-        kind, config = "gpt", gpt_config(tensors, family, args, src)
+    config = make_config(tensors, src)
     # Stream: each source tensor is read, re-laid out into its final contiguous float32 array and
     # released before the next one, so only the output accumulates (the source stays mmapped).
     stream = ((name, to_numpy(tensors.pop(name)))
               for name in tqdm(list(tensors), desc=f"converting {src.name}", unit="tensor",
                                file=sys.stderr, disable=args.quiet))
-    params = (vq_params_from_state_dict(stream, config) if kind == "vq"
-              else gpt_params_from_state_dict(stream, config))
+    params = make_params(stream, config)
     del tensors
     checkpoint.save(out, kind, config, params, force=args.force)
     leaves = jax.tree.leaves(params)
     return {"family": family, "out": str(out), "kind": kind, "params": int(sum(x.size for x in leaves)),
             "dtype": "float32", "bytes": int(sum(x.nbytes for x in leaves)), "config": config}
+
+
+def convert(family: str, srcs, out: Path, args) -> dict:
+    """``sjd-jax convert --family family srcs --out out``: after ``out`` is checked, the converter
+    entry of ``family`` in the model-family registry (``sjd_jax.families``: "module:function", a
+    function ``(srcs, out, args) -> summary dict``; the built-in families' are the functions above)."""
+    from sjd_jax import atomic, checkpoint, families
+
+    run = families.converter(family)  # (unknown family: ValueError naming the known ones)
+    out = Path(out)
+    # before reading anything: --out must be new, or (--force) an sjd-jax checkpoint or empty dir
+    atomic.check_dir_target(out, args.force, checkpoint.is_checkpoint, "sjd-jax checkpoint")
+    srcs = [Path(s) for s in (srcs if isinstance(srcs, (list, tuple)) else [srcs])]
+    return run(srcs, out, args)
 
 
 def _bounded_int(lo: int, hi: int):
@@ -572,10 +611,11 @@ def _bounded_int(lo: int, hi: int):
 
 
 def _parser():
+    from sjd_jax import families
     from sjd_jax.cliutil import Parser, add_output_flags
 
     ap = Parser("sjd-jax convert", __doc__)
-    ap.add_argument("--family", required=True, help=" | ".join(FAMILIES))
+    ap.add_argument("--family", required=True, help=" | ".join(families.converter_names()))
     ap.add_argument("src", type=Path, nargs="+",
                     help="checkpoint file (.pt/.pth/.bin/.safetensors); janus-pro, t5-encoder, lumina-mgpt, "
                          "anole: snapshot dir or files")

@@ -15,7 +15,7 @@ from typing import Iterable
 import numpy as np
 
 from sjd_jax.config import GPTConfig
-from sjd_jax.janus import JanusConfig
+from sjd_jax.families.janus import JanusConfig
 from sjd_jax.model import abstract_params
 from sjd_jax.vq import VQConfig
 

@@ -15,3 +15,14 @@ __all__ = [
     "embed_cond", "embed_tokens", "forward", "generate", "init_cache", "init_params",
     "load", "param_count", "save", "sharding", "teacher_forced_logits",
 ]
+
+# Modules that moved into sjd_jax.families: ``from sjd_jax import janus`` keeps working.
+_MOVED = ("emu3", "janus", "llamagen_t2i", "lumina", "prompting")
+
+
+def __getattr__(name: str):
+    if name in _MOVED:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.families.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

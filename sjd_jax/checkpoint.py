@@ -1,7 +1,8 @@
 """sjd-jax checkpoints: an orbax params directory plus a small JSON config, written atomically.
 
 Layout of ``DIR``: ``config.json`` ({"format", "version", "kind", "config"}) and ``params/`` (orbax);
-kinds "janus", "t5", "lumina" and "emu3" also hold the source checkpoint's ``tokenizer.json``.
+text-to-image kinds also hold the source checkpoint's ``tokenizer.json``. Each kind (its config class
+and parameter tree) is defined by a model family (``sjd_jax.families``).
 """
 
 from __future__ import annotations
@@ -17,57 +18,25 @@ from pathlib import Path
 
 import jax
 
-from . import atomic, integrity, memory
-from .config import GPTConfig, from_dict
-from .model import abstract_params
-from .vq import VQConfig, abstract_vq_params
+from . import atomic, families, integrity, memory
 
 FORMAT, VERSION = "sjd-jax", 1
-KINDS = ("gpt", "vq", "janus", "t5", "lumina", "emu3")
+
+
+def __getattr__(name: str):
+    if name == "KINDS":  # every registered checkpoint kind
+        return families.kind_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _abstract(kind: str, config):
-    if kind == "t5":
-        from .text import abstract_t5_params
-
-        return abstract_t5_params(config)
-    if kind == "gpt":
-        return abstract_params(config)
-    if kind == "janus":
-        from .janus import abstract_janus_params
-
-        return abstract_janus_params(config)
-    if kind == "lumina":
-        from .lumina import abstract_lumina_params
-
-        return abstract_lumina_params(config)
-    if kind == "emu3":
-        from .emu3 import abstract_emu3_params
-
-        return abstract_emu3_params(config)
-    return abstract_vq_params(config)
+    return families.kind(kind).abstract(config)
 
 
 def config_from_dict(kind: str, d: dict):
     """The config of a ``kind`` checkpoint from its config.json entry; every type or range problem
     is one ``ValueError`` naming the field (``config.from_dict``)."""
-    if kind == "t5":
-        from .text import T5Config
-
-        return T5Config.from_dict(d)
-    if kind == "janus":
-        from .janus import JanusConfig
-
-        return JanusConfig.from_dict(d)
-    if kind == "lumina":
-        from .lumina import LuminaConfig
-
-        return LuminaConfig.from_dict(d)
-    if kind == "emu3":
-        from .emu3 import Emu3Config
-
-        return Emu3Config.from_dict(d)
-    return from_dict({"gpt": GPTConfig, "vq": VQConfig}[kind], d, kind)
+    return families.kind(kind).read_config(d)
 
 
 def _meta_or_none(path) -> dict | None:
@@ -94,9 +63,7 @@ def save(path, kind: str, config, params, *, force: bool = False, extra_files=No
     checkpoint, and a replaced one is swapped atomically (the old or the new one is always there).
     ``config.json`` records a checksum per leaf (``integrity``), verified by ``load``.
     """
-    if kind not in KINDS:
-        raise ValueError(f"unknown checkpoint kind {kind!r}; choose one of {', '.join(KINDS)}")
-    want = jax.tree_util.tree_structure(_abstract(kind, config))
+    want = jax.tree_util.tree_structure(_abstract(kind, config))  # (ValueError for an unknown kind)
     if jax.tree_util.tree_structure(params) != want:
         raise ValueError("params do not match the config's parameter tree")
     meta = {"format": FORMAT, "version": VERSION, "kind": kind, "config": dataclasses.asdict(config)}
@@ -193,10 +160,12 @@ def require_kind(path, want: str, family: str) -> None:
         raise ValueError(f"{path} holds a {kind!r} checkpoint, not {want!r} (sjd-jax convert --family {family})")
 
 
-def read_meta(path, kinds=KINDS) -> dict:
-    """``path/config.json`` of an sjd-jax checkpoint of one of ``kinds``, checked (one-line
-    ``ValueError`` otherwise)."""
+def read_meta(path, kinds=None) -> dict:
+    """``path/config.json`` of an sjd-jax checkpoint of one of ``kinds`` (default: every registered
+    kind), checked (one-line ``ValueError`` otherwise)."""
     path = Path(path)
+    known = families.kind_names()
+    kinds = known if kinds is None else kinds
     meta_file = path / "config.json"
     if not meta_file.is_file() or not (path / "params").is_dir():
         raise ValueError(f"{path} is not an sjd-jax checkpoint (needs config.json and params/)")
@@ -212,8 +181,8 @@ def read_meta(path, kinds=KINDS) -> dict:
     if meta.get("format") != FORMAT or not isinstance(kind, str):
         raise ValueError(f"{meta_file} is not an sjd-jax config (format/kind missing)")
     if kind not in kinds:
-        raise ValueError(f"{meta_file}: unknown checkpoint kind {kind!r} (this sjd-jax reads {', '.join(KINDS)})"
-                         if kind not in KINDS else f"{path} holds a {kind!r} checkpoint, not "
+        raise ValueError(f"{meta_file}: unknown checkpoint kind {kind!r} (this sjd-jax reads {', '.join(known)})"
+                         if kind not in known else f"{path} holds a {kind!r} checkpoint, not "
                                                    f"{' or '.join(map(repr, kinds))}")
     version = meta.get("version", 0)
     if not isinstance(version, int) or isinstance(version, bool) or version < 0:
@@ -248,7 +217,7 @@ def load(path, sharding=None, mesh=None, verify: bool = True):
             raise ValueError("pass sharding or mesh, not both")
         from . import sharding as shd
 
-        if meta["kind"] in ("vq", "t5"):  # run once per prompt/image: replicated
+        if families.kind(meta["kind"]).replicated:  # run once per prompt/image (VQ, T5)
             target = jax.tree.map(lambda _: shd.replicated(mesh), shapes)
         else:
             target = shd.param_shardings(shapes, mesh)

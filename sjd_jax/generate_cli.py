@@ -37,11 +37,14 @@ from .sampling import recipes
 
 
 def _parser():
+    from . import families
+
     ap = cliutil.Parser("sjd-jax generate", __doc__)
     ap.add_argument("--model", default="fashion-mnist",
-                    help="bundled model (default fashion-mnist), llamagen-c2i (a converted class-conditional "
-                         "checkpoint, --ckpt) or a text-to-image model: "
-                         "lumina-mgpt-7b-{512,768,1024}, anole-7b, llamagen-t2i-xl, janus-pro-{1b,7b}, emu3-gen")
+                    help=f"a bundled model ({', '.join(families.model_names('class', bundled=True))}), a "
+                         f"converted class-conditional checkpoint (--ckpt: "
+                         f"{', '.join(families.model_names('class', bundled=False))}) or a text-to-image model "
+                         f"(--ckpt, --prompt: {', '.join(families.model_names('text'))}); default fashion-mnist")
     ap.add_argument("--ckpt", type=Path, default=None,
                     help="converted checkpoint dir (llamagen-c2i: DIR/gpt + DIR/vq; text-to-image models)")
     ap.add_argument("--prompt", nargs="+", default=None, help="text-to-image models: one or more prompts")

@@ -1,11 +1,16 @@
-"""Bundled models, loadable by name with no download."""
+"""Class-conditional models by name: the bundled ones (no download) and converted checkpoints.
+
+Which names exist and how each loads is up to the model families (``sjd_jax.families``, task
+"class"); a ``Bundle`` is what they load.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 
-from . import checkpoint
+from . import checkpoint, families
 from .config import GPTConfig
 from .vq import VQConfig
 
@@ -33,44 +38,35 @@ class Preset:
         return d
 
 
-def _fashion() -> Preset:
-    from .data import CLASSES
-
-    return Preset("fashion-mnist", ASSETS / "fashion_mnist", CLASSES, cfg_scale=2.0, crop=28)
-
-
-PRESETS = {"fashion-mnist": _fashion}
-# Class-conditional models from a converted checkpoint directory (``--ckpt DIR`` with ``DIR/gpt`` from
-# ``sjd-jax convert --family llamagen-c2i`` and ``DIR/vq`` from ``--family llamagen-vq``). Defaults:
-# LlamaGen's sample_c2i demo (cfg 4.0, top-k 2000, temperature 1.0, top-p 1.0).
-CKPT_MODELS = {"llamagen-c2i": dict(cfg_scale=4.0, top_k=2000)}
+def __getattr__(name: str):
+    # PRESETS: bundled model name -> its Preset factory; CKPT_MODELS: class-conditional models from a
+    # converted checkpoint directory -> their sampling defaults. Both read from the registry on access.
+    if name == "PRESETS":
+        return {m: functools.partial(get, m) for m in families.model_names("class", bundled=True)}
+    if name == "CKPT_MODELS":
+        return {m: dict(families.for_model(m).defaults) for m in families.model_names("class", bundled=False)}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def get(name: str) -> Preset:
-    if name not in PRESETS:
-        raise ValueError(f"unknown model {name!r}; bundled models: {', '.join(PRESETS)}")
-    return PRESETS[name]()
+    """The ``Preset`` of a bundled model (no weights read)."""
+    bundled = families.model_names("class", bundled=True)
+    if name not in bundled:
+        raise ValueError(f"unknown model {name!r}; bundled models: {', '.join(bundled)}")
+    return families.for_model(name).preset(name)
 
 
 def from_checkpoint(name: str, ckpt, mesh=None) -> Bundle:
-    """A class-conditional model of ``CKPT_MODELS`` from ``ckpt/gpt`` and ``ckpt/vq``."""
-    if name not in CKPT_MODELS:
-        raise ValueError(f"unknown model {name!r}; class-conditional checkpoint models: {', '.join(CKPT_MODELS)}")
+    """A class-conditional model of ``CKPT_MODELS`` from its converted checkpoint directory ``ckpt``
+    (LlamaGen: ``ckpt/gpt`` and ``ckpt/vq``)."""
+    names = families.model_names("class", bundled=False)
+    if name not in names:
+        raise ValueError(f"unknown model {name!r}; class-conditional checkpoint models: {', '.join(names)}")
     ckpt = Path(ckpt)
     if not ckpt.is_dir():
         raise ValueError(f"--ckpt {ckpt}: no such directory")
-    checkpoint.require_kind(ckpt / "gpt", "gpt", "llamagen-c2i")
-    checkpoint.require_kind(ckpt / "vq", "vq", "llamagen-vq")
-    gc, gp = checkpoint.load(ckpt / "gpt", mesh=mesh)
-    if not gc.num_classes:
-        raise ValueError(f"{ckpt / 'gpt'} is a text-conditional GPT; use --model llamagen-t2i-xl")
-    vc, vp = checkpoint.load(ckpt / "vq")
-    if vc.codebook_size != gc.vocab_size:
-        raise ValueError(f"{ckpt / 'vq'} has {vc.codebook_size} codes but the GPT's vocabulary is {gc.vocab_size}")
-    d = dict(CKPT_MODELS[name])
-    d["top_k"] = min(d["top_k"], gc.vocab_size)  # (a smaller vocabulary than the released models')
-    preset = Preset(name, ckpt, tuple(str(i) for i in range(gc.num_classes)), **d)
-    return Bundle(preset, gc, gp, vc, vp)
+    family = families.for_model(name)
+    return family.load(family, name, ckpt, mesh=mesh)
 
 
 @dataclasses.dataclass
@@ -85,9 +81,16 @@ class Bundle:
 def load(name: str, mesh=None) -> Bundle:
     """The bundled model; with ``mesh`` the GPT params are restored onto their shardings (the VQ
     decoder stays on this process's first device: it decodes on the writing process only)."""
-    p = get(name)
+    get(name)  # a bundled model (ValueError otherwise)
+    family = families.for_model(name)
+    return family.load(family, name, None, mesh=mesh)
+
+
+def load_bundled(family, model: str, ckpt=None, *, mesh=None) -> Bundle:
+    """The loader of bundled families: the GPT and VQ checkpoints under the preset's directory."""
+    p = family.preset(model)
     if not (p.directory / "gpt").is_dir():
-        raise ValueError(f"model {name!r}: weights missing under {p.directory} (broken install?)")
+        raise ValueError(f"model {model!r}: weights missing under {p.directory} (broken install?)")
     gc, gp = checkpoint.load(p.directory / "gpt", mesh=mesh)
     vc, vp = checkpoint.load(p.directory / "vq")
     return Bundle(p, gc, gp, vc, vp)

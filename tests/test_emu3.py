@@ -126,7 +126,7 @@ def test_names_and_errors():
 from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 
 from convert.emu3_vq import emu3_vq_config, emu3_vq_params  # noqa: E402
-from sjd_jax import emu3  # noqa: E402
+from sjd_jax.families import emu3  # noqa: E402
 
 SPECIAL = ["<|endoftext|>", "<|extra_203|>", "<|extra_204|>", "<|extra_200|>", "<|extra_201|>",
            "<|image start|>", "<|image end|>", "<|image token|>", "<image>"]

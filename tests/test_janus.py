@@ -18,7 +18,7 @@ from transformers import GenerationConfig, JanusForConditionalGeneration
 
 import sjd_jax as S
 from convert.cli import main
-from sjd_jax import janus as J
+from sjd_jax.families import janus as J
 from sjd_jax.vq import decode_tokens
 
 PAD, BOS, EOS, BOI = 0, 1, 2, 5

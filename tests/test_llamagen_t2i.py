@@ -1,4 +1,4 @@
-"""LlamaGen text-to-image pipeline (``sjd_jax.llamagen_t2i``) on tiny random checkpoints converted
+"""LlamaGen text-to-image pipeline (``sjd_jax.families.llamagen_t2i``) on tiny random checkpoints converted
 with ``sjd-jax convert``: HF T5 encoder + tokenizer.json, a LlamaGen-format t2i GPT, a LlamaGen VQ."""
 
 import json
@@ -16,7 +16,7 @@ import sjd_jax as S
 from convert.cli import main as convert_main
 from convert.vq import janus_to_llamagen_key
 from fixtures_convert import hf_vq_model, llamagen_state_dict, vq_state_dict
-from sjd_jax import llamagen_t2i as T
+from sjd_jax.families import llamagen_t2i as T
 
 D_MODEL = 32
 MAX_LEN = 120  # convert/t5.py fixes T5Config.max_length at LlamaGen's 120

@@ -12,8 +12,9 @@ from transformers import ChameleonConfig, ChameleonForConditionalGeneration
 
 from convert.cli import main as convert_main
 from fixtures_convert import taming_vqgan
-from sjd_jax import checkpoint, lumina
+from sjd_jax import checkpoint
 from sjd_jax.cli import main as cli_main
+from sjd_jax.families import lumina
 
 # A Chameleon-like vocabulary: special tokens by their real names at small ids, 16 image tokens
 # (ids 4..19) whose code order is shuffled (the mapping must go by name), then words.
@@ -87,7 +88,7 @@ def converted(tmp_path_factory):
 
 
 def lumina_tokenizer(path):
-    from sjd_jax.janus import load_tokenizer
+    from sjd_jax.families.prompting import load_tokenizer
 
     return load_tokenizer(path)
 
@@ -230,9 +231,13 @@ def test_cli_generate_and_errors(converted, tmp_path, capsys):
                          "--quiet"]) == 0
     rc = cli_main(["generate", "--model", "lumina-mgpt-7b-512", "--ckpt", str(ck), "--prompt", "x", "--quiet"])
     assert rc == 2 and "is 512 px" in capsys.readouterr().err
-    from sjd_jax import pipelines
+    import dataclasses
 
-    pipelines.TEXT_MODELS["lumina-mgpt-tiny-16"] = dict(family="lumina-mgpt", layout="lumina", size=16)
+    from sjd_jax import families
+
+    lumina_family = families.get("lumina-mgpt")  # a tiny model of the family, 16 px, for the CLI
+    families.register(dataclasses.replace(lumina_family, models={
+        **lumina_family.models, "lumina-mgpt-tiny-16": dict(layout="lumina", size=16)}), replace=True)
     try:
         rc = cli_main(["generate", "--model", "lumina-mgpt-tiny-16", "--ckpt", str(ck), "--prompt", "a red fox",
                        "cat", "--n", "2", "--window", "8", "--out", str(out), "--stats-json", str(stats), "--quiet"])
@@ -260,7 +265,7 @@ def test_cli_generate_and_errors(converted, tmp_path, capsys):
             assert rc == 2 and msg in err and err.count("\n") == 1, (extra, err)
             assert not (tmp_path / "never.png").exists()
     finally:
-        del pipelines.TEXT_MODELS["lumina-mgpt-tiny-16"]
+        families.register(lumina_family, replace=True)
     rc = cli_main(["generate", "--prompt", "x", "--quiet"])
     assert rc == 2 and "class-conditional" in capsys.readouterr().err
 

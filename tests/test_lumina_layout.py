@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from sjd_jax import lumina
 from sjd_jax.config import GPTConfig
+from sjd_jax.families import lumina
 
 
 @pytest.mark.parametrize("px,codes,with_newlines,span", [(512, 1024, 1056, 1060), (768, 2304, 2352, 2356),

@@ -28,10 +28,11 @@ import re
 import jax.numpy as jnp
 import numpy as np
 
-from .config import GPTConfig
-from .model import Prompt
-from .prompting import PipelineConfig, pad_prompts
-from .vq import VQConfig
+from ..config import GPTConfig
+from ..model import Prompt
+from ..vq import VQConfig
+from . import Family, Kind, register
+from .prompting import PipelineConfig, load_tokenizer, pad_prompts
 
 BOI, EOI, NEWLINE, END_OF_TURN = 8197, 8196, 8803, 8710  # <racm3:break>, <eoss>, <reserved08799>, <reserved08706>
 SIZE_BASE = 8804  # <reserved0{8800 + n}> has id 8804 + n
@@ -205,7 +206,7 @@ def defaults(config: LuminaConfig) -> dict:
 def generate_tokens(params, config: LuminaConfig, prompts: Prompt, key, mesh=None, **sampling):
     """Image-span tokens ``[B, rows * (w + 1)]`` (Lumina: newline columns included) for padded
     prompts; ``sampling`` as in ``sjd_jax.generate``, defaults ``defaults(config)``."""
-    from .sampling import generate
+    from ..sampling import generate
 
     for k, v in defaults(config).items():
         sampling.setdefault(k, v)
@@ -224,7 +225,7 @@ def codes_of(config: LuminaConfig, tokens) -> np.ndarray:
 def decode_images(params, config: LuminaConfig, tokens) -> np.ndarray:
     """Sampler tokens ``[B, N]`` -> uint8 images ``[B, H, W, 3]``; as Lumina's decoder: clamp to
     [-1, 1], ``(x + 1) / 2 * 255`` truncated (not rounded)."""
-    from .vq import decode_tokens
+    from ..vq import decode_tokens
 
     x = decode_tokens(params["vq"], config.vq, jnp.asarray(codes_of(config, tokens)), config.latent)
     x = np.clip(np.asarray(x, np.float32), -1.0, 1.0)
@@ -238,14 +239,48 @@ def text_to_image(params, config: LuminaConfig, tokenizer, texts: list[str], key
         raise ValueError("texts must be a non-empty list of strings")
     prompts = pad_prompts(config, [prompt_ids(tokenizer, config, t, template) for t in texts])
     out = generate_tokens(params, config, prompts, key, mesh=mesh, **sampling)
-    from .distributed import gather_output
+    from ..distributed import gather_output
 
     out = gather_output(out)
     return decode_images(params, config, out.tokens), out
 
 
 def abstract_lumina_params(config: LuminaConfig):
-    from .model import abstract_params
-    from .vq import abstract_vq_params
+    from ..model import abstract_params
+    from ..vq import abstract_vq_params
 
     return {"gpt": abstract_params(config.gpt), "vq": abstract_vq_params(config.vq)}
+
+
+# ---- the family entries: checkpoint kind "lumina" (both layouts), generate --model ---------------
+
+def load_model(family, model: str, ckpt, *, mesh=None):
+    """``pipelines.TextModel`` of a converted Lumina-mGPT / Anole checkpoint directory; the model's
+    ``layout`` and ``size`` (pixels, or None: any) must be the checkpoint's."""
+    from .. import checkpoint
+    from ..pipelines import TextModel
+
+    spec = family.models[model]
+    checkpoint.require_kind(ckpt, "lumina", family.name)
+    config, params = checkpoint.load(ckpt, mesh=mesh)
+    if config.layout != spec["layout"]:
+        raise ValueError(f"{ckpt} is a {config.layout} checkpoint; --model {model} needs "
+                         f"sjd-jax convert --family {family.name}")
+    if spec["size"] is not None and config.image_size != (spec["size"], spec["size"]):
+        H, W = config.image_size
+        raise ValueError(f"{ckpt} was converted for {H}x{W} px; --model {model} is {spec['size']} px "
+                         f"(convert again with --image-size {spec['size']}, or pick the matching --model)")
+    tok = load_tokenizer(ckpt)
+
+    def run(texts, key, **sampling):
+        return text_to_image(params, config, tok, texts, key, mesh=mesh, **sampling)
+
+    return TextModel(model, family.name, defaults(config), config.gpt, config.image_size, None, run)
+
+
+register(Family("lumina-mgpt", "text", kinds=(Kind("lumina", LuminaConfig, abstract_lumina_params),),
+                models={f"lumina-mgpt-7b-{px}": dict(layout="lumina", size=px) for px in (512, 768, 1024)},
+                defaults=DEFAULTS, load=load_model, converters={"lumina-mgpt": "convert.cli:convert_lumina_mgpt"}))
+# Anole: Chameleon's own image span, the same checkpoint kind (written with layout "anole")
+register(Family("anole", "text", models={"anole-7b": dict(layout="anole", size=None)}, defaults=DEFAULTS,
+                load=load_model, converters={"anole": "convert.cli:convert_anole"}))

@@ -1,15 +1,17 @@
 """Pieces shared by the prompt-token pipelines (Janus-Pro, Lumina-mGPT / Anole, Emu3): their config
-base (serialisation, per-call prompt length) and left padding of prompt id rows."""
+base (serialisation, per-call prompt length), left padding of prompt id rows and the checkpoint's
+tokenizer."""
 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 
-from .config import GPTConfig, from_dict
-from .model import Prompt
+from ..config import GPTConfig, from_dict
+from ..model import Prompt
 
 
 class PipelineConfig:
@@ -60,3 +62,18 @@ def pad_prompts(config: PipelineConfig, rows: list[list[int]], length: int | Non
     """``pad_rows`` as the sampler's ``Prompt(ids [B, L], mask [B, L])``."""
     ids, mask = pad_rows(config, rows, length, multiple)
     return Prompt(jnp.asarray(ids), jnp.asarray(mask))
+
+
+def load_tokenizer(path):
+    """The ``tokenizers.Tokenizer`` of a converted checkpoint directory (or a tokenizer.json file)."""
+    from tokenizers import Tokenizer
+
+    path = Path(path)
+    file = path / "tokenizer.json" if path.is_dir() else path
+    if not file.is_file():
+        raise ValueError(f"{file}: no tokenizer.json (convert with the checkpoint's tokenizer.json "
+                         "beside its weights, or tokenize yourself and pass ids)")
+    try:
+        return Tokenizer.from_file(str(file))
+    except Exception as e:
+        raise ValueError(f"{file}: not a valid tokenizers file ({e})") from e

@@ -11,15 +11,15 @@ BOS and the image-start token replaced by the pad token.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 
-from .config import GPTConfig
-from .model import Prompt
-from .prompting import PipelineConfig, pad_prompts
-from .vq import VQConfig
+from ..config import GPTConfig
+from ..model import Prompt
+from ..vq import VQConfig
+from . import Family, Kind, register
+from .prompting import PipelineConfig, load_tokenizer, pad_prompts
 
 # DeepSeek's chat format for image generation (Janus-Pro, empty system prompt); the image-start
 # token is appended by id, BOS by the tokenizer (or here, if its post-processor does not add it).
@@ -42,21 +42,6 @@ class JanusConfig(PipelineConfig):
         return self.gpt.grid_size[0] * self.vq.downsample
 
 
-def load_tokenizer(path):
-    """The ``tokenizers.Tokenizer`` of a converted checkpoint directory (or a tokenizer.json file)."""
-    from tokenizers import Tokenizer
-
-    path = Path(path)
-    file = path / "tokenizer.json" if path.is_dir() else path
-    if not file.is_file():
-        raise ValueError(f"{file}: no tokenizer.json (convert with the checkpoint's tokenizer.json "
-                         "beside its weights, or tokenize yourself and pass ids)")
-    try:
-        return Tokenizer.from_file(str(file))
-    except Exception as e:
-        raise ValueError(f"{file}: not a valid tokenizers file ({e})") from e
-
-
 def prompt_ids(tokenizer, config: JanusConfig, text: str, template: bool = True) -> list[int]:
     """Token ids of one prompt: [BOS] + tokens of the (templated) text + [BOI]."""
     if not isinstance(text, str) or not text.strip():
@@ -70,7 +55,7 @@ def prompt_ids(tokenizer, config: JanusConfig, text: str, template: bool = True)
 def generate_tokens(params, config: JanusConfig, prompts: Prompt, key, **sampling):
     """Image tokens for padded prompts; ``sampling`` as in ``sjd_jax.generate`` (method, window,
     cfg_scale (Janus default 5), temperature, top_k, top_p)."""
-    from .sampling import generate
+    from ..sampling import generate
 
     sampling.setdefault("cfg_scale", 5.0)
     gpt = config.with_prompt_length(prompts.ids.shape[1])
@@ -79,7 +64,7 @@ def generate_tokens(params, config: JanusConfig, prompts: Prompt, key, **samplin
 
 def decode_images(params, config: JanusConfig, tokens) -> np.ndarray:
     """``tokens [B, N]`` -> uint8 images ``[B, H, W, 3]``."""
-    from .vq import decode_tokens, to_uint8
+    from ..vq import decode_tokens, to_uint8
 
     return np.asarray(to_uint8(decode_tokens(params["vq"], config.vq, jnp.asarray(tokens),
                                              config.gpt.grid_size)))
@@ -89,7 +74,7 @@ def text_to_image(params, config: JanusConfig, tokenizer, texts: list[str], key,
                   template: bool = True, **sampling):
     """Prompts -> (uint8 images ``[B, H, W, 3]``, the sampler's ``GenerateOutput`` with host arrays;
     ``mesh=`` in ``sampling`` runs the LLM on it)."""
-    from .distributed import gather_output
+    from ..distributed import gather_output
 
     prompts = pad_prompts(config, [prompt_ids(tokenizer, config, t, template) for t in texts])
     out = gather_output(generate_tokens(params, config, prompts, key, **sampling))
@@ -97,11 +82,37 @@ def text_to_image(params, config: JanusConfig, tokenizer, texts: list[str], key,
 
 
 def abstract_janus_params(config: JanusConfig):
-    from .model import abstract_params
-    from .vq import abstract_vq_params
+    from ..model import abstract_params
+    from ..vq import abstract_vq_params
 
     return {"gpt": abstract_params(config.gpt), "vq": abstract_vq_params(config.vq)}
 
 
-__all__ = ["JanusConfig", "PROMPT_TEMPLATE", "abstract_janus_params", "decode_images",
-           "generate_tokens", "load_tokenizer", "pad_prompts", "prompt_ids", "text_to_image"]
+# ---- the family entry: checkpoint kind "janus", generate --model janus-pro-{1b,7b} ---------------
+
+DEFAULTS = dict(cfg_scale=5.0, temperature=1.0, top_k=0, top_p=1.0)
+
+
+def load_model(family, model: str, ckpt, *, mesh=None):
+    """``pipelines.TextModel`` of a converted Janus-Pro checkpoint directory."""
+    from .. import checkpoint
+    from ..pipelines import TextModel
+    from ..vq import codebook_vectors
+
+    checkpoint.require_kind(ckpt, "janus", family.name)
+    config, params = checkpoint.load(ckpt, mesh=mesh)
+    tok = load_tokenizer(ckpt)
+
+    def run(texts, key, **sampling):
+        return text_to_image(params, config, tok, texts, key, mesh=mesh, **sampling)
+
+    return TextModel(model, family.name, dict(family.defaults), config.gpt, (config.image_size, config.image_size),
+                     codebook_vectors(params["vq"], config.vq), run)
+
+
+register(Family("janus-pro", "text", kinds=(Kind("janus", JanusConfig, abstract_janus_params),),
+                models={"janus-pro-1b": {}, "janus-pro-7b": {}}, defaults=DEFAULTS, load=load_model,
+                converters={"janus-pro": "convert.cli:convert_janus"}))
+
+__all__ = ["DEFAULTS", "JanusConfig", "PROMPT_TEMPLATE", "abstract_janus_params", "decode_images",
+           "generate_tokens", "load_model", "load_tokenizer", "pad_prompts", "prompt_ids", "text_to_image"]

@@ -21,10 +21,11 @@ import re
 import jax.numpy as jnp
 import numpy as np
 
-from .config import GPTConfig
-from .model import Prompt
-from .prompting import PipelineConfig, pad_rows
-from .vq.emu3 import Emu3VQConfig
+from ..config import GPTConfig
+from ..model import Prompt
+from ..vq.emu3 import Emu3VQConfig
+from . import Family, Kind, register
+from .prompting import PipelineConfig, load_tokenizer, pad_rows
 
 # BAAI Emu3 README's generation example (sampling defaults: cfg 3.0, top-k 2048).
 POSITIVE_PROMPT = " masterpiece, film grained, best quality."
@@ -111,7 +112,7 @@ def pad_prompts(config: Emu3Config, rows: list[list[int]], negatives: list[list[
 
 def generate_tokens(params, config: Emu3Config, prompts: Prompt, key, mesh=None, **sampling):
     """Image tokens ``[B, h * (w + 1)]`` (end-of-line columns included); defaults ``defaults(config)``."""
-    from .sampling import generate
+    from ..sampling import generate
 
     for k, v in defaults(config).items():
         sampling.setdefault(k, v)
@@ -137,8 +138,8 @@ def full_image_tokens(config: Emu3Config, tokens) -> np.ndarray:
 
 def decode_images(params, config: Emu3Config, tokens) -> np.ndarray:
     """Sampler tokens -> uint8 images ``[B, H, W, 3]`` (frame 0 of the vision tokenizer's clip)."""
-    from .vq import to_uint8
-    from .vq.emu3 import decode_codes
+    from ..vq import to_uint8
+    from ..vq.emu3 import decode_codes
 
     return to_uint8(decode_codes(params["vq"], config.vq, jnp.asarray(codes_of(config, tokens)), config.latent))
 
@@ -151,14 +152,36 @@ def text_to_image(params, config: Emu3Config, tokenizer, texts: list[str], key, 
     rows = [prompt_ids(tokenizer, config, t, positive) for t in texts]
     neg = prompt_ids(tokenizer, config, negative, positive=False)
     out = generate_tokens(params, config, pad_prompts(config, rows, [neg] * len(rows)), key, mesh=mesh, **sampling)
-    from .distributed import gather_output
+    from ..distributed import gather_output
 
     out = gather_output(out)
     return decode_images(params, config, out.tokens), out
 
 
 def abstract_emu3_params(config: Emu3Config):
-    from .model import abstract_params
-    from .vq.emu3 import abstract_emu3_vq_params
+    from ..model import abstract_params
+    from ..vq.emu3 import abstract_emu3_vq_params
 
     return {"gpt": abstract_params(config.gpt), "vq": abstract_emu3_vq_params(config.vq)}
+
+
+# ---- the family entry: checkpoint kind "emu3", generate --model emu3-gen --------------------------
+
+def load_model(family, model: str, ckpt, *, mesh=None):
+    """``pipelines.TextModel`` of a converted Emu3-Gen checkpoint directory."""
+    from .. import checkpoint
+    from ..pipelines import TextModel
+
+    checkpoint.require_kind(ckpt, "emu3", family.name)
+    config, params = checkpoint.load(ckpt, mesh=mesh)
+    tok = load_tokenizer(ckpt)
+
+    def run(texts, key, **sampling):
+        return text_to_image(params, config, tok, texts, key, mesh=mesh, **sampling)
+
+    return TextModel(model, family.name, defaults(config), config.gpt, config.image_size, None, run)
+
+
+register(Family("emu3", "text", kinds=(Kind("emu3", Emu3Config, abstract_emu3_params),),
+                models={"emu3-gen": {}}, defaults=DEFAULTS, load=load_model,
+                converters={"emu3": "convert.cli:convert_emu3"}))
