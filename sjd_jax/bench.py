@@ -28,14 +28,15 @@ import numpy as np
 
 from . import atomic, memory
 from . import model as gpt
+from . import sampling
 from .cache import init_cache
 from .config import GPTConfig
 from .model import init_params, param_count, split_cond
 from .sampling import keys as K
-from .sampling.loop import DEFAULT_CHUNK_ELEMENTS, SamplerSpec, _generate_jit, acceptance_stats, make_knobs
-from .sampling.qstore import Q_STORAGE, q_capacity
-from .sampling.recipes import LOSSLESS, RECIPES, recipe
-from .validate import INITS, check_chunk_elements, check_drafting, check_int, check_sampling, check_seed
+from .sampling.options import INITS, Knobs, check_chunk_elements, resolve
+from .sampling.qstore import Q_STORAGE
+from .sampling.recipes import LOSSLESS, RECIPES, options
+from .validate import check_int, check_seed
 
 DEFAULT_METHODS = "sjd,sjd-gumbel,sjd-ac,sjd-pac"
 
@@ -59,17 +60,17 @@ def _load(name: str, grid: int, vocab: int | None = None):
     return b.gpt_config, b.gpt_params, codebook_vectors(b.vq_params, b.vq_config), b.preset.cfg_scale
 
 
-def _spec_and_args(config, name, window, init, lantern, knobs, q_storage="auto", chunk_elements=None):
-    kw = recipe(name, window)
-    tree = kw.pop("tree", (1, 0))
-    use_lantern = kw.pop("lantern", False)
-    lantern_k = lantern[0].shape[1] if use_lantern else 0
-    q_slots = q_capacity(config.vocab_size, kw["method"], knobs["temperature"], knobs["top_k"], q_storage, tree[0])
-    spec = SamplerSpec(config=config, method=kw["method"], window=1 if kw["method"] == "ar" else window,
-                       cfg=True, coupling=kw.get("coupling", "none"), init=init, tree_width=tree[0],
-                       tree_depth=tree[1], lantern_k=lantern_k, q_slots=q_slots,
-                       chunk_elements=chunk_elements or DEFAULT_CHUNK_ELEMENTS)
-    return spec, (jnp.asarray(lantern[0]) if use_lantern else None)
+def configuration(config: GPTConfig, method: str, window: int, knobs: dict, init: str = "uniform", lantern=None,
+                  q_storage: str = "auto", chunk_elements: int | None = None):
+    """One benchmark configuration, validated: (``SamplerSpec``, lantern neighbours or None, ``Knobs``).
+    ``init`` applies to the drafting methods (ar drafts nothing); ``lantern``: (neighbours [V, k],
+    delta), used by the lantern recipe only."""
+    opts = options(method, window, q_storage=q_storage, chunk_elements=chunk_elements)
+    if opts.method != "ar":
+        opts = opts.replace(init=init)
+    neighbours, delta = lantern if opts.lantern and lantern is not None else (None, 0.0)
+    spec = resolve(config, opts, dict(knobs, lantern_delta=delta), neighbours=neighbours)
+    return spec, None if neighbours is None else jnp.asarray(neighbours), Knobs.make(**knobs, lantern_delta=delta)
 
 
 def _memory(compiled) -> dict:
@@ -87,9 +88,8 @@ def run_one(params, config: GPTConfig, method: str, window: int, batch: int, kno
     """One configuration over ``images`` images (default: one batch), in batches of ``batch``.
     ``lantern``: (neighbours [V, k], delta), used by the lantern recipe only."""
     images = batch if images is None else images
-    spec, neighbours = _spec_and_args(config, method, window, init, lantern, knobs, q_storage, chunk_elements)
+    spec, neighbours, kn = configuration(config, method, window, knobs, init, lantern, q_storage, chunk_elements)
     memory.require_sampler(spec, batch)
-    kn = make_knobs(**knobs, lantern_delta=lantern[1] if neighbours is not None else 0.0)
     ids = np.arange(images)
     chunks = [ids[i:i + batch] for i in range(0, images, batch)]
     chunks[-1] = np.resize(chunks[-1], batch)  # pad the last batch to the compiled shape
@@ -98,10 +98,11 @@ def run_one(params, config: GPTConfig, method: str, window: int, batch: int, kno
         cond, prefix_mask = split_cond(config, jnp.asarray(chunk % config.num_classes, jnp.int32))
         return cond, prefix_mask, K.row_keys(K.as_key(seed), jnp.asarray(chunk, jnp.uint32))
 
-    t0 = time.perf_counter()
-    compiled = _generate_jit.lower(spec, params, *args(chunks[0]), kn, neighbours).compile()
-    compile_s = time.perf_counter() - t0
     inputs = [args(ch) for ch in chunks]
+    executables = sampling.compile(spec, *inputs[0], neighbours)
+    t0 = time.perf_counter()
+    compiled = executables.lower(params, *inputs[0], kn, neighbours).compile()
+    compile_s = time.perf_counter() - t0
     jax.block_until_ready(compiled(params, *inputs[0], kn, neighbours))  # warm-up: first-call costs
     times = []
     for _ in range(repeat):
@@ -114,13 +115,12 @@ def run_one(params, config: GPTConfig, method: str, window: int, batch: int, kno
     nfe = np.concatenate([np.asarray(o.nfe) for o in outs])[: images]  # drop the padding rows
     committed = np.concatenate([np.asarray(o.committed) for o in outs])[: images]
     hits = np.concatenate([np.asarray(o.branch_hits) for o in outs])[: images]
-    W = spec.effective_window
     return {
-        "method": method, "lossless": method in LOSSLESS, "window": W, "init": init,
+        "method": method, "lossless": method in LOSSLESS, "window": spec.window, "init": init,
         "tree": [spec.tree_width, spec.tree_depth] if spec.branches else None, "batch": batch,
         "q_storage": q_storage, "q_slots": spec.q_slots, "chunk_elements": spec.chunk_elements,
         "images": images, "nfe_per_row": nfe.tolist(), "forwards": int(sum(int(o.iterations) + 1 for o in outs)),
-        **acceptance_stats(nfe, committed, config.num_image_tokens, W),
+        **sampling.acceptance_stats(nfe, committed, config.num_image_tokens, spec.window),
         "branch_hits_per_image": float(hits.mean()),
         "compile_s": compile_s, "wall_s": min(times), "wall_s_per_image": min(times) / images,
         **_memory(compiled),
@@ -258,7 +258,7 @@ def _report(args, config, params, knobs, lantern, costs, results) -> dict:
     }
 
 
-def _parser():
+def parser():
     from .cliutil import Parser, add_output_flags
 
     ap = Parser("sjd-jax bench", __doc__)
@@ -296,7 +296,7 @@ def _parser():
 def main(argv=None) -> int:
     from .cliutil import run
 
-    return run(_parser(), argv, _main)
+    return run(parser(), argv, _main)
 
 
 def _int_list(text: str, flag: str) -> list[int]:
@@ -306,62 +306,75 @@ def _int_list(text: str, flag: str) -> list[int]:
         raise ValueError(f"{flag} takes comma-separated integers, e.g. 16,32; got {text!r}") from None
 
 
-def _main(args) -> int:
-    from tqdm import tqdm
+def _lists(args) -> dict:
+    """The comma-separated flags as lists (each non-empty), sizes checked."""
+    lists = {"methods": [m.strip() for m in args.methods.split(",") if m.strip()],
+             "windows": _int_list(args.windows, "--windows"),
+             "inits": [i.strip() for i in args.inits.split(",") if i.strip()],
+             "batches": _int_list(args.batch, "--batch"),
+             "storages": [q.strip() for q in args.q_storage.split(",") if q.strip()]}
+    for flag, key in (("--methods", "methods"), ("--inits", "inits"), ("--q-storage", "storages")):
+        if not lists[key]:
+            raise ValueError(f"{flag} is empty; give comma-separated names")
+    for b in lists["batches"]:
+        check_int("--batch sizes", b, 1, memory.MAX_ROWS)
+    return lists
 
+
+def _check_flags(args) -> tuple[dict, str | None]:
+    """Flags before anything loads: (the lists, the plot path or None)."""
+    lists = _lists(args)
+    check_int("--images", args.images, 1, memory.MAX_ROWS)
+    check_int("--repeat", args.repeat, 1, 1000)
+    check_seed(args.seed, "--seed")
+    if args.vocab is not None:
+        check_int("--vocab", args.vocab, 2)
+    check_chunk_elements(args.chunk_elements)
+    for m in lists["methods"]:
+        options(m)  # a known recipe
+    plot_path = None if args.no_plot else (args.plot or os.path.splitext(args.out)[0] + ".png")
+    for path in (args.out, plot_path):  # before the work, not after it
+        if path:
+            atomic.check_file_target(path)
+    return lists, plot_path
+
+
+def _check_runs(args, config, lists, knobs, lantern) -> None:
+    """Every configuration is valid and fits at every batch size, before any of them runs."""
+    configuration(config, "ar", 1, knobs)  # the AR baseline (the knobs' errors come first)
+    for m, w, init, q in [(m, w, i, q) for m in lists["methods"] for w in lists["windows"] for i in lists["inits"]
+                          for q in lists["storages"]]:
+        spec = configuration(config, m, w, knobs, init, lantern, q, args.chunk_elements)[0]
+        for b in lists["batches"]:  # sizes before work: every configuration must fit
+            memory.require_sampler(spec, b)
+
+
+def _setup(args):
+    """Flags, model and sampler settings, all checked before the work: (lists, plot path, config,
+    params or None, knobs, lantern or None)."""
+    lists, plot_path = _check_flags(args)
+    config, params, codebook, cfg_default = _load(args.model, args.grid, args.vocab)
+    knobs = dict(cfg_scale=cfg_default if args.cfg_scale is None else args.cfg_scale,
+                 temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    lantern = None
+    if "lantern" in lists["methods"]:
+        if codebook is None:
+            raise ValueError("lantern needs a VQ codebook: use a bundled model, not random:")
+        from .sampling.lantern import codebook_neighbours
+
+        lantern = (codebook_neighbours(codebook, args.lantern_k), args.lantern_delta)
+    _check_runs(args, config, lists, knobs, lantern)
+    if plot_path:
+        import matplotlib  # noqa: F401  (fail before hours of work, not after)
+    return lists, plot_path, config, params, knobs, lantern
+
+
+def _main(args) -> int:
     from .cliutil import Output, error
 
     report_to = Output(args)
     try:
-        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-        windows = _int_list(args.windows, "--windows")
-        inits = [i.strip() for i in args.inits.split(",") if i.strip()]
-        batches = _int_list(args.batch, "--batch")
-        storages = [q.strip() for q in args.q_storage.split(",") if q.strip()]
-        for flag, items in (("--methods", methods), ("--inits", inits), ("--q-storage", storages)):
-            if not items:
-                raise ValueError(f"{flag} is empty; give comma-separated names")
-        for b in batches:
-            check_int("--batch sizes", b, 1, memory.MAX_ROWS)
-        check_int("--images", args.images, 1, memory.MAX_ROWS)
-        check_int("--repeat", args.repeat, 1, 1000)
-        check_seed(args.seed, "--seed")
-        if args.vocab is not None:
-            check_int("--vocab", args.vocab, 2)
-        check_chunk_elements(args.chunk_elements)
-        for m in methods:
-            recipe(m, 16)
-        plot_path = None if args.no_plot else (args.plot or os.path.splitext(args.out)[0] + ".png")
-        for path in (args.out, plot_path):  # before the work, not after it
-            if path:
-                atomic.check_file_target(path)
-        config, params, codebook, cfg_default = _load(args.model, args.grid, args.vocab)
-        knobs = dict(cfg_scale=cfg_default if args.cfg_scale is None else args.cfg_scale,
-                     temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-        lantern = None
-        if "lantern" in methods:
-            if codebook is None:
-                raise ValueError("lantern needs a VQ codebook: use a bundled model, not random:")
-            from .sampling.lantern import codebook_neighbours
-
-            lantern = (codebook_neighbours(codebook, args.lantern_k), args.lantern_delta)
-        check_sampling(config, "ar", 1, cfg=True, **knobs)
-        for m in methods:
-            for w in windows:
-                check_sampling(config, m if m in ("ar", "jacobi") else "sjd", w, cfg=True, **knobs)
-                for init in inits:
-                    kw = recipe(m, w)
-                    tree = kw.get("tree", (1, 0))
-                    check_drafting(config, kw["method"], w, kw.get("coupling", "none"),
-                                   "uniform" if kw["method"] == "ar" else init, tree[0], tree[1],
-                                   args.lantern_k if kw.get("lantern") else 0, args.lantern_delta)
-                    for q in storages:
-                        q_capacity(config.vocab_size, kw["method"], args.temperature, args.top_k, q, tree[0])
-                        for b in batches:  # sizes before work: every configuration must fit
-                            memory.require_sampler(_spec_and_args(config, m, w, init, lantern, knobs, q,
-                                                                  args.chunk_elements)[0], b)
-        if plot_path:
-            import matplotlib  # noqa: F401  (fail before hours of work, not after)
+        lists, plot_path, config, params, knobs, lantern = _setup(args)
     except ImportError:
         return error("sjd-jax bench", "the plot needs matplotlib: pip install 'sjd-jax[bench]' (or pass --no-plot)")
     t0 = time.perf_counter()
@@ -370,14 +383,28 @@ def _main(args) -> int:
     init_s = time.perf_counter() - t0
     report_to.info(f"model {args.model}: {param_count(params) / 1e6:.1f}M params, {config.num_image_tokens} "
                    f"image tokens, load {init_s:.1f}s; backend {jax.default_backend()}")
+    report = _run_all(args, config, params, knobs, lantern, lists, report_to)
+    if plot_path:
+        plot(report, plot_path)
+    report_to.result({"out": args.out, "plot": plot_path, "configurations": len(report["results"]),
+                      "summary": report["summary"], "env": report["env"]},
+                     markdown_table(report) + "\n" + json.dumps(report["summary"].get("best_lossless", {})))
+    return 0
+
+
+def _run_all(args, config, params, knobs, lantern, lists, report_to) -> dict:
+    """Every configuration at every batch size; the report is rewritten after each one."""
+    from tqdm import tqdm
+
+    methods, windows, inits, storages = lists["methods"], lists["windows"], lists["inits"], lists["storages"]
     results, costs = [], {}
     runs = [("ar", 1, "uniform", "auto")] + [(m, w, i, q) for m in methods for w in windows
                                               for i in (["uniform"] if m == "jacobi" else inits) for q in storages]
     # One bar over all configurations (stderr): tokens/s and mean accepted tokens per iteration of
     # the last one. (No per-iteration callback: it would add host syncs to the timed loop.)
-    bar = tqdm(total=len(batches) * len(runs), desc="bench", unit="run", file=sys.stderr,
+    bar = tqdm(total=len(lists["batches"]) * len(runs), desc="bench", unit="run", file=sys.stderr,
                disable=not report_to.progress, dynamic_ncols=True)
-    for b in batches:
+    for b in lists["batches"]:
         costs[str(b)] = forward_cost(params, config, b, windows)
         report_to.info(f"  forward cost ratio W/1 at batch {b}: " + ", ".join(
             f"W={w}: {c['ratio']:.2f}" for w, c in costs[str(b)].items()))
@@ -397,12 +424,7 @@ def _main(args) -> int:
                            f"{r['wall_s_per_image'] * 1e3:.0f} ms/image, compile {r['compile_s']:.1f}s, "
                            f"q {q} (S={r['q_slots']}), XLA temp {r.get('xla_temp_mb', float('nan')):.0f} MiB")
     bar.close()
-    if plot_path:
-        plot(report, plot_path)
-    report_to.result({"out": args.out, "plot": plot_path, "configurations": len(results),
-                      "summary": report["summary"], "env": report["env"]},
-                     markdown_table(report) + "\n" + json.dumps(report["summary"].get("best_lossless", {})))
-    return 0
+    return report
 
 
 if __name__ == "__main__":

@@ -20,30 +20,28 @@ import time
 import numpy as np
 
 
-def run_mesh(bundle_name: str, shape: dict, method: str, window: int, images: int, bpd: int, seed: int) -> dict:
+def run_mesh(bundle_name: str, shape: dict, options, images: int, bpd: int, seed: int) -> dict:
+    """``images`` items on a ``shape`` mesh with the sampler ``options`` (``SamplerOptions``), in
+    chunks of ``bpd`` rows per data shard after one warm-up chunk."""
     import jax
     import jax.numpy as jnp
 
     from . import presets, sharding
-    from .sampling import generate, recipes
-    from .sampling.loop import acceptance_stats
+    from .sampling import acceptance_stats, generate, resolve
 
     n = shape["data"] * shape["model"]
     mesh = sharding.make_mesh(shape, devices=jax.devices()[:n])
     bundle = presets.load(bundle_name, mesh=mesh)
     c = bundle.gpt_config
-    kw = recipes.recipe(method, window)
-    kind = kw.pop("method")
-    kw.pop("lantern", None)
     knobs = bundle.preset.knobs()
+    window = resolve(c, options, knobs).window  # the window that runs (checked before any compile)
     G = shape["data"] * min(bpd, -(-images // shape["data"]))  # padding clamped to the work
     ids = np.arange(images)
     chunks = [np.resize(ids[i:i + G], G) for i in range(0, images, G)]
 
     def go(chunk):
         labels = jnp.asarray(chunk % c.num_classes, jnp.int32)
-        return generate(bundle.gpt_params, c, labels, seed, example_ids=chunk, method=kind,
-                        window=window if kind != "ar" else 1, mesh=mesh, **knobs, **kw)
+        return generate(bundle.gpt_params, c, labels, seed, options, example_ids=chunk, mesh=mesh, **knobs)
 
     t0 = time.perf_counter()
     jax.block_until_ready(go(chunks[0]).tokens)  # compile + first-call costs
@@ -61,7 +59,7 @@ def run_mesh(bundle_name: str, shape: dict, method: str, window: int, images: in
             "step_compression": st["step_compression"], "_tokens": tokens}
 
 
-def _parser():
+def parser():
     from .cliutil import Parser, add_output_flags
 
     ap = Parser("sjd-jax bench-mesh", __doc__)
@@ -84,20 +82,37 @@ def _parser():
 def main(argv=None) -> int:
     from .cliutil import run
 
-    return run(_parser(), argv, _main)
+    return run(parser(), argv, _main)
 
 
-def _main(args) -> int:
+def _meshes(text: str, global_batch: int | None) -> list[dict]:
+    """``--meshes``: each ``data=D[,model=M]`` mesh, checked against the devices and ``--global-batch``."""
     import jax
-    from tqdm import tqdm
 
-    from . import atomic, distributed, presets, sharding
-    from .cliutil import Output
+    shapes = []
+    for part_text in text.split(";"):
+        sizes = {"data": 1, "model": 1}
+        for part in part_text.split(","):
+            name, _, val = part.partition("=")
+            if name.strip() not in sizes or not val.strip().isdigit() or int(val) < 1:
+                raise ValueError(f"bad mesh {part_text!r}: expected data=D[,model=M]")
+            sizes[name.strip()] = int(val)
+        if sizes["data"] * sizes["model"] > jax.device_count():
+            raise ValueError(f"mesh {part_text!r} needs {sizes['data'] * sizes['model']} devices; "
+                             f"{jax.device_count()} available (--cpu-devices N on a CPU)")
+        if global_batch is not None and (global_batch < 1 or global_batch % sizes["data"]):
+            raise ValueError(f"--global-batch {global_batch} is not a positive multiple of data={sizes['data']}")
+        shapes.append(sizes)
+    return shapes
+
+
+def _check(args):
+    """Flags before the work: (the sampler's ``SamplerOptions``, the meshes)."""
+    from . import atomic, distributed, presets
     from .memory import MAX_ROWS
     from .sampling import recipes
     from .validate import check_int, check_seed
 
-    report_to = Output(args)
     check_int("--images", args.images, 1, MAX_ROWS)
     check_int("--batch-per-device", args.batch_per_device, 1, MAX_ROWS)
     if args.global_batch is not None:
@@ -107,29 +122,27 @@ def _main(args) -> int:
     presets.get(args.model)
     if args.method not in recipes.LOSSLESS and args.method != "ar":
         raise ValueError(f"--method must be ar or a lossless recipe ({', '.join(recipes.LOSSLESS)})")
-    recipes.recipe(args.method, args.window)
+    options = recipes.options(args.method, args.window)
     atomic.check_file_target(args.out)  # before the work, not after it
-    shapes = []
-    for text in args.meshes.split(";"):
-        sizes = {"data": 1, "model": 1}
-        for part in text.split(","):
-            name, _, val = part.partition("=")
-            if name.strip() not in sizes or not val.strip().isdigit() or int(val) < 1:
-                raise ValueError(f"bad mesh {text!r}: expected data=D[,model=M]")
-            sizes[name.strip()] = int(val)
-        if sizes["data"] * sizes["model"] > jax.device_count():
-            raise ValueError(f"mesh {text!r} needs {sizes['data'] * sizes['model']} devices; "
-                             f"{jax.device_count()} available (--cpu-devices N on a CPU)")
-        if args.global_batch is not None and (args.global_batch < 1 or args.global_batch % sizes["data"]):
-            raise ValueError(f"--global-batch {args.global_batch} is not a positive multiple of data={sizes['data']}")
-        shapes.append(sizes)
+    return options, _meshes(args.meshes, args.global_batch)
+
+
+def _main(args) -> int:
+    import jax
+    from tqdm import tqdm
+
+    from . import atomic, sharding
+    from .cliutil import Output
+
+    report_to = Output(args)
+    options, shapes = _check(args)
     rows = []
     base = None
     bar = tqdm(shapes, desc="bench-mesh", unit="mesh", file=sys.stderr, disable=not report_to.progress,
                dynamic_ncols=True)
     for shape in bar:
         bpd = args.batch_per_device if args.global_batch is None else args.global_batch // shape["data"]
-        r = run_mesh(args.model, shape, args.method, args.window, args.images, bpd, args.seed)
+        r = run_mesh(args.model, shape, options, args.images, bpd, args.seed)
         jax.clear_caches()
         tokens = r.pop("_tokens")
         if base is None:

@@ -119,12 +119,12 @@ def require_tree(abstract, what: str, hint: str = "") -> None:
 
 
 def sampler_parts(spec, batch: int, data: int = 1, model: int = 1) -> dict:
-    """Per-device bytes of one sampler run of ``spec`` (``sampling.loop.SamplerSpec``) over
+    """Per-device bytes of one sampler run of ``spec`` (a resolved ``sampling.SamplerSpec``) over
     ``batch`` rows on a ``data x model`` mesh: {"KV cache", "loop state", "largest temporary"}."""
     c = spec.config
     B = -(-batch // data)  # rows per data shard
     rows = 2 * B if spec.cfg else B
-    W, A = spec.effective_window, spec.branches * spec.tree_depth
+    W, A = spec.window, spec.branches * spec.tree_depth
     V, N, C = c.vocab_size, c.num_image_tokens, c.cls_token_num
     Vd = -(-V // model)  # vocabulary shards (dense q rows, logits)
     Hkv = c.kv_heads if c.kv_heads % model else c.kv_heads // model
@@ -133,8 +133,7 @@ def sampler_parts(spec, batch: int, data: int = 1, model: int = 1) -> dict:
     S = c.seq_len + (W if A else 0)
     kv = 2 * c.n_layer * rows * S * Hkv * c.head_dim * item
     q_row = 8 * spec.q_slots + 4 if spec.q_slots else 4 * Vd  # compact: ids + values (+ base)
-    hist_rows = c.grid_size[1] if spec.init == "vertical-sample" else 0
-    state = 4 * B * (N + 2 * W) + 4 * B * N + q_row * B * (W + A + hist_rows)
+    state = 4 * B * (N + 2 * W) + 4 * B * N + q_row * B * (W + A + spec.history_rows)
     logits = 4 * rows * max(W, C) * Vd  # float32 logits of the window (the prefill's prompt)
     probs = 4 * B * W * Vd
     filters = 8 * min(spec.chunk_elements, B * W * Vd)  # the filters' sort: values + indices
@@ -159,5 +158,5 @@ def require_sampler(spec, batch: int, mesh=None) -> None:
     per_device = sum(parts.values())
     cpu = [d for d in devices if d.platform == "cpu"]
     n = len(cpu) if cpu else 1
-    require(per_device * n, f"sampling {batch} rows ({spec.method}, window {spec.effective_window})",
+    require(per_device * n, f"sampling {batch} rows ({spec.method}, window {spec.window})",
             devices[0], "use a smaller batch or window", {k: v * n for k, v in parts.items()})

@@ -11,7 +11,6 @@ examples:
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 import warnings
@@ -59,20 +58,19 @@ def plan(config: GPTConfig, mesh: dict, batch_per_device: int, window: int, meth
     """Per-device bytes of params, KV cache and the rest of the sampler state on ``mesh``
     (``{"data": D, "model": M}``), global batch ``batch_per_device * D``."""
     from .model import abstract_params
-    from .sampling.loop import SamplerSpec, _prefill_impl, _state_axes, make_knobs
+    from .sampling import SamplerOptions, compile as compile_sampler, resolve
 
     mesh = shd.mesh_shape(mesh)
     B = batch_per_device * mesh["data"]
     params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.dtype(param_dtype)), abstract_params(config))
-    spec = SamplerSpec(config=config, method=method, window=window, cfg=cfg)
+    spec = resolve(config, SamplerOptions(method=method, window=window, cfg=cfg),
+                   dict(cfg_scale=1.0, temperature=1.0, top_k=0, top_p=1.0))
     cond = jax.ShapeDtypeStruct((B, config.cls_token_num) if config.cond_kind != "class" else (B,), jnp.int32)
     if config.cond_kind == "caption":
         cond = jax.ShapeDtypeStruct((B, config.cls_token_num, config.caption_dim), jnp.float32)
     mask = jax.ShapeDtypeStruct((B, config.cls_token_num if config.cond_kind != "class" else 1), bool)
-    rows = jax.ShapeDtypeStruct((B, 2), jnp.uint32)
-    state = jax.eval_shape(functools.partial(_prefill_impl, spec), params, cond, mask, rows,
-                           make_knobs(1.0, 1.0, 0, 1.0))
-    axes = _state_axes(state)
+    sampler = compile_sampler(spec, cond, mask, jax.ShapeDtypeStruct((B, 2), jnp.uint32))
+    state, axes = sampler.abstract_state, sampler.state_axes
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         p_specs = shd.param_specs(params, mesh)
@@ -113,7 +111,7 @@ def _parse_planned_mesh(text: str) -> dict:
     return {a: sizes.get(a, 1) for a in shd.MESH_AXES}
 
 
-def _parser():
+def parser():
     from .cliutil import Parser, add_output_flags
 
     ap = Parser("sjd-jax shard-plan", __doc__)
@@ -134,7 +132,7 @@ def _parser():
 def main(argv=None) -> int:
     from .cliutil import run
 
-    return run(_parser(), argv, _main)
+    return run(parser(), argv, _main)
 
 
 def _main(args) -> int:
