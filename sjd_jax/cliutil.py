@@ -15,6 +15,8 @@
   progress and information go to stderr). ``Output`` applies that policy.
 * ``TokenProgress``: the decoding progress bar (stderr): tokens/s and mean accepted tokens per
   iteration, fed by ``generate(progress=...)``.
+* ``sampler_choice``: the one way a subcommand turns its sampler flags into a ``SamplerChoice``
+  (recipe, ``SamplerOptions``, knobs, lantern table), validated by ``sampling.resolve``.
 """
 
 from __future__ import annotations
@@ -167,6 +169,54 @@ class TokenProgress:
 
     def __exit__(self, *exc):
         self.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerChoice:
+    """A subcommand's sampler, from its flags, validated once (``sampler_choice``).
+
+    ``name``: the recipe (what reports call "method"); ``options``: its ``SamplerOptions``;
+    ``knobs``: cfg_scale / temperature / top_k / top_p; ``lantern``: the lossy lantern recipe's
+    ``(neighbours [V, k], delta)``, else None; ``spec``: the resolved ``SamplerSpec`` (its window is
+    the one that runs: 1 for ar); ``drafting``: the drafting options as reports write them."""
+
+    name: str
+    options: object
+    knobs: dict
+    lantern: tuple | None
+    spec: object
+    drafting: dict
+
+    @property
+    def window(self) -> int:
+        return self.spec.window
+
+    @property
+    def lossless(self) -> bool:
+        from .sampling.recipes import LOSSLESS
+
+        return self.name in LOSSLESS
+
+    def keywords(self) -> dict:
+        """``generate``'s sampler arguments: ``options``, ``lantern`` and the knobs."""
+        return dict(options=self.options, lantern=self.lantern, **self.knobs)
+
+
+def sampler_choice(args, name: str, window: int, config, knobs: dict, codebook=None,
+                   flags: bool = True) -> SamplerChoice:
+    """Recipe ``name`` at ``window`` with the drafting flags (``recipes.add_arguments``; ``flags=False``:
+    the recipe alone), checked against ``config`` and ``knobs`` as ``generate`` will (a ValueError,
+    before anything is loaded or written). ``codebook``: the VQ's code vectors (lantern only)."""
+    from .sampling import recipes, resolve
+
+    if flags:
+        options, lantern = recipes.from_args(args, name, window, codebook)
+        drafting = recipes.describe(name, options, args)
+    else:
+        options, lantern, drafting = recipes.options(name, window), None, {}
+    neighbours, delta = lantern if lantern is not None else (None, 0.0)
+    spec = resolve(config, options, dict(knobs, lantern_delta=delta), neighbours=neighbours)
+    return SamplerChoice(name, options, dict(knobs), lantern, spec, drafting)
 
 
 class _Logs:

@@ -24,36 +24,31 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return float(c - h), float(c + h)
 
 
-def sample_images(bundle, labels: np.ndarray, method: str, window: int, knobs: dict, seed: int,
-                  batch: int, quiet: bool = False, drafting: dict | None = None, desc: str | None = None):
+def sample_images(bundle, labels: np.ndarray, sampler, seed: int, batch: int, quiet: bool = False):
     """Generate one image per label (batched, keys by absolute example id) -> (uint8 [n, 28, 28], stats).
 
-    ``method``: ar / jacobi / sjd; ``drafting``: generate's coupling/init/tree/lantern options. Unless
-    ``quiet``, a progress bar on stderr shows tokens/s and mean accepted tokens per iteration."""
+    ``sampler``: a ``cliutil.SamplerChoice`` (recipe, options, knobs, lantern). Unless ``quiet``, a
+    progress bar on stderr shows tokens/s and mean accepted tokens per iteration."""
     import jax.numpy as jnp
 
     from .cliutil import TokenProgress
     from .data import from_model_range
-    from .sampling import generate
+    from .sampling import acceptance_stats, generate
     from .vq import decode_tokens
 
     c = bundle.gpt_config
     imgs, nfe, committed = [], [], []
-    with TokenProgress(len(labels) * c.num_image_tokens, f"eval {desc or method}", not quiet) as bar:
+    with TokenProgress(len(labels) * c.num_image_tokens, f"eval {sampler.name}", not quiet) as bar:
         for i in range(0, len(labels), batch):
             y = labels[i:i + batch]
-            out = generate(bundle.gpt_params, c, jnp.asarray(y), seed, method=method,
-                           window=window if method != "ar" else 1, example_ids=np.arange(i, i + len(y)),
-                           progress=bar.begin(len(y)), **knobs, **(drafting or {}))
+            out = generate(bundle.gpt_params, c, jnp.asarray(y), seed, example_ids=np.arange(i, i + len(y)),
+                           progress=bar.begin(len(y)), **sampler.keywords())
             x = decode_tokens(bundle.vq_params, bundle.vq_config, out.tokens, c.grid_size)
             imgs.append(from_model_range(np.asarray(x)))
             nfe.append(np.asarray(out.nfe))
             committed.append(np.asarray(out.committed))
-    from .sampling.loop import acceptance_stats
-
-    w = window if method != "ar" else 1
     return np.concatenate(imgs), acceptance_stats(np.concatenate(nfe), np.concatenate(committed),
-                                                  c.num_image_tokens, w)
+                                                  c.num_image_tokens, sampler.window)
 
 
 def agreement(a: dict, b: dict, real_feats: np.ndarray, n_perm: int = 200, seed: int = 0) -> dict:
@@ -101,7 +96,7 @@ def evaluate_samples(cls_params, images: np.ndarray, labels: np.ndarray, real_fe
             "_correct": k, "_feats": feats}
 
 
-def _parser():
+def parser():
     from .cliutil import Parser, add_output_flags
     from .sampling import recipes
 
@@ -130,73 +125,79 @@ def _parser():
 def main(argv=None) -> int:
     from .cliutil import run
 
-    return run(_parser(), argv, _main)
+    return run(parser(), argv, _main)
 
 
-def _main(args) -> int:
-    from . import atomic, classifier, data, memory, presets
-    from .cliutil import Output
+def _check(args, preset) -> list[str]:
+    """Flags and sizes, before anything loads; returns the method names."""
+    import jax
+
+    from . import atomic, memory
     from .sampling import recipes
-    from .sampling.generate import check_generate_options
     from .validate import check_int, check_seed
-    from .vq import codebook_vectors
 
-    report_to = Output(args)
-    preset = presets.get(args.model)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:
         raise ValueError("--methods is empty; give comma-separated recipes, e.g. ar,sjd")
-    knobs = preset.knobs(cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k,
-                         top_p=args.top_p)
     check_int("--n (confidence intervals need 2 samples per class)", args.n_per_class, 2, memory.MAX_ROWS)
     check_int("--batch", args.batch, 1, memory.MAX_ROWS)
     check_seed(args.seed, "--seed")
     n_total = args.n_per_class * len(preset.class_names)
-    args.batch = min(args.batch, n_total)  # padding clamped to the work
     # host arrays kept per sample and method: the image, its classifier features, NFE and commits
     per_sample = 28 * 28 + 128 * 4 + 4 * (1 + 256)
-    import jax
-
     memory.require(n_total * per_sample * len(methods), f"eval of {n_total} samples x {len(methods)} methods",
                    jax.devices("cpu")[0], hint="use a smaller --n")  # host arrays: the host's RAM
-    for m in methods:  # names and windows before any loading
-        recipes.recipe(m, args.window)
+    for m in methods:  # names before any loading
+        recipes.options(m, args.window)
     atomic.check_file_target(args.out)
+    return methods
+
+
+def _samplers(args, bundle, methods, knobs) -> dict:
+    """Each method's validated sampler; the drafting flags apply to every method but ar."""
+    from .cliutil import sampler_choice
+    from .sampling import recipes
+    from .vq import codebook_vectors
+
+    codebook = codebook_vectors(bundle.vq_params, bundle.vq_config)
+    return {m: sampler_choice(args, m, args.window, bundle.gpt_config, knobs, codebook,
+                              flags=recipes.options(m).method != "ar") for m in methods}
+
+
+def _model_metrics(args, bundle, test_x, test_y) -> dict:
+    """(a) VQ reconstruction PSNR and (b) the AR validation NLL on the test split."""
+    from . import data
+    from .train import encode_dataset, nll_bits_per_token, psnr
+
+    x = data.to_model_range(test_x)
+    tokens = encode_dataset(bundle.vq_params, bundle.vq_config, x)
+    return {"vq_psnr_test_db": psnr(bundle.vq_params, bundle.vq_config, x),
+            "ar_nll_bits_per_token_test": nll_bits_per_token(bundle.gpt_params, bundle.gpt_config, tokens, test_y)}
+
+
+def _main(args) -> int:
+    from . import atomic, classifier, data, presets
+    from .cliutil import Output
+
+    report_to = Output(args)
+    preset = presets.get(args.model)
+    knobs = preset.knobs(cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k,
+                         top_p=args.top_p)
+    methods = _check(args, preset)
+    args.batch = min(args.batch, args.n_per_class * len(preset.class_names))  # padding clamped to the work
     bundle = presets.load(args.model)
-    drafting = {}
-    for m in methods:
-        kind = recipes.recipe(m, args.window)["method"]
-        kw = {} if kind == "ar" else recipes.from_args(
-            args, m, args.window, codebook_vectors(bundle.vq_params, bundle.vq_config))
-        drafting[m] = (kind, kw)
-        check_generate_options(bundle.gpt_config, kind, args.window if kind != "ar" else 1, knobs, kw)
+    samplers = _samplers(args, bundle, methods, knobs)
     test_x, test_y = data.load("test", args.data_dir)
     cls_params = classifier.load(preset.directory / "classifier")
     report = {"model": args.model, "knobs": knobs, "window": args.window, "seed": args.seed,
-              "drafting": {m: recipes.describe(kw, args) for m, (_, kw) in drafting.items()},
+              "drafting": {m: s.drafting for m, s in samplers.items()},
               "classifier_test_accuracy": float((classifier.predict(cls_params, test_x) == test_y).mean())}
     if not args.skip_nll:
-        from .train import encode_dataset, nll_bits_per_token, psnr
-
-        x = data.to_model_range(test_x)
-        report["vq_psnr_test_db"] = psnr(bundle.vq_params, bundle.vq_config, x)
-        tokens = encode_dataset(bundle.vq_params, bundle.vq_config, x)
-        report["ar_nll_bits_per_token_test"] = nll_bits_per_token(bundle.gpt_params, bundle.gpt_config,
-                                                                  tokens, test_y)
+        report.update(_model_metrics(args, bundle, test_x, test_y))
     real = classifier.embed(cls_params, test_x)
     labels = np.repeat(np.arange(len(preset.class_names), dtype=np.int32), args.n_per_class)
-    report["methods"] = {}
-    for m in methods:
-        t0 = time.perf_counter()
-        kind, kw = drafting[m]
-        imgs, st = sample_images(bundle, labels, kind, args.window, knobs, args.seed, args.batch, args.quiet, kw,
-                                 desc=m)
-        r = {**st, **evaluate_samples(cls_params, imgs, labels, real), "wall_s": time.perf_counter() - t0}
-        report["methods"][m] = r
-        report_to.info(f"{m}: accuracy {r['class_accuracy']:.3f} {np.round(r['class_accuracy_ci95'], 3).tolist()}, "
-                       f"FD {r['frechet_distance']:.2f} {np.round(r['frechet_distance_ci95'], 2).tolist()}, "
-                       f"step compression {r['step_compression']:.2f}x, "
-                       f"{r['mean_accepted_per_iteration']:.2f} tokens per iteration")
+    report["methods"] = {m: _evaluate_method(args, bundle, s, cls_params, labels, real, report_to)
+                         for m, s in samplers.items()}
     base = report["methods"].get("ar")
     for m, r in report["methods"].items():
         if base is not None and m != "ar":
@@ -210,3 +211,15 @@ def _main(args) -> int:
                          f"{m} accuracy {r['class_accuracy']:.3f}, FD {r['frechet_distance']:.2f}, "
                          f"step compression {r['step_compression']:.2f}x" for m, r in report["methods"].items()))
     return 0
+
+
+def _evaluate_method(args, bundle, sampler, cls_params, labels, real, report_to) -> dict:
+    """(c) One method's samples: acceptance statistics, class accuracy and Fréchet distance."""
+    t0 = time.perf_counter()
+    imgs, st = sample_images(bundle, labels, sampler, args.seed, args.batch, args.quiet)
+    r = {**st, **evaluate_samples(cls_params, imgs, labels, real), "wall_s": time.perf_counter() - t0}
+    report_to.info(f"{sampler.name}: accuracy {r['class_accuracy']:.3f} "
+                   f"{np.round(r['class_accuracy_ci95'], 3).tolist()}, FD {r['frechet_distance']:.2f} "
+                   f"{np.round(r['frechet_distance_ci95'], 2).tolist()}, step compression "
+                   f"{r['step_compression']:.2f}x, {r['mean_accepted_per_iteration']:.2f} tokens per iteration")
+    return r

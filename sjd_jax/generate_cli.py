@@ -36,7 +36,7 @@ from . import atomic, cliutil
 from .sampling import recipes
 
 
-def _parser():
+def parser():
     from . import families
 
     ap = cliutil.Parser("sjd-jax generate", __doc__)
@@ -85,7 +85,7 @@ def _parser():
 
 
 def stats_of(out, N: int, window: int) -> dict:
-    from .sampling.loop import acceptance_stats
+    from .sampling import acceptance_stats
 
     return {"images": int(out.nfe.shape[0]), "image_tokens": N, "nfe_per_image": np.asarray(out.nfe).tolist(),
             "ar_nfe": N, "loop_iterations": int(out.iterations),
@@ -110,7 +110,7 @@ def _devices(args):
 
 
 def main(argv=None) -> int:
-    return cliutil.run(_parser(), argv, _main)
+    return cliutil.run(parser(), argv, _main)
 
 
 def _check_sizes(args) -> None:
@@ -124,14 +124,56 @@ def _check_sizes(args) -> None:
         check_int("--batch-per-device", args.batch_per_device, 1, MAX_ROWS)
 
 
+def _check_outputs(args, out_path: Path, grid: bool) -> None:
+    """The files this run writes can be written (process 0 only: it is the one that writes)."""
+    from .distributed import is_writer
+
+    if not is_writer():
+        return
+    if grid:
+        atomic.check_file_target(out_path)
+    if args.stats_json is not None:
+        atomic.check_file_target(args.stats_json)
+
+
 def _main(args) -> int:
     from . import pipelines, presets
-    from .sampling.generate import check_generate_options
 
     _check_sizes(args)
     if args.model in pipelines.TEXT_MODELS:
         return _text(args)
-    # validation first: errors (ValueError) reach cliutil.run before any model is loaded
+    ckpt_model = _check_class_flags(args)
+    preset = None if ckpt_model else presets.get(args.model)
+    mesh = _devices(args)
+    bundle = presets.from_checkpoint(args.model, args.ckpt, mesh=mesh) if ckpt_model else None
+    if bundle is not None:  # its classes and defaults come with the checkpoint
+        preset = bundle.preset
+    n_cls = len(preset.class_names)
+    classes = list(range(n_cls)) if args.classes is None else args.classes
+    bad = [c for c in classes if not 0 <= c < n_cls]
+    if bad:
+        raise ValueError(f"class {bad[0]} out of range: {args.model} has classes 0..{n_cls - 1}")
+    out_path = args.out or Path(f"{args.model}.png")
+    _check_outputs(args, out_path, grid=args.out_dir is None)
+    if bundle is None:
+        bundle = presets.load(args.model, mesh=mesh)
+    from .vq import codebook_vectors
+
+    knobs = preset.knobs(cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k,
+                         top_p=args.top_p)
+    sampler = cliutil.sampler_choice(args, args.method or preset.method,
+                                     preset.window if args.window is None else args.window, bundle.gpt_config,
+                                     knobs, codebook_vectors(bundle.vq_params, bundle.vq_config))
+    if args.out_dir is not None:
+        return _batch(args, bundle, sampler, classes, mesh)
+    return _grid(args, bundle, sampler, classes, mesh, out_path)
+
+
+def _check_class_flags(args) -> bool:
+    """Flags of a class-conditional model, before anything loads (a ValueError is one line in
+    ``cliutil.run``); returns whether the model comes from a converted checkpoint (``--ckpt``)."""
+    from . import pipelines, presets
+
     ckpt_model = args.model in presets.CKPT_MODELS
     if args.prompt is not None or args.t5 is not None:
         raise ValueError(f"--prompt/--t5 are for text-to-image models "
@@ -149,49 +191,17 @@ def _main(args) -> int:
         raise ValueError("--batch-per-device and --no-png need --out-dir (batch mode)")
     if args.out_dir is not None and args.out is not None:
         raise ValueError("--out writes the grid PNG; batch mode (--out-dir) writes one PNG per item")
-    bpd = 8 if args.batch_per_device is None else args.batch_per_device
-    bundle = None
-    if not ckpt_model:
-        if args.model not in presets.PRESETS:
-            raise ValueError(f"unknown model {args.model!r}; choose a bundled model ({', '.join(presets.PRESETS)}), "
-                             f"a converted class-conditional one ({', '.join(presets.CKPT_MODELS)}) or a "
-                             f"text-to-image one ({', '.join(pipelines.TEXT_MODELS)})")
-        preset = presets.get(args.model)
-    else:  # its classes and defaults come with the checkpoint
-        recipes.recipe(args.method or "sjd", args.window if args.window is not None else 16)
-    mesh = _devices(args)
-    if ckpt_model:
-        bundle = presets.from_checkpoint(args.model, args.ckpt, mesh=mesh)
-        preset = bundle.preset
-    method = args.method or preset.method
-    window = args.window if args.window is not None else preset.window
-    knobs = preset.knobs(cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k,
-                         top_p=args.top_p)
-    n_cls = len(preset.class_names)
-    classes = list(range(n_cls)) if args.classes is None else args.classes
-    bad = [c for c in classes if not 0 <= c < n_cls]
-    if bad:
-        raise ValueError(f"class {bad[0]} out of range: {args.model} has classes 0..{n_cls - 1}")
-    out_path = args.out or Path(f"{args.model}.png")
-    from .distributed import is_writer
+    if not ckpt_model and args.model not in presets.PRESETS:
+        raise ValueError(f"unknown model {args.model!r}; choose a bundled model ({', '.join(presets.PRESETS)}), "
+                         f"a converted class-conditional one ({', '.join(presets.CKPT_MODELS)}) or a "
+                         f"text-to-image one ({', '.join(pipelines.TEXT_MODELS)})")
+    if args.method is not None:
+        recipes.options(args.method)  # a known recipe (ValueError otherwise), before any weights are read
+    return ckpt_model
 
-    if args.out_dir is None and is_writer():  # only process 0 writes (probes included)
-        atomic.check_file_target(out_path)
-    if args.stats_json is not None and is_writer():
-        atomic.check_file_target(args.stats_json)
-    recipes.recipe(method, window)
-    if bundle is None:
-        bundle = presets.load(args.model, mesh=mesh)
-    from .vq import codebook_vectors
 
-    kind = recipes.RECIPES[method]["method"]
-    window = window if kind != "ar" else 1
-    drafting = recipes.from_args(args, method, window, codebook_vectors(bundle.vq_params, bundle.vq_config))
-    check_generate_options(bundle.gpt_config, kind, window, knobs, drafting)
-
-    if args.out_dir is not None:
-        return _batch(args, bundle, method, kind, window, classes, knobs, drafting, bpd, mesh)
-
+def _grid(args, bundle, sampler, classes, mesh, out_path: Path) -> int:
+    """One grid PNG: a column per class, ``--n`` rows."""
     import jax.numpy as jnp
 
     from . import distributed
@@ -205,42 +215,40 @@ def _main(args) -> int:
     B = labels.size
     report = cliutil.Output(args)
     t0 = time.perf_counter()
-    with cliutil.TokenProgress(B * N, f"{method} decoding", report.progress) as bar:
-        out = generate(bundle.gpt_params, c, jnp.asarray(labels), args.seed, method=kind, window=window,
-                       progress=bar.begin(B), mesh=mesh, **knobs, **drafting)
+    with cliutil.TokenProgress(B * N, f"{sampler.name} decoding", report.progress) as bar:
+        out = generate(bundle.gpt_params, c, jnp.asarray(labels), args.seed, progress=bar.begin(B), mesh=mesh,
+                       **sampler.keywords())
         # global arrays -> host arrays on every process (multi-host safe); only process 0 writes
         out = distributed.gather_output(out)
-        tokens = out.tokens
     if not distributed.is_writer():
         return 0
-    images = to_uint8(decode_tokens(bundle.vq_params, bundle.vq_config, jnp.asarray(tokens), c.grid_size))
+    images = to_uint8(decode_tokens(bundle.vq_params, bundle.vq_config, jnp.asarray(out.tokens), c.grid_size))
     wall = time.perf_counter() - t0
-    if preset.crop:
-        p = (images.shape[1] - preset.crop) // 2
-        images = images[:, p:p + preset.crop, p:p + preset.crop]
+    crop = bundle.preset.crop
+    if crop:
+        p = (images.shape[1] - crop) // 2
+        images = images[:, p:p + crop, p:p + crop]
     save_png(grid(images, ncols=len(classes), scale=2 if images.shape[1] < 128 else 1), out_path)
-    st = stats_of(out, N, window)
+    st = stats_of(out, N, sampler.window)
     st.update(branch_hits_per_image=float(np.asarray(out.branch_hits).mean()))
-    st.update(model=args.model, method=method, lossless=method in recipes.LOSSLESS, window=window,
-              drafting=recipes.describe(drafting, args), seed=args.seed,
-              classes=classes, n_per_class=args.n, wall_s=round(wall, 2), **knobs, png=str(out_path))
+    st.update(model=args.model, method=sampler.name, lossless=sampler.lossless, window=sampler.window,
+              drafting=sampler.drafting, seed=args.seed, classes=classes, n_per_class=args.n, wall_s=round(wall, 2),
+              **sampler.knobs, png=str(out_path))
     if args.stats_json is not None:
         atomic.write_json(args.stats_json, st)
-    report.result(st, f"wrote {out_path}: {B} images ({args.n} per class x {len(classes)} classes), {method} "
+    report.result(st, f"wrote {out_path}: {B} images ({args.n} per class x {len(classes)} classes), {sampler.name} "
                       f"W={st['window']}: mean NFE {st['nfe_mean']:.1f} per image vs {N} AR steps "
                       f"-> step compression {st['step_compression']:.2f}x, {st['mean_accepted_per_iteration']:.2f} "
                       f"tokens per iteration; {wall:.1f}s")
     return 0
 
 
-def _batch(args, bundle, method, kind, window, classes, knobs, drafting, bpd, mesh) -> int:
+def _batch(args, bundle, sampler, classes, mesh) -> int:
     from . import distributed, streaming
 
-    st = streaming.run(bundle, args.out_dir, classes=classes, n_per_class=args.n, seed=args.seed,
-                       method=method, kind=kind, window=window, knobs=knobs, drafting=drafting,
-                       settings_extra={"model": args.model, "lossless": method in recipes.LOSSLESS,
-                                       "drafting": recipes.describe(drafting, args)},
-                       batch_per_device=bpd, mesh=mesh, png=not args.no_png, quiet=args.quiet)
+    st = streaming.run(bundle, args.out_dir, sampler, classes=classes, n_per_class=args.n, seed=args.seed,
+                       batch_per_device=8 if args.batch_per_device is None else args.batch_per_device, mesh=mesh,
+                       settings_extra={"model": args.model}, png=not args.no_png, quiet=args.quiet)
     if distributed.is_writer():
         if args.stats_json is not None:
             atomic.write_json(args.stats_json, st)
@@ -248,18 +256,15 @@ def _batch(args, bundle, method, kind, window, classes, knobs, drafting, bpd, me
             {**st, "out_dir": str(args.out_dir)},
             f"wrote {args.out_dir}: {st['items']} items ({st['generated_this_run']} generated now, "
             f"{st['skipped_done']} already done) on {st['devices']} devices, mesh {st['mesh']}, global batch "
-            f"{st['global_batch']}; {method} W={window}: step compression {st['step_compression']:.2f}x; "
-            f"{st['wall_s']:.1f}s")
+            f"{st['global_batch']}; {sampler.name} W={sampler.window}: step compression "
+            f"{st['step_compression']:.2f}x; {st['wall_s']:.1f}s")
     return 0
 
 
-def _text(args) -> int:
-    """A text-to-image model: prompts -> one grid column per prompt, ``--n`` samples each."""
-    from . import distributed, pipelines
-    from .imaging import grid, save_png
-    from .sampling.generate import check_generate_options
+def _check_text_flags(args) -> Path:
+    """Flags of a text-to-image model, before anything loads; returns the PNG path."""
+    from . import pipelines
 
-    # validation first (ValueError -> one line, exit 2, in cliutil.run)
     if args.ckpt is None:
         fam = pipelines.TEXT_MODELS[args.model]["family"]
         raise ValueError(f"--model {args.model} needs --ckpt DIR, a converted checkpoint "
@@ -275,45 +280,55 @@ def _text(args) -> int:
     if bad:
         raise ValueError("empty --prompt")
     out_path = args.out or Path(f"{args.model}.png")
-    if distributed.is_writer():
-        atomic.check_file_target(out_path)
-        if args.stats_json is not None:
-            atomic.check_file_target(args.stats_json)
-    method = args.method or "sjd"
-    window = args.window if args.window is not None else 16
-    recipes.recipe(method, window)
+    _check_outputs(args, out_path, grid=True)
+    if args.method is not None:
+        recipes.options(args.method)  # a known recipe, before the checkpoint is read
+    return out_path
+
+
+def _text(args) -> int:
+    """A text-to-image model: prompts -> one grid column per prompt, ``--n`` samples each."""
+    from . import pipelines
+
+    out_path = _check_text_flags(args)  # ValueError -> one line, exit 2, in cliutil.run
     mesh = _devices(args)
     tm = pipelines.load(args.model, args.ckpt, t5=args.t5, mesh=mesh)
     knobs = dict(tm.defaults)
     knobs.update({k: v for k, v in dict(cfg_scale=args.cfg_scale, temperature=args.temperature,
                                         top_k=args.top_k, top_p=args.top_p).items() if v is not None})
-    kind = recipes.RECIPES[method]["method"]
-    window = window if kind != "ar" else 1
-    drafting = recipes.from_args(args, method, window, tm.codebook)
-    check_generate_options(tm.gpt_config, kind, window, knobs, drafting)
+    sampler = cliutil.sampler_choice(args, args.method or "sjd", 16 if args.window is None else args.window,
+                                     tm.gpt_config, knobs, tm.codebook)
+    return _text_grid(args, tm, sampler, out_path)
+
+
+def _text_grid(args, tm, sampler, out_path: Path) -> int:
+    from . import distributed
+    from .imaging import grid, save_png
 
     P = len(args.prompt)
     texts = [args.prompt[j] for _ in range(args.n) for j in range(P)]  # row-major grid, one column per prompt
     B, N = len(texts), tm.gpt_config.num_image_tokens
     report = cliutil.Output(args)
     t0 = time.perf_counter()
-    # (a ValueError here, e.g. a prompt too long for the model's context, is one line in cliutil.run)
-    with cliutil.TokenProgress(B * N, f"{method} decoding", report.progress) as bar:
-        images, out = tm.generate(texts, args.seed, method=kind, window=window, progress=bar.begin(B),
-                                  **knobs, **drafting)
+    # (a ValueError here, e.g. a prompt too long for the model's context, is one line in cliutil.run;
+    # the window is passed on its own too: llamagen-t2i's pipeline fills in one it is not given)
+    with cliutil.TokenProgress(B * N, f"{sampler.name} decoding", report.progress) as bar:
+        images, out = tm.generate(texts, args.seed, progress=bar.begin(B), window=sampler.options.window,
+                                  **sampler.keywords())
     wall = time.perf_counter() - t0
     if not distributed.is_writer():
         return 0
     save_png(grid(images, ncols=P, scale=1), out_path)
-    st = stats_of(out, N, window)
+    st = stats_of(out, N, sampler.window)
     st.update(model=args.model, ckpt=str(args.ckpt), prompts=list(args.prompt), n_per_prompt=args.n,
-              method=method, lossless=method in recipes.LOSSLESS, window=window,
-              drafting=recipes.describe(drafting, args), seed=args.seed, image_size=list(tm.image_size),
-              wall_s=round(wall, 2), **knobs, png=str(out_path))
+              method=sampler.name, lossless=sampler.lossless, window=sampler.window, drafting=sampler.drafting,
+              seed=args.seed, image_size=list(tm.image_size), wall_s=round(wall, 2), **sampler.knobs,
+              png=str(out_path))
     if args.stats_json is not None:
         atomic.write_json(args.stats_json, st)
     report.result(st, f"wrote {out_path}: {B} images ({args.n} per prompt x {P} prompts, "
-                      f"{tm.image_size[0]}x{tm.image_size[1]}), {method} W={window}: mean NFE {st['nfe_mean']:.1f} "
-                      f"per image vs {N} AR steps -> step compression {st['step_compression']:.2f}x, "
-                      f"{st['mean_accepted_per_iteration']:.2f} tokens per iteration; {wall:.1f}s")
+                      f"{tm.image_size[0]}x{tm.image_size[1]}), {sampler.name} W={sampler.window}: mean NFE "
+                      f"{st['nfe_mean']:.1f} per image vs {N} AR steps -> step compression "
+                      f"{st['step_compression']:.2f}x, {st['mean_accepted_per_iteration']:.2f} tokens per iteration; "
+                      f"{wall:.1f}s")
     return 0

@@ -57,6 +57,7 @@ def _item_ok(png: Path) -> bool:
 
 def _prepare_dir(out_dir: Path, settings: dict) -> np.ndarray | str:
     """Process 0: create/validate ``out_dir``; returns the ids already done, or an error message."""
+    settings = json.loads(json.dumps(settings))  # as run.json holds them (a tree's tuple is a list there)
     try:
         if out_dir.exists() and not out_dir.is_dir():
             return f"{out_dir} exists and is not a directory"
@@ -116,66 +117,95 @@ def _agree_on_done(out_dir: Path, settings: dict, total: int) -> np.ndarray:
     return status[1:].astype(bool)
 
 
-def run(bundle, out_dir, *, classes, n_per_class: int, seed: int, method: str, kind: str, window: int,
-        knobs: dict, drafting: dict, settings_extra: dict, batch_per_device: int, mesh, png: bool = True,
-        quiet: bool = False) -> dict:
-    """Generate ``n_per_class * len(classes)`` items into ``out_dir``; returns the stats dict."""
-    from tqdm import tqdm
-
-    from .imaging import save_png
-    from .sampling import generate
-    from .sampling.loop import acceptance_stats
+def run(bundle, out_dir, sampler, *, classes, n_per_class: int, seed: int, batch_per_device: int, mesh,
+        settings_extra: dict, png: bool = True, quiet: bool = False) -> dict:
+    """Generate ``n_per_class * len(classes)`` items into ``out_dir`` with ``sampler`` (a validated
+    ``cliutil.SamplerChoice``); returns the stats dict. ``settings_extra`` joins the settings
+    ``run.json`` keeps (a rerun must match them)."""
     from .sharding import mesh_shape
-    from .vq import decode_tokens, to_uint8
 
     out_dir = Path(out_dir)
-    c = bundle.gpt_config
-    N = c.num_image_tokens
+    N = bundle.gpt_config.num_image_tokens
     classes = [int(x) for x in classes]
     total = n_per_class * len(classes)
     labels = np.asarray(classes, np.int32)[np.arange(total) % len(classes)]
     settings = {"format": FORMAT, "classes": classes, "n_per_class": n_per_class, "seed": seed,
-                "method": method, "window": window, "image_tokens": N, "png": png, **settings_extra,
-                **{k: float(v) for k, v in knobs.items()}}
+                "method": sampler.name, "window": sampler.window, "image_tokens": N, "png": png, **settings_extra,
+                "lossless": sampler.lossless, "drafting": sampler.drafting,
+                **{k: float(v) for k, v in sampler.knobs.items()}}
     done = _agree_on_done(out_dir, settings, total)
     todo = np.flatnonzero(~done)
     D = mesh_shape(mesh)["data"]
     # padding clamped to the work left: a huge --batch-per-device never pads a few items to it
     G = D * max(1, min(batch_per_device, -(-todo.size // D)))
     chunks = [todo[i:i + G] for i in range(0, todo.size, G)]
-    writer = dist.is_writer()
-    decode = jax.jit(lambda p, t: decode_tokens(p, bundle.vq_config, t, c.grid_size))
-    crop = bundle.preset.crop
+    t0 = time.perf_counter()
+    _stream(_Chunks(bundle, sampler, out_dir, labels, seed, G, mesh, png), chunks, total, int(done.sum()),
+            quiet or not dist.is_writer())
+    wall = time.perf_counter() - t0
+    stats = {"items": total, "generated_this_run": int(todo.size), "skipped_done": int(done.sum()),
+             "global_batch": G, "mesh": mesh_shape(mesh), "processes": jax.process_count(),
+             "devices": jax.device_count(), "wall_s": round(wall, 3),
+             "images_per_s": round(todo.size / wall, 3) if todo.size else None, **settings}
+    if dist.is_writer():
+        _collect(out_dir, labels, N, sampler.window, stats)
+    return stats
 
-    def launch(ids):
-        padded = np.resize(ids, G)  # same shape every chunk; duplicate rows are dropped afterwards
-        return generate(bundle.gpt_params, c, jnp.asarray(labels[padded]), seed, example_ids=padded,
-                        method=kind, window=window, mesh=mesh, **knobs, **drafting)
 
-    def finish(ids, out):
+class _Chunks:
+    """Launching a chunk's sampler run (same global shape every time) and writing its results."""
+
+    def __init__(self, bundle, sampler, out_dir: Path, labels, seed: int, G: int, mesh, png: bool):
+        from .vq import decode_tokens
+
+        self.bundle, self.sampler, self.out_dir, self.labels = bundle, sampler, out_dir, labels
+        self.seed, self.G, self.mesh, self.png = seed, G, mesh, png
+        c = bundle.gpt_config
+        self.decode = jax.jit(lambda p, t: decode_tokens(p, bundle.vq_config, t, c.grid_size))
+
+    def launch(self, ids):
+        from .sampling import generate
+
+        padded = np.resize(ids, self.G)  # same shape every chunk; duplicate rows are dropped afterwards
+        b = self.bundle
+        return generate(b.gpt_params, b.gpt_config, jnp.asarray(self.labels[padded]), self.seed,
+                        example_ids=padded, mesh=self.mesh, **self.sampler.keywords())
+
+    def finish(self, ids, out):
+        """The chunk's rows on process 0: PNGs, then its part file; returns its NFE."""
+        from .imaging import save_png
+        from .vq import to_uint8
+
         k = ids.size
         tokens, nfe, committed = (dist.gather(x)[:k] for x in (out.tokens, out.nfe, out.committed))
-        if writer:
-            if png:
-                images = to_uint8(decode(bundle.vq_params, jnp.asarray(tokens)))
+        if dist.is_writer():
+            if self.png:
+                images = to_uint8(self.decode(self.bundle.vq_params, jnp.asarray(tokens)))
+                crop = self.bundle.preset.crop
                 if crop:
                     p = (images.shape[1] - crop) // 2
                     images = images[:, p:p + crop, p:p + crop]
                 for i, img in zip(ids, images):
-                    save_png(img, out_dir / "images" / f"{i:06d}.png")
-            _save_npz(out_dir / "parts" / f"{ids[0]:06d}-{ids[-1]:06d}.npz", ids=ids, tokens=tokens,
+                    save_png(img, self.out_dir / "images" / f"{i:06d}.png")
+            _save_npz(self.out_dir / "parts" / f"{ids[0]:06d}-{ids[-1]:06d}.npz", ids=ids, tokens=tokens,
                       nfe=nfe, committed=committed)
         return nfe
 
+
+def _stream(work: _Chunks, chunks: list, total: int, done: int, quiet: bool) -> None:
+    """Every chunk, the next one dispatched before the last one's results are written."""
+    from tqdm import tqdm
+
+    N = work.bundle.gpt_config.num_image_tokens
     t0 = time.perf_counter()
     gen_tokens = gen_forwards = 0
-    with tqdm(total=total, initial=int(done.sum()), desc=f"{method} batch", unit="img", file=sys.stderr,
-              disable=quiet or not writer) as bar:
+    with tqdm(total=total, initial=done, desc=f"{work.sampler.name} batch", unit="img", file=sys.stderr,
+              disable=quiet) as bar:
         pending = None
         for ids in chunks + [None]:
-            nxt = (ids, launch(ids)) if ids is not None else None  # dispatch before writing the last
+            nxt = (ids, work.launch(ids)) if ids is not None else None  # dispatch before writing the last
             if pending is not None:
-                nfe = finish(*pending)
+                nfe = work.finish(*pending)
                 gen_tokens += pending[0].size * N
                 gen_forwards += int(nfe.sum())
                 el = time.perf_counter() - t0
@@ -183,26 +213,26 @@ def run(bundle, out_dir, *, classes, n_per_class: int, seed: int, method: str, k
                 bar.set_postfix(tok_s=f"{gen_tokens / el:.0f}", tok_per_fwd=f"{gen_tokens / max(gen_forwards, 1):.2f}",
                                 refresh=False)
             pending = nxt
-    wall = time.perf_counter() - t0
-    stats = {"items": total, "generated_this_run": int(todo.size), "skipped_done": int(done.sum()),
-             "global_batch": G, "mesh": mesh_shape(mesh), "processes": jax.process_count(),
-             "devices": jax.device_count(), "wall_s": round(wall, 3),
-             "images_per_s": round(todo.size / wall, 3) if todo.size else None, **settings}
-    if writer:
-        parts = sorted((out_dir / "parts").glob("*.npz"))
-        tokens = np.full((total, N), -1, np.int32)
-        nfe = np.zeros((total,), np.int64)
-        committed = np.zeros((total, N), np.int32)
-        for part in parts:
-            with np.load(part) as z:
-                keep = z["ids"] < total
-                tokens[z["ids"][keep]], nfe[z["ids"][keep]] = z["tokens"][keep], z["nfe"][keep]
-                committed[z["ids"][keep]] = z["committed"][keep]
-        missing = int((tokens[:, 0] < 0).sum())
-        if missing:
-            raise RuntimeError(f"{missing} items have no tokens after the run (parts/ was changed meanwhile?)")
-        _save_npy(out_dir / "tokens.npy", tokens)
-        _save_npy(out_dir / "labels.npy", labels)
-        stats.update(acceptance_stats(nfe, committed, N, window))
-        atomic.write_json(out_dir / "stats.json", stats)
-    return stats
+
+
+def _collect(out_dir: Path, labels, N: int, window: int, stats: dict) -> None:
+    """Process 0, every item done: ``tokens.npy``, ``labels.npy`` and ``stats.json`` from the parts
+    (``stats`` gains the acceptance statistics)."""
+    from .sampling import acceptance_stats
+
+    total = labels.size
+    tokens = np.full((total, N), -1, np.int32)
+    nfe = np.zeros((total,), np.int64)
+    committed = np.zeros((total, N), np.int32)
+    for part in sorted((out_dir / "parts").glob("*.npz")):
+        with np.load(part) as z:
+            keep = z["ids"] < total
+            tokens[z["ids"][keep]], nfe[z["ids"][keep]] = z["tokens"][keep], z["nfe"][keep]
+            committed[z["ids"][keep]] = z["committed"][keep]
+    missing = int((tokens[:, 0] < 0).sum())
+    if missing:
+        raise RuntimeError(f"{missing} items have no tokens after the run (parts/ was changed meanwhile?)")
+    _save_npy(out_dir / "tokens.npy", tokens)
+    _save_npy(out_dir / "labels.npy", labels)
+    stats.update(acceptance_stats(nfe, committed, N, window))
+    atomic.write_json(out_dir / "stats.json", stats)

@@ -105,13 +105,13 @@ def test_run_turns_user_errors_into_one_line(capsys, monkeypatch):
 
 
 def test_eval_json_path_is_the_older_spelling_of_out():
-    from sjd_jax.evaluate import _parser
+    from sjd_jax.evaluate import parser
 
-    a = _parser().parse_args(["--json", "r.json", "--quiet"])
+    a = parser().parse_args(["--json", "r.json", "--quiet"])
     assert a.json is True and str(a.out) == "r.json" and a.quiet
-    a = _parser().parse_args(["--json"])
+    a = parser().parse_args(["--json"])
     assert a.json is True and str(a.out) == "eval.json"
-    a = _parser().parse_args(["--out", "x.json", "--method", "sjd", "--n-per-class", "7"])
+    a = parser().parse_args(["--out", "x.json", "--method", "sjd", "--n-per-class", "7"])
     assert a.json is False and str(a.out) == "x.json" and a.methods == "sjd" and a.n_per_class == 7
 
 

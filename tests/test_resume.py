@@ -68,3 +68,14 @@ def test_run_json_that_is_not_settings_is_one_line(tmp_path, capsys, text):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "run.json" in err and "remove it or use another --out-dir" in err, err
     assert (out / "run.json").read_text() == text
+
+
+def test_a_run_with_a_draft_tree_resumes(tmp_path, capsys):
+    """run.json holds the tree as a JSON list; the settings of the rerun (a tuple) still match."""
+    args = ["generate", "--class", "4", "--n", "1", "--method", "sjd-pac", "--window", "8", "--tree", "2x1",
+            "--no-png", "--quiet", "--json", "--out-dir", str(tmp_path / "d")]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["drafting"]["tree"] == [2, 1]
+    assert main(args) == 0
+    st = json.loads(capsys.readouterr().out)
+    assert st["generated_this_run"] == 0 and st["skipped_done"] == 1

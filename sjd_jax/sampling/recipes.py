@@ -18,6 +18,8 @@ beat 4 x 3 and 3 x 2 at windows 16 and 32), none below.
 
 from __future__ import annotations
 
+from .options import SamplerOptions, auto_tree  # noqa: F401  (auto_tree: part of this module's API)
+
 RECIPES = {
     "ar": dict(method="ar"),
     "jacobi": dict(method="jacobi"),
@@ -31,8 +33,12 @@ RECIPES = {
 LOSSLESS = {name for name in RECIPES if name != "lantern"}
 
 
-def auto_tree(window: int) -> tuple[int, int]:
-    return (4, 3) if window >= 48 else (2, 2) if window >= 5 else (1, 0)
+def options(name: str, window: int = 16, **changes) -> SamplerOptions:
+    """The ``SamplerOptions`` of a recipe at ``window``, with ``changes`` to its fields (a lantern
+    recipe still needs its neighbour table: ``generate(..., lantern=(table, delta))``)."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(RECIPES)}")
+    return SamplerOptions(window=window, **RECIPES[name]).replace(**changes)
 
 
 def recipe(name: str, window: int) -> dict:
@@ -48,7 +54,7 @@ def recipe(name: str, window: int) -> dict:
 
 def add_arguments(ap, default_method: str | None = "sjd") -> None:
     """The drafting flags shared by ``sjd-jax generate`` and ``sjd-jax eval``."""
-    from ..validate import COUPLINGS, INITS
+    from .options import COUPLINGS, INITS
     from .qstore import Q_STORAGE
 
     ap.add_argument("--coupling", default=None,
@@ -82,30 +88,33 @@ def parse_tree(text: str | None):
     return (k, d)
 
 
-def describe(drafting: dict, args) -> dict:
-    """JSON-friendly drafting options: the lantern neighbour table becomes its (k, delta) flags."""
-    return {k: (v if k != "lantern" else {"k": args.lantern_k, "delta": args.lantern_delta})
-            for k, v in drafting.items()}
+def from_args(args, method: str, window: int, codebook=None):
+    """The sampler of a CLI: recipe ``method`` at ``window`` with the drafting flags of
+    ``add_arguments`` applied -> (``SamplerOptions``, lantern's ``(neighbours [V, k], delta)`` or
+    None). ``codebook``: the VQ's code vectors (only the lantern recipe reads them). Nothing is
+    validated here: ``resolve`` does that, once."""
+    changes = {k: v for k, v in (("tree", parse_tree(args.tree)), ("coupling", args.coupling), ("init", args.init),
+                                 ("chunk_elements", getattr(args, "chunk_elements", None))) if v is not None}
+    chosen = options(method, window, q_storage=getattr(args, "q_storage", "auto"), **changes)
+    if not chosen.lantern:
+        return chosen, None
+    if codebook is None:
+        raise ValueError("lantern needs the model's VQ codebook")
+    from .lantern import codebook_neighbours
+
+    return chosen, (codebook_neighbours(codebook, args.lantern_k), args.lantern_delta)
 
 
-def from_args(args, method: str, window: int, codebook=None) -> dict:
-    """``generate`` keyword arguments (beyond method/window) for a recipe plus the override flags."""
-    kw = recipe(method, window)
-    kw.pop("method")
-    tree = parse_tree(args.tree)
-    if tree is not None:
-        kw["tree"] = tree
-    if args.coupling is not None:
-        kw["coupling"] = args.coupling
-    if args.init is not None:
-        kw["init"] = args.init
-    kw["q_storage"] = getattr(args, "q_storage", "auto")
-    if getattr(args, "chunk_elements", None) is not None:
-        kw["chunk_elements"] = args.chunk_elements
-    if kw.pop("lantern", False):
-        if codebook is None:
-            raise ValueError("lantern needs the model's VQ codebook")
-        from .lantern import codebook_neighbours
-
-        kw["lantern"] = (codebook_neighbours(codebook, args.lantern_k), args.lantern_delta)
-    return kw
+def describe(method: str, chosen: SamplerOptions, args) -> dict:
+    """The drafting options as the CLIs report them (JSON): the fields recipe ``method`` and the
+    drafting flags set, in that order, then ``q_storage`` (and ``chunk_elements`` when given); an
+    automatic tree as its (K, D) at the window; lantern as its ``{"k", "delta"}`` flags."""
+    keys = [k for k in RECIPES[method] if k not in ("method", "lantern")]
+    keys += [k for k in ("tree", "coupling", "init") if getattr(args, k, None) is not None and k not in keys]
+    keys += ["q_storage"] + (["chunk_elements"] if getattr(args, "chunk_elements", None) is not None else [])
+    out = {k: getattr(chosen, k) for k in keys}
+    if out.get("tree") == "auto":
+        out["tree"] = auto_tree(chosen.window)
+    if chosen.lantern:
+        out["lantern"] = {"k": args.lantern_k, "delta": args.lantern_delta}
+    return out
