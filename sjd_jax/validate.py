@@ -6,11 +6,6 @@ import numpy as np
 
 from .config import GPTConfig
 
-METHODS = ("ar", "jacobi", "sjd")
-COUPLINGS = ("none", "gumbel", "maximal")
-INITS = ("uniform", "horizon-repeat", "horizon-sample", "vertical-repeat", "vertical-sample")
-
-
 def _concrete(x, name):
     try:
         return np.asarray(x)
@@ -65,67 +60,8 @@ def check_cond(config: GPTConfig, cond, prefix_mask, batch: int | None, allow_nu
         raise ValueError(f"cond batch size {n} does not match the other inputs' batch size {batch}")
 
 
-def check_sampling(config: GPTConfig, method: str, window: int, cfg_scale: float, temperature: float,
-                   top_k: int, top_p: float, cfg: bool) -> None:
-    N, V = config.num_image_tokens, config.vocab_size
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if method != "ar" and (isinstance(window, bool) or not isinstance(window, (int, np.integer))
-                           or not 1 <= window <= N):  # ar has no window (it is ignored)
-        raise ValueError(f"window must be an integer in [1, {N}] (image tokens), got {window!r}")
-    for name, val in (("cfg_scale", cfg_scale), ("temperature", temperature), ("top_p", top_p)):
-        if not np.isfinite(np.asarray(val, np.float64)).all() or np.ndim(val) != 0:
-            raise ValueError(f"{name} must be a finite scalar, got {val!r}")
-    if cfg_scale < 0:
-        raise ValueError(f"cfg_scale must be >= 0, got {cfg_scale}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or not 0 <= top_k <= V:
-        raise ValueError(f"top_k must be an integer in [0, {V}] (0 = off), got {top_k!r}")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if not cfg and cfg_scale != 1.0:
-        raise ValueError(f"cfg=False computes no unconditional rows, so cfg_scale must be 1.0, got {cfg_scale}")
-
-
 def _int(x) -> bool:
     return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
-
-
-def check_chunk_elements(chunk_elements) -> None:
-    """``chunk_elements``: None (the default) or the largest [B, t, V] temporary in elements."""
-    if chunk_elements is not None and (not _int(chunk_elements) or chunk_elements < 1):
-        raise ValueError(f"chunk_elements must be a positive integer, got {chunk_elements!r}")
-
-
-def check_drafting(config: GPTConfig, method: str, window: int, coupling: str = "none",
-                   init: str = "uniform", tree_width: int = 1, tree_depth: int = 0,
-                   lantern_k: int = 0, lantern_delta: float = 0.0) -> None:
-    """Draft options of the Jacobi-family samplers (see ``sampling.loop``)."""
-    V = config.vocab_size
-    if coupling not in COUPLINGS:
-        raise ValueError(f"unknown coupling {coupling!r}; choose one of {', '.join(COUPLINGS)}")
-    if init not in INITS:
-        raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
-    if not (_int(tree_width) and _int(tree_depth)) or tree_width < 1 or tree_depth < 0:
-        raise ValueError(f"tree must be width >= 1 and depth >= 0 integers, got {tree_width!r}x{tree_depth!r}")
-    if (tree_width > 1) != (tree_depth > 0):
-        raise ValueError(f"a draft tree needs both width > 1 and depth > 0, got {tree_width}x{tree_depth}")
-    if not _int(lantern_k) or not 0 <= lantern_k < V:
-        raise ValueError(f"lantern_k must be an integer in [0, {V - 1}] (0 = off), got {lantern_k!r}")
-    if not np.isfinite(lantern_delta) or lantern_delta < 0:
-        raise ValueError(f"lantern_delta must be a finite number >= 0, got {lantern_delta!r}")
-    if method == "ar":
-        if (coupling, init, tree_width, lantern_k) != ("none", "uniform", 1, 0):
-            raise ValueError("ar drafts nothing: coupling, init, tree and lantern apply to jacobi and sjd")
-        return
-    if tree_width > V:
-        raise ValueError(f"tree width {tree_width} exceeds the vocabulary ({V})")
-    if tree_width > 1 and window < 1 + tree_width * tree_depth:
-        raise ValueError(f"a {tree_width}x{tree_depth} tree needs window >= {1 + tree_width * tree_depth} "
-                         f"(its chain must reach the tree depth), got {window}")
-    if lantern_k and tree_width > 1:
-        raise ValueError("lantern (lossy relaxed acceptance) is not combined with draft trees")
 
 
 def seed_bound() -> int:
