@@ -31,7 +31,8 @@ import sjd_jax as S
 from sjd_jax import exactness as E
 from sjd_jax.exactness import fit_counts
 from sjd_jax.sampling.generate import generate
-from sjd_jax.sampling.loop import SamplerSpec, _generate_jit, make_knobs
+from sjd_jax.sampling import Rules, compile as compile_sampler, resolve
+from sjd_jax.sampling.options import Knobs, SamplerOptions
 from sjd_jax.sampling import keys as K
 from tiny import np_target, scaled_params, tiny_config
 
@@ -132,11 +133,20 @@ def test_exact_distribution(models, name):
         assert tv < bound, (pval, tv, bound)
 
 
+def _from_p(p, q):
+    return p
+
+
+def _old_q(old, new):
+    return old
+
+
 NEGATIVE = {
-    # name: (model, spec options) — each a plausible-looking but wrong rule
-    "resample_from_p": ("A", dict(window=3)),
-    "keep_old_q": ("A", dict(window=3, coupling="maximal")),
-    "sibling_vs_p": ("B", dict(window=4, tree_width=3, tree_depth=1)),
+    # name: (model, options, the wrong rule) — each a plausible-looking but wrong rule, supplied
+    # through the loop's rule hooks (``sampling.verify.Rules``)
+    "resample_from_p": ("A", dict(window=3), Rules(residual=_from_p)),  # rejected token drawn from p
+    "keep_old_q": ("A", dict(window=3, coupling="maximal"), Rules(kept_q=_old_q)),  # SCD's released code
+    "sibling_vs_p": ("B", dict(window=4, tree=(3, 1)), Rules(sibling_residual=_from_p)),  # siblings vs p
 }
 
 
@@ -144,13 +154,14 @@ NEGATIVE = {
 @pytest.mark.parametrize("broken", sorted(NEGATIVE))
 def test_negative_control_fails(models, broken):
     """A deliberately wrong rule is not lossless: the test must detect it."""
-    model, options = NEGATIVE[broken]
+    model, options, rules = NEGATIVE[broken]
     config, params = CONFIGS[model], models[model]
-    knobs = make_knobs(cfg_scale=1.0, temperature=1.0, top_k=0, top_p=1.0)
-    spec = SamplerSpec(config=config, method="sjd", cfg=False, _broken=broken, **options)
+    knobs = Knobs.make(cfg_scale=1.0, temperature=1.0, top_k=0, top_p=1.0)
+    spec = resolve(config, SamplerOptions(method="sjd", cfg=False, rules=rules, q_storage="dense", **options), knobs)
     cond = jnp.zeros((M_FULL,), jnp.int32)
     rows = K.row_keys(jax.random.key(2024), jnp.arange(M_FULL, dtype=jnp.uint32))
-    out = _generate_jit(spec, params, cond, jnp.ones((M_FULL, 1), bool), rows, knobs)
+    mask = jnp.ones((M_FULL, 1), bool)
+    out = compile_sampler(spec, cond, mask, rows).run(params, cond, mask, rows, knobs)
     pval, tv, bound = fit(np.asarray(out.tokens), exact_joint(params, 0, config=config), config.vocab_size)
     print(f"negative control {broken}: chi2 p={pval:.3g} TV={tv:.4f} bound={bound:.4f}")
     assert pval < 1e-12 and tv > 1.3 * bound, (pval, tv, bound)

@@ -11,7 +11,8 @@ import pytest
 
 from sjd_jax.sampling import generate
 from sjd_jax.model import abstract_params, split_cond
-from sjd_jax.sampling.loop import SamplerSpec, _prefill_impl, make_knobs
+from sjd_jax.sampling import compile as compile_sampler
+from sjd_jax.sampling.options import SamplerSpec
 from sjd_jax.sampling.qstore import QStore, SparseQ, q_capacity
 from tiny import scaled_params, tiny_config
 
@@ -136,8 +137,7 @@ def test_compact_state_has_no_vocabulary_sized_rows():
     for slots in (0, S):
         spec = SamplerSpec(config=c, window=64, coupling="maximal", init="vertical-sample", tree_width=4,
                            tree_depth=3, q_slots=slots)
-        state = jax.eval_shape(lambda p, cd, m, r: _prefill_impl(spec, p, cd, m, r, make_knobs(1.0, 1.0, 2048, 1.0)),
-                               abstract_params(c), cond, mask, rows)
+        state = compile_sampler(spec, cond, mask, rows).abstract_state
         leaves = jax.tree_util.tree_leaves_with_path(state.replace(cache=None))
         sizes[slots] = sum(x.size * x.dtype.itemsize for _, x in leaves)
         if slots:
@@ -154,12 +154,12 @@ def test_slot_chunks_give_the_same_tokens(params):
     slots at a time (every slot has its own key). Chunks of 3 slots here (windows 8 and 7 do not
     divide: the last chunk overlaps), with compact q, maximal coupling, vertical-sample drafts and
     a tree: the tokens are unchanged."""
-    import sjd_jax.sampling.loop as loop
+    from sjd_jax.sampling.context import slot_chunk
 
     name = "maximal-vertical-sample-tree3x2"
     want = _run(params, "dense", **OPTIONS[name])
     chunk = 3 * 3 * CONFIG.vocab_size
-    assert loop._slot_chunk(3, 8, CONFIG.vocab_size, chunk) == 3
+    assert slot_chunk(3, 8, CONFIG.vocab_size, chunk) == 3
     got = _run(params, "compact", cache=False, chunk_elements=chunk, **OPTIONS[name])
     np.testing.assert_array_equal(got[0], want[0])
     np.testing.assert_array_equal(got[1], want[1])
@@ -168,7 +168,7 @@ def test_slot_chunks_give_the_same_tokens(params):
 
 
 def test_auto_storage_does_not_recompile_for_top_k_or_temperature():
-    import sjd_jax.sampling.loop as loop
+    import sjd_jax.sampling.compiled as loop
 
     c = tiny_config(vocab_size=16384, grid_size=(2, 3), dim=16, n_head=2, n_layer=1)
     params = scaled_params(c, seed=0)

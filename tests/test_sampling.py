@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import sjd_jax as S
-from sjd_jax.sampling import loop
+from sjd_jax.sampling import compiled as loop  # (TRACE_COUNT)
 from tiny import class_cond, scaled_params, tiny_config
 
 CONFIG = tiny_config(grid_size=(4, 5))  # N = 20

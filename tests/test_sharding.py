@@ -21,7 +21,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import sjd_jax as S
 from sjd_jax import checkpoint, distributed, sharding as shd
 from sjd_jax.sampling import generate
-from sjd_jax.sampling import loop as L
+from sjd_jax.sampling import Knobs, SamplerOptions, compile as compile_sampler, resolve
+from sjd_jax.sampling.generate import place_inputs
 from tiny import scaled_params
 
 pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake CPU) devices")
@@ -150,13 +151,13 @@ def test_generate_tokens_identical_across_device_counts(models, run):
 def test_sampler_state_shardings_and_donation(models):
     config, params = CONFIGS["gqa-class-2d"], models["gqa-class-2d"]
     mesh = mesh_of(4, 2)
-    spec = L.SamplerSpec(config=config, method="sjd", window=5, mesh=mesh)
+    knobs = Knobs.make(2.0, 1.0, 0, 1.0)
+    spec = resolve(config, SamplerOptions(method="sjd", window=5, q_storage="dense"), knobs, mesh=mesh)
     B = 8
-    sig = (((B,), "int32"), ((B, 1), "bool"), ((B, 2), "uint32"), None)
-    prefill, loop = L.sharded_jits(spec, sig)
-    args = sys.modules["sjd_jax.sampling.generate"]._place(mesh, params, _cond(config, B), jnp.ones((B, 1), bool),
-                                          jax.random.split(jax.random.key(0), B), L.make_knobs(2.0, 1.0, 0, 1.0),
-                                          None)
+    args = place_inputs(mesh, params, _cond(config, B), jnp.ones((B, 1), bool), jax.random.split(jax.random.key(0), B),
+                        knobs, None)
+    exes = compile_sampler(spec, *args[1:4])
+    prefill, loop = exes.prefill, exes.loop
     state = prefill(*args[:5], None)
     assert state.cache.k[0].sharding.spec == P("data", None, "model")  # rows over data, KV heads over model
     assert state.q.sharding.spec == P("data", None, "model")  # draft q over the vocabulary

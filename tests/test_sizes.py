@@ -61,18 +61,18 @@ def test_the_sampler_estimate_is_close_below_xla(tmp_path):
     import jax.numpy as jnp
 
     from sjd_jax import presets
-    from sjd_jax.bench import _spec_and_args
     from sjd_jax.model import split_cond
+    from sjd_jax.sampling import Knobs, compile as compile_sampler, resolve
     from sjd_jax.sampling import keys as K
-    from sjd_jax.sampling.loop import _generate_jit, make_knobs
+    from sjd_jax.sampling.recipes import options
 
     b = presets.load("fashion-mnist")
-    knobs = dict(cfg_scale=2.0, temperature=1.0, top_k=0, top_p=1.0)
+    knobs = Knobs.make(cfg_scale=2.0, temperature=1.0, top_k=0, top_p=1.0)
     for method, W, B in (("sjd", 16, 32), ("sjd-pac", 64, 8)):
-        spec, _ = _spec_and_args(b.gpt_config, method, W, "uniform", None, knobs)
+        spec = resolve(b.gpt_config, options(method, W), knobs)
         cond, mask = split_cond(b.gpt_config, jnp.zeros((B,), jnp.int32))
         rows = K.row_keys(K.as_key(0), jnp.arange(B, dtype=jnp.uint32))
-        compiled = _generate_jit.lower(spec, b.gpt_params, cond, mask, rows, make_knobs(**knobs), None).compile()
+        compiled = compile_sampler(spec, cond, mask, rows).lower(b.gpt_params, cond, mask, rows, knobs).compile()
         xla = compiled.memory_analysis().temp_size_in_bytes
         est = sum(memory.sampler_parts(spec, B).values())
         assert 0.5 * xla < est <= xla, (method, est, xla)

@@ -1,177 +1,141 @@
-"""Public ``generate``: checks every argument, then runs the jit-compiled sampling loop."""
+"""Public ``generate``: options (or keywords) resolved once, inputs checked, then the compiled loop."""
 
 from __future__ import annotations
 
+import dataclasses
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import sharding as shd
 from ..config import GPTConfig
 from ..memory import require_sampler
 from ..model import split_cond
-from ..validate import check_chunk_elements, check_cond, check_drafting, check_sampling
+from ..validate import check_cond
+from . import compiled, progress as progress_mod
 from . import keys as K
-from .loop import DEFAULT_CHUNK_ELEMENTS, GenerateOutput, SamplerSpec, make_knobs, run
-from .qstore import q_capacity
+from .options import Knobs, SamplerOptions, resolve
+from .state import GenerateOutput
+from .verify import Rules
+
+KNOBS = ("cfg_scale", "temperature", "top_k", "top_p")
+OPTION_FIELDS = ("method", "window", "coupling", "init", "tree", "q_storage", "chunk_elements", "cfg", "rules")
+RULE_KEYWORDS = {"accept_rule": "accept", "draft_rule": "draft"}
 
 
-def _check(config, method, window, cfg_scale, temperature, top_k, top_p, cfg, coupling, init, tree, lantern,
-           q_storage="auto", chunk_elements=None, accept_rule=None, draft_rule=None):
-    """Every argument check before tracing; returns (lantern neighbours [V, k] or None, delta, q slots)."""
-    check_sampling(config, method, window, cfg_scale, temperature, top_k, top_p, cfg)
-    if not (isinstance(tree, (tuple, list)) and len(tree) == 2):
-        raise ValueError(f"tree must be a (width, depth) pair, got {tree!r}")
-    neighbours, delta = (None, 0.0) if lantern is None else lantern
-    lantern_k = 0
-    if neighbours is not None:
-        neighbours = np.asarray(neighbours)
-        if neighbours.ndim != 2 or neighbours.shape[0] != config.vocab_size or \
-                not np.issubdtype(neighbours.dtype, np.integer) or neighbours.min() < 0 or \
-                neighbours.max() >= config.vocab_size:
-            raise ValueError(f"lantern neighbours must be token ids of shape [{config.vocab_size}, k], "
-                             f"got {neighbours.dtype} {neighbours.shape}")
-        lantern_k = neighbours.shape[1]
-        if lantern_k == 0:
-            raise ValueError("lantern neighbours table has k = 0 columns")
-        neighbours = jnp.asarray(neighbours, jnp.int32)
-    check_drafting(config, method, window, coupling, init, int(tree[0]), int(tree[1]), lantern_k, float(delta))
-    check_chunk_elements(chunk_elements)
-    for name, rule in (("accept_rule", accept_rule), ("draft_rule", draft_rule)):
-        if rule is not None and not callable(rule):
-            raise ValueError(f"{name} must be a function, got {type(rule).__name__}")
-    if draft_rule is not None:  # a rule's q is an arbitrary [V] row: only dense storage holds it
-        if q_storage == "compact":
-            raise ValueError("a custom draft_rule returns dense q rows: use q_storage='dense' or 'auto'")
-        q_storage = "dense"
-    return neighbours, delta, q_capacity(config.vocab_size, method, temperature, top_k, q_storage, int(tree[0]))
+def options_from_keywords(options: SamplerOptions | None, keywords: dict):
+    """The keyword form over ``SamplerOptions``: (options, knob values, lantern table, lantern delta).
+    Option keywords replace the fields of ``options``; ``accept_rule``/``draft_rule`` set its rules;
+    ``lantern=(neighbours [V, k], delta)`` turns lantern on."""
+    options = SamplerOptions() if options is None else options
+    if not isinstance(options, SamplerOptions):
+        raise ValueError(f"options must be a SamplerOptions, got {type(options).__name__}")
+    unknown = sorted(set(keywords) - set(KNOBS) - set(OPTION_FIELDS) - set(RULE_KEYWORDS) - {"lantern"})
+    if unknown:
+        raise TypeError(f"generate() got an unexpected keyword argument {unknown[0]!r}")
+    knobs = dict(cfg_scale=1.0, temperature=1.0, top_k=0, top_p=1.0)
+    knobs.update({k: keywords[k] for k in KNOBS if k in keywords})
+    changes = {k: keywords[k] for k in OPTION_FIELDS if k in keywords}
+    rules = {RULE_KEYWORDS[k]: keywords[k] for k in RULE_KEYWORDS if keywords.get(k) is not None}
+    if rules:
+        base = changes.get("rules", options.rules)
+        if not isinstance(base, Rules):
+            raise ValueError(f"rules must be a sampling.verify.Rules, got {type(base).__name__}")
+        changes["rules"] = dataclasses.replace(base, **rules)
+    neighbours, delta = None, 0.0
+    if keywords.get("lantern") is not None:
+        neighbours, delta = keywords["lantern"]
+        changes["lantern"] = neighbours is not None
+    return options.replace(**changes), knobs, neighbours, delta
 
 
-def check_generate_options(config: GPTConfig, method: str, window: int, knobs: dict, drafting: dict,
-                           cfg: bool = True) -> None:
-    """What ``generate`` checks first, for CLIs that validate before loading or writing anything.
-    ``knobs``: cfg_scale/temperature/top_k/top_p; ``drafting``: coupling/init/tree/lantern/q_storage."""
-    d = dict(coupling="none", init="uniform", tree=(1, 0), lantern=None, q_storage="auto", chunk_elements=None,
-             accept_rule=None, draft_rule=None)
-    d.update(drafting)
-    _check(config, method, window, knobs["cfg_scale"], knobs["temperature"], knobs["top_k"], knobs["top_p"],
-           cfg, d["coupling"], d["init"], d["tree"], d["lantern"], d["q_storage"], d["chunk_elements"],
-           d["accept_rule"], d["draft_rule"])
+def row_keys(key, batch: int, example_ids=None) -> jax.Array:
+    """``[B]`` row keys: ``fold_in(key, example_ids[b])`` (default ``arange(B)``), or ``key`` itself
+    when it already holds B keys."""
+    key = K.as_key(key)
+    if key.ndim == 1:
+        if key.shape[0] != batch:
+            raise ValueError(f"got {key.shape[0]} per-row keys for a cond batch of {batch}")
+        if example_ids is not None:
+            raise ValueError("pass either per-row keys or example_ids, not both")
+        return key
+    if key.ndim != 0:
+        raise ValueError(f"key must be a single key or [B] keys, got shape {key.shape}")
+    if example_ids is not None:
+        ids = np.asarray(example_ids)
+        if ids.shape != (batch,) or not np.issubdtype(ids.dtype, np.integer) or (ids < 0).any():
+            raise ValueError(f"example_ids must be {batch} non-negative integers, got {ids!r}")
+    return K.row_keys(key, jnp.asarray(np.arange(batch) if example_ids is None else example_ids, jnp.uint32))
 
 
-def _takes_three(f) -> bool:
-    """Whether the progress callback ``f`` accepts (done, iteration, row_iterations)."""
-    import inspect
-
-    try:
-        inspect.signature(f).bind(0, 0, 0)
-        return True
-    except TypeError:
-        return False
-    except ValueError:  # no signature (some builtins): the documented two arguments
-        return False
-
-
-def _place(mesh, params, cond, prefix_mask, rows, knobs, neighbours):
+def place_inputs(mesh, params, cond, prefix_mask, rows, knobs, neighbours):
     """Every input as a global array on ``mesh`` (rows over data, the rest replicated); keys travel
     as raw uint32 data (host arrays cannot hold key dtypes)."""
-    import jax
-
-    from .. import sharding as shd
-
     if jax.random.key_impl(rows) != jax.random.key_impl(jax.random.key(0)):
         raise ValueError("sharded generate needs keys of the default PRNG implementation")
     rows = np.asarray(jax.random.key_data(rows))
     rep = shd.replicated(mesh)
     cond, prefix_mask, rows = (shd.to_global(x, shd.batch_sharding(mesh, x.shape, what))
                                for x, what in ((cond, "cond"), (prefix_mask, "prefix mask"), (rows, "row keys")))
-    knobs = {k: shd.to_global(v, rep) for k, v in knobs.items()}
+    knobs = jax.tree.map(lambda v: shd.to_global(v, rep), knobs)
     neighbours = None if neighbours is None else shd.to_global(neighbours, rep)
     return shd.place_params(params, mesh), cond, prefix_mask, rows, knobs, neighbours
 
 
-def generate(params, config: GPTConfig, cond, key, *, method: str = "sjd", window: int = 16,
-             cfg_scale: float = 1.0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-             cfg: bool = True, example_ids=None, progress=None, coupling: str = "none",
-             init: str = "uniform", tree: tuple[int, int] = (1, 0), lantern=None, mesh=None,
-             q_storage: str = "auto", chunk_elements: int | None = None, accept_rule=None,
-             draft_rule=None) -> GenerateOutput:
-    """Sample image tokens ``[B, N]`` with ``method`` in {"ar", "jacobi", "sjd"}.
+def generate(params, config: GPTConfig, cond, key, options: SamplerOptions | None = None, *, example_ids=None,
+             progress=None, mesh=None, **keywords) -> GenerateOutput:
+    """Sample image tokens ``[B, N]``.
 
-    Drafting options of jacobi/sjd (``sampling.loop`` explains each): ``coupling`` "none" (SJD),
-    "gumbel" or "maximal" (= adaptive continuation); ``init`` "uniform", "horizon-repeat",
-    "horizon-sample", "vertical-repeat" or "vertical-sample"; ``tree=(K, D)`` a draft tree with K
-    candidates for the first draft and side branches D deep (``window`` counts every tree slot).
-    All of these are lossless. ``lantern=(neighbours [V, k] int, delta)`` turns on LANTERN's relaxed
-    acceptance, which is NOT lossless (see ``sampling.lantern.codebook_neighbours``).
-    ``q_storage``: how the drafts' distributions are kept between iterations (``sampling.qstore``):
-    "dense" ``[B, W, V]`` rows, "compact" (at most k entries per row; needs top-k or greedy) or
-    "auto" (compact where that bound exists and saves memory). Tokens are the same either way.
-    ``chunk_elements``: the largest ``[B, t, V]`` temporary of the target filters and the window's
-    draws (default 2^28); below ``B * W * V`` they take the window in sequential passes of t slots
-    (less memory, more latency; the same tokens).
-    ``accept_rule(u, p_x, q_x) -> bool`` and ``draft_rule(DraftContext) -> (tokens [B, F], q [B, F, V])``
-    are research hooks (``sampling.loop.SamplerSpec``): pure functions replacing the acceptance
-    test ``u * q_x < p_x`` and the drafts of positions without a target (``init``). Each function
-    object compiles once; ``exactness.check`` runs the exact-distribution test on them.
+    ``options`` (``SamplerOptions``; default SJD, window 16) says which sampler; keywords replace
+    its fields: ``method`` "ar" | "jacobi" | "sjd", ``window``, ``coupling`` "none" (SJD) | "gumbel" |
+    "maximal" (= adaptive continuation), ``init`` "uniform" | "horizon-repeat" | "horizon-sample" |
+    "vertical-repeat" | "vertical-sample", ``tree=(K, D)`` or "auto" (a draft tree with K candidates
+    for the first draft and side branches D deep; ``window`` counts every tree slot), ``q_storage``
+    "dense" | "compact" (needs top-k or greedy) | "auto", ``chunk_elements`` (the largest
+    ``[B, t, V]`` temporary of the target filters and draws, default 2^28: less is sequential
+    passes, the same tokens), ``cfg``. All of these are lossless (``sampling.loop`` explains each).
+    ``lantern=(neighbours [V, k] int, delta)`` turns on LANTERN's relaxed acceptance, which is NOT
+    lossless (``sampling.lantern.codebook_neighbours``). ``accept_rule(u, p_x, q_x) -> bool`` and
+    ``draft_rule(DraftContext) -> (tokens [B, F], q [B, F, V])`` are research hooks
+    (``sampling.verify.Rules``); ``exactness.check`` runs the exact-distribution test on them.
+
+    Knobs (traced: any value, one compile): ``cfg_scale`` (1.0), ``temperature`` (1.0; 0 greedy;
+    jacobi is always greedy), ``top_k`` (0 = off), ``top_p`` (1.0). ``cfg=True`` computes the
+    unconditional rows in the same forward, so every ``cfg_scale`` shares one compile; ``cfg=False``
+    skips them (then ``cfg_scale`` must be 1).
 
     cond: class ids ``[B]`` or (text models) caption features ``[B, C, caption_dim]`` or
-    ``Caption(features, mask)``. key: int seed or PRNG key; row b uses ``fold_in(key, example_ids[b])``
-    (default ``example_ids = arange(B)``), or pass ``[B]`` keys to give each row its own key.
-    ``cfg=True`` computes the unconditional rows in the same forward, so every ``cfg_scale``
-    (1.0 included) shares one compile; ``cfg=False`` skips them (then ``cfg_scale`` must be 1).
-    temperature 0 is greedy; ``jacobi`` is always greedy; ``ar`` ignores ``window``.
-    ``progress``: optional host callback ``f(committed_tokens_in_batch, iteration)`` called after
-    every loop iteration (a separate compile; the call blocks until the result is ready). A callback
-    taking a third argument also gets the row iterations so far (iterations summed over the rows
-    still decoding in each), so ``(committed - B) / row_iterations`` is the mean accepted tokens per
-    iteration of a row.
+    ``Caption(features, mask)`` / ``Prompt``. key: int seed or PRNG key; row b uses
+    ``fold_in(key, example_ids[b])`` (default ``example_ids = arange(B)``), or pass ``[B]`` keys.
+    ``progress``: optional host callback ``f(committed_tokens_in_batch, iteration)`` after every
+    iteration (a separate compile, shared by all callbacks; the call blocks until done); a callback
+    taking a third argument also gets the row iterations so far, so ``(committed - B) /
+    row_iterations`` is the mean accepted tokens per iteration of a row.
 
-    ``mesh`` (``sharding.make_mesh``): run on a device mesh. Rows are split over ``data``, heads /
-    MLP / vocabulary over ``model`` (``sharding.RULES``); params are moved to those shardings unless
-    already there (``checkpoint.load(path, mesh=mesh)`` restores them there directly). Outputs are
-    global arrays sharded over rows. Tokens do not depend on the mesh: keys are per example.
+    ``mesh`` (``sharding.make_mesh``): rows are split over ``data``, heads / MLP / vocabulary over
+    ``model`` (``sharding.RULES``); params are moved to those shardings unless already there
+    (``checkpoint.load(path, mesh=mesh)`` restores them there directly). Outputs are global arrays
+    sharded over rows. Tokens do not depend on the mesh: keys are per example.
     """
-    window = 1 if method == "ar" else window  # ar ignores it: one compile whatever is passed
-    neighbours, delta, q_slots = _check(config, method, window, cfg_scale, temperature, top_k, top_p, cfg,
-                                        coupling, init, tree, lantern, q_storage, chunk_elements,
-                                        accept_rule, draft_rule)
+    options, knob_values, neighbours, delta = options_from_keywords(options, keywords)
+    spec = resolve(config, options, dict(knob_values, lantern_delta=delta), neighbours=neighbours, mesh=mesh,
+                   progress=progress is not None)
+    neighbours = None if neighbours is None else jnp.asarray(neighbours, jnp.int32)
     cond_arr, prefix_mask = split_cond(config, cond)
     B = cond_arr.shape[0]
-    key = K.as_key(key)
-    if key.ndim == 1:
-        if key.shape[0] != B:
-            raise ValueError(f"got {key.shape[0]} per-row keys for a cond batch of {B}")
-        if example_ids is not None:
-            raise ValueError("pass either per-row keys or example_ids, not both")
-    elif key.ndim != 0:
-        raise ValueError(f"key must be a single key or [B] keys, got shape {key.shape}")
+    rows = row_keys(key, B, example_ids)
     check_cond(config, cond_arr, prefix_mask, B, allow_null=False)
-    if example_ids is not None:
-        ids = np.asarray(example_ids)
-        if ids.shape != (B,) or not np.issubdtype(ids.dtype, np.integer) or (ids < 0).any():
-            raise ValueError(f"example_ids must be {B} non-negative integers, got {ids!r}")
-    rows = key if key.ndim == 1 else K.row_keys(
-        key, jnp.asarray(np.arange(B) if example_ids is None else example_ids, jnp.uint32))
-    knobs = make_knobs(cfg_scale, temperature, top_k, top_p, delta)
-    spec = SamplerSpec(config=config, method=method, window=int(window), cfg=bool(cfg),
-                       progress=progress is not None, coupling=coupling, init=init,
-                       tree_width=int(tree[0]), tree_depth=int(tree[1]),
-                       lantern_k=0 if neighbours is None else int(neighbours.shape[1]), mesh=mesh,
-                       q_slots=q_slots, accept_rule=accept_rule, draft_rule=draft_rule,
-                       chunk_elements=DEFAULT_CHUNK_ELEMENTS if chunk_elements is None else int(chunk_elements))
     require_sampler(spec, B, mesh)  # sizes before work: one line instead of an out-of-memory abort
-    if mesh is not None:
-        params, cond_arr, prefix_mask, rows, knobs, neighbours = _place(
-            mesh, params, cond_arr, prefix_mask, rows, knobs, neighbours)
     if progress is None:
-        return run(spec, params, cond_arr, prefix_mask, rows, knobs, neighbours)
-    import jax
-
-    from .loop import PROGRESS_HOOKS
-
-    hook = progress if _takes_three(progress) else (lambda done, it, _rows: progress(done, it))
-    PROGRESS_HOOKS.append(hook)
-    try:
-        return jax.block_until_ready(run(spec, params, cond_arr, prefix_mask, rows, knobs,
-                                                   neighbours))
-    finally:
-        PROGRESS_HOOKS.remove(hook)
+        knobs = Knobs.make(**knob_values, lantern_delta=delta)
+        if mesh is not None:
+            params, cond_arr, prefix_mask, rows, knobs, neighbours = place_inputs(
+                mesh, params, cond_arr, prefix_mask, rows, knobs, neighbours)
+        return compiled.run(spec, params, cond_arr, prefix_mask, rows, knobs, neighbours)
+    with progress_mod.listening(progress) as pid:
+        knobs = Knobs.make(**knob_values, lantern_delta=delta, progress_id=pid)
+        if mesh is not None:
+            params, cond_arr, prefix_mask, rows, knobs, neighbours = place_inputs(
+                mesh, params, cond_arr, prefix_mask, rows, knobs, neighbours)
+        return jax.block_until_ready(compiled.run(spec, params, cond_arr, prefix_mask, rows, knobs, neighbours))
