@@ -17,7 +17,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 from nbrun import KEEP_TAG, run_notebook  # noqa: E402
 
-from sjd_jax import atomic  # noqa: E402
+from sjd_jax.io import atomic  # noqa: E402
 
 
 def clean(nb, keep_figures: bool):

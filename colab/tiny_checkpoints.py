@@ -101,7 +101,7 @@ def llamagen_vq(path, seed: int = 0) -> Path:
     names, with the ``quantize.codebook_used`` buffer) to ``path``."""
     import torch
 
-    from convert.vq import janus_to_llamagen_key
+    from sjd_jax.convert.vq import janus_to_llamagen_key
 
     sd = {janus_to_llamagen_key(k): v.clone() for k, v in _vq_model(seed).state_dict().items()}
     sd["quantize.codebook_used"] = torch.zeros(65536)

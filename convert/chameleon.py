@@ -14,11 +14,11 @@ from typing import Iterable
 
 import numpy as np
 
-from sjd_jax.config import GPTConfig
-from sjd_jax.model import abstract_params
+from sjd_jax.core.config import GPTConfig
+from sjd_jax.core.model import abstract_params
 
-from .hfconfig import refuse_unknown_fields
-from .tree import assign
+from sjd_jax.convert.hfconfig import refuse_unknown_fields
+from sjd_jax.convert.tree import assign
 
 _SKIPPED = (r"model\.vqmodel\..*", r"model\.rotary_emb\.inv_freq", r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
 _QKV = re.compile(r"model\.layers\.(\d+)\.self_attn\.([qkv])_proj\.weight")
@@ -142,7 +142,7 @@ def _items(items: Iterable, config: GPTConfig):
 
 def chameleon_params(tensors: dict, config: GPTConfig, to_numpy, place=None) -> dict:
     """Lazy ``{HF name: tensor}`` -> ``{"params": ...}`` for ``config`` (strict; ``place`` as in
-    ``convert.tree.assign``)."""
+    ``sjd_jax.convert.tree.assign``)."""
     names = [n for n in tensors if not skipped(n)]
     stream = ((n, to_numpy(tensors[n])) for n in names)
     return {"params": assign(_items(stream, config), abstract_params(config)["params"],

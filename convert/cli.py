@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .sizes import MAX_IMAGE_SIZE, latent_side
+from sjd_jax.convert.sizes import MAX_IMAGE_SIZE, latent_side
 
 _CONTAINERS = ("model", "module", "state_dict")  # LlamaGen / DeepSpeed / Lightning
 _LLAMAGEN_DIM_TO_HEADS = {768: 12, 1024: 16, 1280: 20, 1536: 24, 3200: 32}
@@ -182,7 +182,7 @@ def to_numpy(x) -> np.ndarray:
 
     ``read_tensors`` entries know their name and file, and are refused here, by both, when complex
     or non-finite (NaN/inf). Bare tensors and arrays (the Python API) get the same checks, by
-    tensor name, in ``convert.tree.assign``; complex ones are returned unchanged for that."""
+    tensor name, in ``sjd_jax.convert.tree.assign``; complex ones are returned unchanged for that."""
     entry = x if isinstance(x, (_Lazy, _TorchEntry)) else None
     try:
         raw = x.numpy() if entry is not None else _torch_numpy(x) if hasattr(x, "detach") else np.asarray(x)
@@ -191,7 +191,7 @@ def to_numpy(x) -> np.ndarray:
         raise ValueError(f"{where}: unsupported dtype {getattr(x, 'dtype', '?')} ({e})") from e
     if entry is None:
         return raw if np.iscomplexobj(raw) else np.asarray(raw, np.float32)
-    from .tree import require_finite  # here: convert.tree imports jax (slow for --help)
+    from sjd_jax.convert.tree import require_finite  # here: sjd_jax.convert.tree imports jax (slow for --help)
 
     where = f"{entry.path}: tensor {entry.key}"
     if np.iscomplexobj(raw):
@@ -244,8 +244,8 @@ def _kv_heads(rows: int, cols: int, n_head: int, dim: int, src: Path) -> int:
 def gpt_config(tensors: dict, family: str, args, src: Path):
     from sjd_jax import GPTConfig
 
-    from .llamagen import strip_prefix
-    from .tree import count_indexed, shape_of
+    from sjd_jax.convert.llamagen import strip_prefix
+    from sjd_jax.convert.tree import count_indexed, shape_of
 
     names = {strip_prefix(k): v for k, v in tensors.items()}
     is_t2i = "cls_embedding.cap_proj.fc1.weight" in names
@@ -270,9 +270,9 @@ def gpt_config(tensors: dict, family: str, args, src: Path):
 
 
 def vq_config(tensors: dict, src: Path):
-    from sjd_jax.vq import VQConfig
+    from sjd_jax.core.vq import VQConfig
 
-    from .tree import channel_multiple, count_indexed, shape_of
+    from sjd_jax.convert.tree import channel_multiple, count_indexed, shape_of
 
     if "quantize.embedding.weight" not in tensors or "decoder.conv_in.weight" not in tensors:
         raise ValueError(f"{src.name} is not a LlamaGen VQ checkpoint (no quantize/decoder keys)")
@@ -343,9 +343,9 @@ def convert_janus(srcs: list[Path], out: Path, args) -> dict:
     import jax
     from tqdm import tqdm
 
-    from sjd_jax import checkpoint
+    from sjd_jax.io import checkpoint
 
-    from .janus import janus_config, janus_params, skipped
+    from sjd_jax.convert.janus import janus_config, janus_params, skipped
 
     files = hf_files(srcs)
     vocab = None
@@ -375,9 +375,9 @@ def convert_t5(srcs: list[Path], out: Path, args) -> dict:
     """HF T5 / flan-T5 snapshot (config.json, safetensors shards, tokenizer.json) -> kind "t5"."""
     import jax
 
-    from sjd_jax import checkpoint
+    from sjd_jax.io import checkpoint
 
-    from .t5 import skipped, t5_config, t5_params
+    from sjd_jax.convert.t5 import skipped, t5_config, t5_params
 
     files = hf_files(srcs)
     config = t5_config(read_json(files["config"]))
@@ -412,10 +412,10 @@ def convert_lumina(srcs: list[Path], out: Path, args, layout: str, family: str,
 
     from sjd_jax.families.lumina import make_config
 
-    from .chameleon import chameleon_config, chameleon_params, skipped
-    from .lumina import latent_of, vocabulary, vqgan_config
-    from .staging import Staging, save_bounded
-    from .vq import vq_params_from_state_dict
+    from sjd_jax.convert.chameleon import chameleon_config, chameleon_params, skipped
+    from sjd_jax.convert.lumina import latent_of, vocabulary, vqgan_config
+    from sjd_jax.convert.staging import Staging, save_bounded
+    from sjd_jax.convert.vq import vq_params_from_state_dict
 
     if args.vqgan is None:
         raise ValueError(f"--family {family} needs --vqgan PATH (Chameleon's vqgan.ckpt, e.g. "
@@ -437,7 +437,7 @@ def convert_lumina(srcs: list[Path], out: Path, args, layout: str, family: str,
     n_skipped = sum(map(skipped, tensors))
     extra = {"tokenizer.json": tok_file} if tok_file else {}
     # Bounded memory (Lumina-mGPT-7B is 28 GB of float32): as for Emu3, each converted tensor goes
-    # to a disk-backed memmap next to --out and the save reads those pages (convert.staging).
+    # to a disk-backed memmap next to --out and the save reads those pages (sjd_jax.convert.staging).
     with Staging(out=out) as st:
         with tqdm(total=2, desc=f"converting {family}", unit="model", file=sys.stderr, disable=args.quiet) as bar:
             llm = chameleon_params(tensors, config.gpt, to_numpy, place=lambda p, a: st.put(("gpt",) + p, a))
@@ -474,13 +474,13 @@ def convert_emu3(srcs: list[Path], out: Path, args) -> dict:
     """Emu3-Gen LLM (+ its vision tokenizer, in the snapshot or ``--vq``) -> kind "emu3"."""
     import jax
 
-    from sjd_jax import checkpoint
+    from sjd_jax.io import checkpoint
     from sjd_jax.families.emu3 import make_config
 
-    from .emu3 import emu3_config, emu3_params
-    from .emu3_vq import emu3_vq_config, emu3_vq_params
-    from .lumina import vocabulary
-    from .staging import Staging, save_bounded
+    from sjd_jax.convert.emu3 import emu3_config, emu3_params
+    from sjd_jax.convert.emu3_vq import emu3_vq_config, emu3_vq_params
+    from sjd_jax.convert.lumina import vocabulary
+    from sjd_jax.convert.staging import Staging, save_bounded
 
     files = hf_files(srcs)
     tok_file = args.tokenizer or files["tokenizer"]
@@ -513,7 +513,7 @@ def convert_emu3(srcs: list[Path], out: Path, args) -> dict:
                          int(text_cfg.get("max_position_embeddings") or 9216))
     _fits_context(config, size)
     # Bounded memory (Emu3-Gen is 34 GB of float32): each converted tensor goes to a disk-backed
-    # memmap next to --out, and the save reads those pages (convert.staging; about 2x the largest
+    # memmap next to --out, and the save reads those pages (sjd_jax.convert.staging; about 2x the largest
     # tensor of anonymous memory).
     with Staging(out=out) as st:
         params = {"gpt": emu3_params(tensors, config.gpt, to_numpy, place=lambda p, a: st.put(("gpt",) + p, a)),
@@ -531,7 +531,7 @@ def convert_emu3(srcs: list[Path], out: Path, args) -> dict:
 
 def convert_llamagen_c2i(srcs: list[Path], out: Path, args) -> dict:
     """LlamaGen class-to-image GPT file -> kind "gpt"."""
-    from .llamagen import gpt_params_from_state_dict
+    from sjd_jax.convert.llamagen import gpt_params_from_state_dict
 
     return _convert_file(srcs, out, args, "llamagen-c2i", "gpt",
                          lambda tensors, src: gpt_config(tensors, "llamagen-c2i", args, src),
@@ -540,7 +540,7 @@ def convert_llamagen_c2i(srcs: list[Path], out: Path, args) -> dict:
 
 def convert_llamagen_t2i(srcs: list[Path], out: Path, args) -> dict:
     """LlamaGen text-to-image GPT file -> kind "gpt" (with ``caption_dim``)."""
-    from .llamagen import gpt_params_from_state_dict
+    from sjd_jax.convert.llamagen import gpt_params_from_state_dict
 
     return _convert_file(srcs, out, args, "llamagen-t2i", "gpt",
                          lambda tensors, src: gpt_config(tensors, "llamagen-t2i", args, src),
@@ -549,7 +549,7 @@ def convert_llamagen_t2i(srcs: list[Path], out: Path, args) -> dict:
 
 def convert_llamagen_vq(srcs: list[Path], out: Path, args) -> dict:
     """LlamaGen VQ file -> kind "vq"."""
-    from .vq import vq_params_from_state_dict
+    from sjd_jax.convert.vq import vq_params_from_state_dict
 
     return _convert_file(srcs, out, args, "llamagen-vq", "vq", vq_config, vq_params_from_state_dict)
 
@@ -560,7 +560,7 @@ def _convert_file(srcs: list[Path], out: Path, args, family: str, kind: str, mak
     import jax
     from tqdm import tqdm
 
-    from sjd_jax import checkpoint
+    from sjd_jax.io import checkpoint
 
     if len(srcs) != 1:
         raise ValueError(f"--family {family} takes exactly one checkpoint file, got {len(srcs)}")
@@ -584,7 +584,9 @@ def convert(family: str, srcs, out: Path, args) -> dict:
     """``sjd-jax convert --family family srcs --out out``: after ``out`` is checked, the converter
     entry of ``family`` in the model-family registry (``sjd_jax.families``: "module:function", a
     function ``(srcs, out, args) -> summary dict``; the built-in families' are the functions above)."""
-    from sjd_jax import atomic, checkpoint, families
+    from sjd_jax import families
+    from sjd_jax.io import atomic
+    from sjd_jax.io import checkpoint
 
     run = families.converter(family)  # (unknown family: ValueError naming the known ones)
     out = Path(out)
@@ -612,7 +614,7 @@ def _bounded_int(lo: int, hi: int):
 
 def _parser():
     from sjd_jax import families
-    from sjd_jax.cliutil import Parser, add_output_flags
+    from sjd_jax.cli.util import Parser, add_output_flags
 
     ap = Parser("sjd-jax convert", __doc__)
     ap.add_argument("--family", required=True, help=" | ".join(families.converter_names()))
@@ -636,14 +638,14 @@ def _parser():
 
 
 def main(argv=None) -> int:
-    from sjd_jax.cliutil import USER_ERRORS, run
+    from sjd_jax.cli.util import USER_ERRORS, run
 
     # KeyError: a tensor the family's layout needs is missing from the files
     return run(_parser(), argv, _main, errors=USER_ERRORS + (KeyError,))
 
 
 def _main(args) -> int:
-    from sjd_jax.cliutil import Output
+    from sjd_jax.cli.util import Output
 
     s = convert(args.family, args.src, args.out, args)
     Output(args).result(s, f"wrote {s['out']}: {s['kind']} {s['params'] / 1e6:.2f}M params, {s['dtype']}, "

@@ -2,7 +2,7 @@
 
 A Llama decoder (GQA, RoPE theta 1e6, rotate-half, untied ``lm_head``) over one vocabulary of text
 and visual tokens. Names are normalised to Chameleon's HF layout (``model.layers.N...``, ``lm_head``)
-and mapped by ``convert.chameleon``: HF v5 in memory ``model.text_model.*`` and the hub files of
+and mapped by ``sjd_jax.convert.chameleon``: HF v5 in memory ``model.text_model.*`` and the hub files of
 ``BAAI/Emu3-Gen-hf`` (what ``save_pretrained`` writes) ``text_model.model.*`` / ``text_model.lm_head``; ``model.vqmodel.*`` / ``vqmodel.*`` (the vision tokenizer,
 converted on its own) are skipped.
 """
@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import re
 
-from sjd_jax.config import GPTConfig
+from sjd_jax.core.config import GPTConfig
 
-from .chameleon import LLAMA_FIELDS, chameleon_params, llama_family_config
-from .hfconfig import refuse_unknown_fields
+from sjd_jax.convert.chameleon import LLAMA_FIELDS, chameleon_params, llama_family_config
+from sjd_jax.convert.hfconfig import refuse_unknown_fields
 
 _RENAMES = [(r"^model\.text_model\.", "model."), (r"^text_model\.lm_head\.", "lm_head."),
             (r"^text_model\.model\.", "model.")]
@@ -51,7 +51,7 @@ def emu3_config(cfg: dict, grid_size, prompt_len: int) -> GPTConfig:
 
 def emu3_params(tensors: dict, config: GPTConfig, to_numpy, place=None) -> dict:
     """Lazy ``{name: tensor}`` -> ``{"params": ...}`` (strict; q/k/v fused into wqkv; ``place`` as
-    in ``convert.tree.assign``)."""
+    in ``sjd_jax.convert.tree.assign``)."""
     renamed = {}
     for name, t in tensors.items():
         new = emu3_name(name)

@@ -15,9 +15,9 @@ from typing import Callable
 
 import numpy as np
 
-from sjd_jax.vq.emu3 import Emu3VQConfig, abstract_emu3_vq_params
+from sjd_jax.core.vq.emu3 import Emu3VQConfig, abstract_emu3_vq_params
 
-from .tree import assign
+from sjd_jax.convert.tree import assign
 
 HF_PREFIX = "model.vqmodel."
 
@@ -118,7 +118,7 @@ def emu3_vq_config(cfg: dict) -> Emu3VQConfig:
 
 def emu3_vq_params(tensors: dict, config: Emu3VQConfig, to_numpy: Callable = np.asarray, place=None) -> dict:
     """``{name: tensor}`` (BAAI names, HF names, or HF names under ``model.vqmodel.``) ->
-    ``{"params": ..., "batch_stats": ...}`` for :mod:`sjd_jax.vq.emu3` (strict)."""
+    ``{"params": ..., "batch_stats": ...}`` for :mod:`sjd_jax.core.vq.emu3` (strict)."""
     keys = {n: hf_to_original_key(n) for n in tensors}
     names = [n for n, k in keys.items() if not skipped(k)]
     stream = ((n, to_numpy(tensors[n])) for n in names)

@@ -14,14 +14,14 @@ from typing import Iterable
 
 import numpy as np
 
-from sjd_jax.config import GPTConfig
+from sjd_jax.core.config import GPTConfig
 from sjd_jax.families.janus import JanusConfig
-from sjd_jax.model import abstract_params
-from sjd_jax.vq import VQConfig
+from sjd_jax.core.model import abstract_params
+from sjd_jax.core.vq import VQConfig
 
-from .hfconfig import refuse_unknown_fields
-from .tree import assign
-from .vq import vq_params_from_state_dict
+from sjd_jax.convert.hfconfig import refuse_unknown_fields
+from sjd_jax.convert.tree import assign
+from sjd_jax.convert.vq import vq_params_from_state_dict
 
 _TOP = {"model_type", "text_config", "vision_config", "vq_config", "image_token_id",
         "image_token_index", "tie_word_embeddings"}  # tie_word_embeddings: the text lm_head, unused

@@ -6,10 +6,10 @@ import re
 
 import numpy as np
 
-from sjd_jax.config import GPTConfig
-from sjd_jax.model import abstract_params
+from sjd_jax.core.config import GPTConfig
+from sjd_jax.core.model import abstract_params
 
-from .tree import assign
+from sjd_jax.convert.tree import assign
 
 IGNORED = ("freqs_cis",)  # not a weight; LlamaGen loads with strict=False around it
 _PREFIXES = ("module.", "_orig_mod.")

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import re
 
-from sjd_jax.vq import VQConfig
+from sjd_jax.core.vq import VQConfig
 
-from .sizes import latent_side
-from .tree import channel_multiple, count_indexed, shape_of
+from sjd_jax.convert.sizes import latent_side
+from sjd_jax.convert.tree import channel_multiple, count_indexed, shape_of
 
 
 def vqgan_config(tensors: dict, name: str = "vqgan") -> VQConfig:

@@ -6,7 +6,7 @@ converted tensor into a file-backed ``.npy`` memmap in a temporary directory nex
 hands back a read-only memmap: its pages are clean page cache, which the kernel drops and re-reads
 at will, so the tree costs (almost) no anonymous memory however big it is.
 
-Saving those leaves, measured (``python -m convert.bench_staging``; orbax-checkpoint 0.12.8, jax
+Saving those leaves, measured (``python docs/scripts/bench_staging.py``; orbax-checkpoint 0.12.8, jax
 0.10.2, CPU):
 
 * ``ocp.save`` on the *numpy* memmap leaves is NOT bounded: orbax's numpy path copies leaves into
@@ -51,7 +51,7 @@ class Staging:
         self._n = 0
 
     def __enter__(self) -> "Staging":
-        from sjd_jax import atomic
+        from sjd_jax.io import atomic
 
         if self._parent is not None:
             self._parent.mkdir(parents=True, exist_ok=True)
@@ -114,7 +114,7 @@ class Staging:
         return jax.tree_util.tree_map_with_path(lambda path, a: self.put(prefix + tuple(map(key, path)), a), tree)
 
     def tree(self) -> dict:
-        from .tree import nest
+        from sjd_jax.convert.tree import nest
 
         for path in self.leaves:
             self.seal(path)
@@ -150,7 +150,7 @@ def save_bounded(out, kind: str, config, params, *, force: bool = False, extra_f
     atomic rename) holds only its bounded write buffers in anonymous memory. Keep the ``Staging``
     open until this returns: the jax arrays read the staged files.
     """
-    from sjd_jax import checkpoint
+    from sjd_jax.io import checkpoint
 
     arrays = as_cpu_arrays(params, strict=strict)
     try:
@@ -171,7 +171,7 @@ class _TrimFreedMemory:
     def __enter__(self):
         import threading
 
-        from .tree import malloc_trim
+        from sjd_jax.convert.tree import malloc_trim
 
         self._stop = threading.Event()
         self._t = None

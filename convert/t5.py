@@ -1,7 +1,7 @@
 """HF T5 / flan-T5 checkpoints (``config.json`` + safetensors shards) -> the Flax T5 encoder.
 
 Only the encoder is kept: ``decoder.*`` and ``lm_head.weight`` are skipped by name; every other
-tensor must land on exactly one parameter (``convert.tree.assign`` fails on leftovers and gaps).
+tensor must land on exactly one parameter (``sjd_jax.convert.tree.assign`` fails on leftovers and gaps).
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from typing import Iterable
 
 import numpy as np
 
-from sjd_jax.text import T5Config, abstract_t5_params
+from sjd_jax.core.text import T5Config, abstract_t5_params
 
-from .tree import assign
+from sjd_jax.convert.tree import assign
 
 _FIELDS = ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads", "relative_attention_num_buckets",
            "relative_attention_max_distance", "layer_norm_epsilon", "feed_forward_proj")

@@ -91,7 +91,7 @@ def assign(items: Iterable[tuple[str, np.ndarray]], abstract, to_path: Callable,
     ``path=None`` means the tensor is deliberately ignored. Fails on unused names, params filled
     twice or never, shape mismatches, and complex or non-finite (NaN/inf) tensors. Returns a
     nested dict of jax arrays, or of whatever ``place(path, float32 array)`` returns
-    (``convert.staging.Staging.put``: disk-backed leaves).
+    (``sjd_jax.convert.staging.Staging.put``: disk-backed leaves).
     """
     want = paths_of(abstract)
     out: dict[Path, jax.Array] = {}

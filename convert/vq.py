@@ -10,9 +10,9 @@ import re
 
 import numpy as np
 
-from sjd_jax.vq import VQConfig, abstract_vq_params
+from sjd_jax.core.vq import VQConfig, abstract_vq_params
 
-from .tree import assign
+from sjd_jax.convert.tree import assign
 
 IGNORED = ("quantize.codebook_used",)  # a training-time usage counter (buffer), not a weight
 

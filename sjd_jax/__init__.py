@@ -1,12 +1,17 @@
-"""sjd-jax: Speculative Jacobi Decoding for auto-regressive text-to-image models in JAX/Flax."""
+"""sjd-jax: Speculative Jacobi Decoding for auto-regressive text-to-image models in JAX/Flax.
 
-from .cache import KVCache, init_cache
-from .checkpoint import load, save
-from .config import GPTConfig
-from .model import (Caption, Prompt, abstract_params, embed_cond, embed_tokens, forward, init_params,
-                    param_count, teacher_forced_logits)
-from .sampling import GenerateOutput, SamplerOptions, SamplerSpec, generate
-from . import sharding  # noqa: E402  (sjd_jax.sharding.make_mesh, RULES)
+The package by role: ``core`` (the model), ``sampling`` (the samplers), ``families`` (model families
+as plug-ins), ``parallel`` (meshes, multi-host, memory), ``io`` (files and checkpoints), ``cli``
+(the ``sjd-jax`` commands), ``fashion`` (the bundled model's trainer and evaluator).
+"""
+
+from sjd_jax.core.cache import KVCache, init_cache
+from sjd_jax.core.config import GPTConfig
+from sjd_jax.core.model import (Caption, Prompt, abstract_params, embed_cond, embed_tokens, forward, init_params,
+                                param_count, teacher_forced_logits)
+from sjd_jax.io.checkpoint import load, save
+from sjd_jax.parallel import sharding  # sjd_jax.sharding.make_mesh, RULES
+from sjd_jax.sampling import GenerateOutput, SamplerOptions, SamplerSpec, generate
 
 __version__ = "0.1.0"
 
@@ -16,13 +21,22 @@ __all__ = [
     "load", "param_count", "save", "sharding", "teacher_forced_logits",
 ]
 
-# Modules that moved into sjd_jax.families: ``from sjd_jax import janus`` keeps working.
-_MOVED = ("emu3", "janus", "llamagen_t2i", "lumina", "prompting")
+# Modules by their names before the package was laid out by role: ``from sjd_jax import
+# checkpoint`` and ``sjd_jax.exactness.check`` keep working (loaded on first use).
+MOVED = {
+    "atomic": "io.atomic", "cache": "core.cache", "checkpoint": "io.checkpoint", "config": "core.config",
+    "distributed": "parallel.distributed", "emu3": "families.emu3", "exactness": "sampling.exactness",
+    "imaging": "io.imaging", "integrity": "io.integrity", "janus": "families.janus",
+    "llamagen_t2i": "families.llamagen_t2i", "lumina": "families.lumina", "memory": "parallel.memory",
+    "model": "core.model", "pipelines": "families.pipelines", "presets": "families.presets",
+    "prompting": "families.prompting", "rope": "core.rope", "streaming": "io.streaming", "text": "core.text",
+    "vq": "core.vq",
+}
 
 
 def __getattr__(name: str):
-    if name in _MOVED:
+    if name in MOVED:
         import importlib
 
-        return importlib.import_module(f"{__name__}.families.{name}")
+        return importlib.import_module(f"{__name__}.{MOVED[name]}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

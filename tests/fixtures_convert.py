@@ -5,7 +5,7 @@ each other (tests/test_layout.py checks that)."""
 
 import torch
 
-from sjd_jax import vq as V
+from sjd_jax.core import vq as V
 
 # tiny LlamaGen GPT configs (sjd_jax.GPTConfig keyword arguments)
 LLAMAGEN_CASES = {

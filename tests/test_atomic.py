@@ -1,4 +1,4 @@
-"""The one write path (sjd_jax.atomic): planted symlinks, failed and killed writes, --force limits,
+"""The one write path (sjd_jax.io.atomic): planted symlinks, failed and killed writes, --force limits,
 leftover sweeps. Every case asserts the exact outcome: what is on disk afterwards, byte for byte."""
 
 import errno
@@ -14,7 +14,8 @@ import jax
 import numpy as np
 import pytest
 
-from sjd_jax import atomic, checkpoint
+from sjd_jax.io import atomic
+from sjd_jax.io import checkpoint
 
 from tiny import tiny_config
 
@@ -22,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _params(config, seed):
-    from sjd_jax.model import init_params
+    from sjd_jax.core.model import init_params
 
     return init_params(config, jax.random.key(seed))
 
@@ -121,7 +122,7 @@ def test_sweep_removes_dead_processes_temps_and_restores_an_interrupted_swap(tmp
     processes' temps, other hosts' and unrelated files stay."""
     code = textwrap.dedent(f"""
         from pathlib import Path
-        from sjd_jax import atomic
+        from sjd_jax.io import atomic
         d = Path({str(tmp_path)!r})
         atomic.exclusive_temp(d, "a.png")                       # a half-written file
         (atomic.exclusive_temp(d, "ck", directory=True) / "x").write_text("partial")
@@ -159,8 +160,8 @@ _REPLACER = textwrap.dedent("""
     import jax
     sys.path.insert(0, "tests")
     from tiny import tiny_config
-    from sjd_jax import checkpoint
-    from sjd_jax.model import init_params
+    from sjd_jax.io import checkpoint
+    from sjd_jax.core.model import init_params
     config = tiny_config()
     trees = [init_params(config, jax.random.key(s)) for s in (0, 1)]
     path = sys.argv[1]
@@ -202,7 +203,7 @@ def test_kill_during_convert_leaves_nothing_or_a_checkpoint(tmp_path, tiny_c2i_p
     a rerun removes every leftover (temps, staging) and completes."""
     rng = np.random.default_rng(1)
     out = tmp_path / "ck"
-    cmd = [sys.executable, "-m", "sjd_jax.cli", "convert", "--family", "llamagen-c2i", str(tiny_c2i_pt),
+    cmd = [sys.executable, "-m", "sjd_jax.cli.main", "convert", "--family", "llamagen-c2i", str(tiny_c2i_pt),
            "--out", str(out), "--quiet"]
     for k in range(4):
         child = subprocess.Popen(cmd + (["--force"] if out.exists() else []), cwd=ROOT)
@@ -240,7 +241,7 @@ def test_full_disk_is_one_error_and_leaves_the_old_checkpoint(small_tmpfs):
 
 
 def test_full_disk_convert_cli(small_tmpfs, tiny_c2i_pt):
-    r = subprocess.run([sys.executable, "-m", "sjd_jax.cli", "convert", "--family", "llamagen-c2i",
+    r = subprocess.run([sys.executable, "-m", "sjd_jax.cli.main", "convert", "--family", "llamagen-c2i",
                         str(tiny_c2i_pt), "--out", str(small_tmpfs / "ck"), "--quiet"],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2, r.stderr
@@ -259,9 +260,9 @@ _WRITES = re.compile(r"write_text\(|write_bytes\(|open\([^)]*['\"][wax]b?\+?['\"
 # is a file object from atomic.write_file; developer benchmarks writing synthetic inputs into
 # their own scratch directory.
 _ALLOWED = {
-    "sjd_jax/atomic.py": None,
-    "sjd_jax/checkpoint.py": ("tmp / ", "ocp.save("),
-    "sjd_jax/train.py": ("ocp.save(tmp",),
+    "sjd_jax/io/atomic.py": None,
+    "sjd_jax/io/checkpoint.py": ("tmp / ", "ocp.save("),
+    "sjd_jax/fashion/train.py": ("ocp.save(tmp",),
     "convert/staging.py": ("shutil.rmtree(self.root",),
     "convert/bench_memory.py": None, "convert/bench_staging.py": None, "convert/bench_emu3_convert.py": None,
     "convert/bench_load.py": ("/proc/sys/vm/drop_caches", "shutil.rmtree(work"),
@@ -283,7 +284,7 @@ def test_no_write_bypasses_the_atomic_module():
             if code.strip().startswith(('"', "'", "``")) or any(a in code for a in allowed):
                 continue
             bad.append(f"{rel}:{n}: {line.strip()}")
-    assert not bad, "writes that bypass sjd_jax.atomic:\n" + "\n".join(bad)
+    assert not bad, "writes that bypass sjd_jax.io.atomic:\n" + "\n".join(bad)
 
 
 def test_replacement_without_rename_exchange(tmp_path, monkeypatch):

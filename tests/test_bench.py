@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from sjd_jax import bench, cli
+from sjd_jax.cli import bench
+from sjd_jax.cli import main as cli
 from sjd_jax.sampling.recipes import LOSSLESS, RECIPES, auto_tree, recipe
 from tiny import scaled_params, tiny_config
 

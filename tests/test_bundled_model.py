@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sjd_jax import data, presets
-from sjd_jax.cli import main
-from sjd_jax.train import psnr
+from sjd_jax.fashion import data
+from sjd_jax.families import presets
+from sjd_jax.cli.main import main
+from sjd_jax.fashion.train import psnr
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +119,7 @@ def test_eval_cli_small(tmp_path, capsys):
 
 
 def test_wilson_interval():
-    from sjd_jax.evaluate import wilson
+    from sjd_jax.fashion.evaluate import wilson
 
     lo, hi = wilson(80, 100)
     assert lo == pytest.approx(0.7112, abs=1e-3) and hi == pytest.approx(0.8666, abs=1e-3)
@@ -126,7 +127,7 @@ def test_wilson_interval():
 
 def test_agreement_test_has_power():
     """The permutation test on FD rejects clearly different feature sets and accepts equal ones."""
-    from sjd_jax.evaluate import agreement
+    from sjd_jax.fashion.evaluate import agreement
 
     rng = np.random.default_rng(0)
     real = rng.standard_normal((2000, 4))

@@ -7,8 +7,8 @@ import torch
 from transformers import ChameleonConfig, ChameleonForConditionalGeneration
 
 import sjd_jax as S
-from convert.chameleon import chameleon_config, chameleon_params
-from convert.cli import to_numpy
+from sjd_jax.convert.chameleon import chameleon_config, chameleon_params
+from sjd_jax.convert.cli import to_numpy
 
 N_TEXT, N_IMG = 16, 32
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from sjd_jax.cli import COMMANDS, main
+from sjd_jax.cli.main import COMMANDS, main
 
 
 def test_top_level_help_lists_every_command_with_examples(capsys):
@@ -87,7 +87,7 @@ def test_unknown_command_is_one_line(capsys):
 
 
 def test_run_turns_user_errors_into_one_line(capsys, monkeypatch):
-    from sjd_jax import cliutil
+    from sjd_jax.cli import util as cliutil
 
     def body(args):
         raise FileNotFoundError(2, "No such file or directory", "/nope/x.npz")
@@ -105,7 +105,7 @@ def test_run_turns_user_errors_into_one_line(capsys, monkeypatch):
 
 
 def test_eval_json_path_is_the_older_spelling_of_out():
-    from sjd_jax.evaluate import parser
+    from sjd_jax.fashion.evaluate import parser
 
     a = parser().parse_args(["--json", "r.json", "--quiet"])
     assert a.json is True and str(a.out) == "r.json" and a.quiet
@@ -116,7 +116,7 @@ def test_eval_json_path_is_the_older_spelling_of_out():
 
 
 def test_token_progress_counts_tokens_and_accepted_per_iteration():
-    from sjd_jax.cliutil import TokenProgress
+    from sjd_jax.cli.util import TokenProgress
 
     with TokenProgress(4 * 10, "t", enabled=False) as bar:
         assert bar.begin(2) is None  # disabled: no callback, so generate compiles no progress hook
@@ -184,7 +184,7 @@ def test_quiet_convert_prints_nothing(tmp_path, tiny_c2i_pt):
     import sys
     from pathlib import Path
 
-    r = subprocess.run([sys.executable, "-m", "sjd_jax.cli", "convert", "--family", "llamagen-c2i", str(tiny_c2i_pt),
+    r = subprocess.run([sys.executable, "-m", "sjd_jax.cli.main", "convert", "--family", "llamagen-c2i", str(tiny_c2i_pt),
                         "--out", str(tmp_path / "ck"), "--quiet"], capture_output=True, text=True,
                        cwd=Path(__file__).resolve().parent.parent)
     assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
@@ -194,10 +194,10 @@ def test_train_ar_refuses_a_vq_it_cannot_use(tmp_path, capsys):
     """A GPT checkpoint, or an RGB VQ, given as --vq: one line, before any data is read."""
     import jax
 
-    from sjd_jax import checkpoint
-    from sjd_jax.presets import ASSETS
-    from sjd_jax.vq import VQConfig
-    from sjd_jax.vq.model import init_vq_params
+    from sjd_jax.io import checkpoint
+    from sjd_jax.families.presets import ASSETS
+    from sjd_jax.core.vq import VQConfig
+    from sjd_jax.core.vq.model import init_vq_params
 
     rgb = VQConfig(codebook_size=256, codebook_embed_dim=4, ch=32, ch_mult=(1, 1), num_res_blocks=1, z_channels=32)
     checkpoint.save(tmp_path / "rgb", "vq", rgb, init_vq_params(rgb, jax.random.key(0), image_size=8))

@@ -10,9 +10,9 @@ import torch
 from safetensors.numpy import save_file
 
 import sjd_jax as S
-from convert.cli import main
-from convert.llamagen import gpt_params_from_state_dict
-from convert.vq import janus_to_llamagen_key
+from sjd_jax.convert.cli import main
+from sjd_jax.convert.llamagen import gpt_params_from_state_dict
+from sjd_jax.convert.vq import janus_to_llamagen_key
 from fixtures_convert import LLAMAGEN_CASES as CASES
 from fixtures_convert import hf_vq_model as hf_model
 from fixtures_convert import llamagen_state_dict
@@ -120,7 +120,7 @@ def test_errors_exit_2_and_leave_nothing(tmp_path, capsys):
 def test_bf16_safetensors_read_without_torch(tmp_path):
     """Released Lumina / Janus shards are bf16, which safetensors' numpy reader refuses: they are
     memory-mapped as ml_dtypes.bfloat16 and widened exactly; other dtypes go through safetensors."""
-    from convert.cli import read_tensors, to_numpy
+    from sjd_jax.convert.cli import read_tensors, to_numpy
 
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(3, 5, generator=g).to(torch.bfloat16), torch.randn(4, generator=g)
@@ -142,9 +142,9 @@ def test_generate_cli_from_converted_llamagen_c2i(tmp_path, capsys):
 
     from PIL import Image
 
-    from sjd_jax.generate_cli import main as generate_main
-    from sjd_jax.imaging import grid
-    from sjd_jax.vq import decode_tokens, to_uint8
+    from sjd_jax.cli.generate import main as generate_main
+    from sjd_jax.io.imaging import grid
+    from sjd_jax.core.vq import decode_tokens, to_uint8
 
     torch.save({"model": llamagen_state_dict(C2I)}, tmp_path / "c2i_T_64.pt")
     model, _ = hf_model((1, 1, 2), 1)

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 import sjd_jax as S
-from convert.cli import convert, main
-from convert.llamagen import gpt_params_from_state_dict
-from convert.lumina import vqgan_config
-from convert.tree import require_finite
+from sjd_jax.convert.cli import convert, main
+from sjd_jax.convert.llamagen import gpt_params_from_state_dict
+from sjd_jax.convert.lumina import vqgan_config
+from sjd_jax.convert.tree import require_finite
 
 CFG = S.GPTConfig(vocab_size=64, grid_size=(4, 4), dim=64, n_layer=2, n_head=4, num_classes=10)
 
@@ -155,7 +155,7 @@ def test_non_finite_bf16_safetensors_and_complex_tensors_are_refused(tmp_path, c
 
 
 def test_python_api_refuses_non_finite_and_complex_by_name():
-    """``convert.tree.assign`` checks every tensor of every family: bare arrays too."""
+    """``sjd_jax.convert.tree.assign`` checks every tensor of every family: bare arrays too."""
     sd = {k: v.numpy() for k, v in state_dict().items()}
     gpt_params_from_state_dict(sd, CFG)  # the clean dict converts
     out = sd["output.weight"].copy()
@@ -266,7 +266,7 @@ def test_malformed_vq_state_dicts(tmp_path, capsys):
 # ---- 6. configs written before qk_norm_eps / attn_head_dim ---------------------------------------
 
 def test_config_json_without_the_new_fields_loads_with_the_defaults():
-    from sjd_jax.checkpoint import config_from_dict
+    from sjd_jax.io.checkpoint import config_from_dict
 
     meta = json.loads((Path(S.__file__).parent / "assets/fashion_mnist/gpt/config.json").read_text())
     assert "qk_norm_eps" not in meta["config"] and "attn_head_dim" not in meta["config"]

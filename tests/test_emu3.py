@@ -8,8 +8,8 @@ import torch
 from transformers import Emu3Config, Emu3ForConditionalGeneration
 
 import sjd_jax as S
-from convert.cli import to_numpy
-from convert.emu3 import emu3_config, emu3_name, emu3_params
+from sjd_jax.convert.cli import to_numpy
+from sjd_jax.convert.emu3 import emu3_config, emu3_name, emu3_params
 
 N_TEXT, N_VIS = 32, 64
 VQ = dict(codebook_size=N_VIS, embed_dim=4, latent_channels=4, base_channels=32, channel_multiplier=[1, 2],
@@ -125,7 +125,7 @@ def test_names_and_errors():
 
 from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 
-from convert.emu3_vq import emu3_vq_config, emu3_vq_params  # noqa: E402
+from sjd_jax.convert.emu3_vq import emu3_vq_config, emu3_vq_params  # noqa: E402
 from sjd_jax.families import emu3  # noqa: E402
 
 SPECIAL = ["<|endoftext|>", "<|extra_203|>", "<|extra_204|>", "<|extra_200|>", "<|extra_201|>",
@@ -219,7 +219,7 @@ def test_greedy_tokens_and_pixels_equal_hf_generate(pipeline, method):
     with torch.no_grad():
         ref = model.decode_image_tokens(image_tokens=torch.from_numpy(emu3.full_image_tokens(c, tokens)),
                                         height=H, width=W).permute(0, 2, 3, 1).numpy()
-    from sjd_jax.vq import to_uint8
+    from sjd_jax.core.vq import to_uint8
 
     assert images.shape == (2, 8, 8, 3)
     assert np.abs(images.astype(int) - to_uint8(ref).astype(int)).max() <= 1
@@ -233,9 +233,9 @@ def test_convert_and_cli_generate(pipeline, tmp_path, capsys):
 
     from PIL import Image
 
-    from convert.cli import main as convert_main
-    from sjd_jax import checkpoint
-    from sjd_jax.cli import main as cli_main
+    from sjd_jax.convert.cli import main as convert_main
+    from sjd_jax.io import checkpoint
+    from sjd_jax.cli.main import main as cli_main
 
     model, tok = pipeline["model"], pipeline["tok"]
     snap = tmp_path / "Emu3-Gen-hf"
@@ -288,7 +288,7 @@ def test_convert_and_cli_generate(pipeline, tmp_path, capsys):
 def test_convert_refuses_image_sizes_the_model_cannot_use(pipeline, tmp_path, capsys):
     """--image-size 0 is not "unset"; sizes off the vision tokenizer's grid or whose image tokens
     overflow the model's context (max_position_embeddings 512 here) are refused before converting."""
-    from convert.cli import main as convert_main
+    from sjd_jax.convert.cli import main as convert_main
 
     snap = tmp_path / "Emu3-Gen-hf"
     pipeline["model"].save_pretrained(snap)
@@ -316,7 +316,7 @@ def test_layout_at_720px():
     vocab.update({f"<|visual token{i:06d}|>": 151854 + i for i in range(32768)})
     gpt = S.GPTConfig(vocab_size=184622, text_vocab_size=184622, shared_embeddings=True, dim=32, n_layer=1,
                       n_head=2, rope_type="1d", rope_interleaved=False, grid_size=(90, 91))
-    from sjd_jax.vq.emu3 import Emu3VQConfig
+    from sjd_jax.core.vq.emu3 import Emu3VQConfig
 
     c = emu3.make_config(gpt, Emu3VQConfig(), vocab, (90, 90), 9216)
     assert c.image_size == (720, 720) and c.gpt.num_image_tokens == 8190
@@ -328,7 +328,7 @@ def test_layout_at_720px():
 
 
 def test_sharded_generation_equals_single_device(pipeline):
-    from sjd_jax import sharding
+    from sjd_jax.parallel import sharding
 
     mesh = sharding.make_mesh({"data": 2, "model": 2})
     c, tok, params = pipeline["config"], pipeline["tok"], pipeline["params"]

@@ -11,8 +11,8 @@ import pytest
 import torch
 from transformers import Emu3VQVAE, Emu3VQVAEConfig
 
-from convert.emu3_vq import emu3_vq_config, emu3_vq_params, hf_to_original_key
-from sjd_jax.vq.emu3 import Emu3VQConfig, abstract_emu3_vq_params, decode_codes, decode_video
+from sjd_jax.convert.emu3_vq import emu3_vq_config, emu3_vq_params, hf_to_original_key
+from sjd_jax.core.vq.emu3 import Emu3VQConfig, abstract_emu3_vq_params, decode_codes, decode_video
 
 CODEBOOK = 64
 

@@ -28,8 +28,8 @@ import pytest
 from scipy import stats
 
 import sjd_jax as S
-from sjd_jax import exactness as E
-from sjd_jax.exactness import fit_counts
+from sjd_jax.sampling import exactness as E
+from sjd_jax.sampling.exactness import fit_counts
 from sjd_jax.sampling.generate import generate
 from sjd_jax.sampling import Rules, compile as compile_sampler, resolve
 from sjd_jax.sampling.options import Knobs, SamplerOptions
@@ -58,7 +58,7 @@ def params(models):
 
 
 def exact_joint(params, cls, cfg_scale=1.0, temperature=1.0, top_k=0, top_p=1.0, cfg=False, config=CONFIG):
-    """Probability of each of the V^N sequences, [V^N] (``sjd_jax.exactness``)."""
+    """Probability of each of the V^N sequences, [V^N] (``sjd_jax.sampling.exactness``)."""
     return E.exact_joint(params, config, cls, cfg_scale, temperature, top_k, top_p, cfg)
 
 
@@ -361,7 +361,7 @@ def test_exact_distribution_emu3_style_negative_prompt_log_softmax_cfg():
         fit_layout(p, seqs, forced, free, tokens[b::2], f"emu3-style negative prompt prompt {b}")
 
 
-# ---- research hooks: custom acceptance and draft rules (sjd_jax.exactness.check) ------------------
+# ---- research hooks: custom acceptance and draft rules (sjd_jax.sampling.exactness.check) ------------------
 def _default_accept(u, px, qx):
     return u * qx < px
 

@@ -1,11 +1,11 @@
-"""The exact-distribution tests' reference (``sjd_jax.exactness``): float64 from the logits on, one
+"""The exact-distribution tests' reference (``sjd_jax.sampling.exactness``): float64 from the logits on, one
 conditional per prefix, so an enumerated joint sums to 1 within 1e-9 whatever rounding XLA gives
 the same prefix in different batch rows (jax 0.12's CPU backend differs by ~1e-6 between rows)."""
 
 import numpy as np
 import pytest
 
-from sjd_jax import exactness as E
+from sjd_jax.sampling import exactness as E
 
 
 def _joint(logits, seqs, **target):

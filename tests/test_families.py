@@ -14,8 +14,11 @@ import numpy as np
 import pytest
 
 import sjd_jax as S
-from sjd_jax import checkpoint, families, pipelines, presets
-from sjd_jax.cli import main as cli_main
+from sjd_jax import families
+from sjd_jax.io import checkpoint
+from sjd_jax.families import pipelines
+from sjd_jax.families import presets
+from sjd_jax.cli.main import main as cli_main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -82,7 +85,7 @@ def test_cli_choices_are_the_registry(capsys, monkeypatch):
 
 
 def test_sjd_jax_never_imports_torch():
-    code = ("import sys, sjd_jax, sjd_jax.families as f; f.entries(); import convert.cli; "
+    code = ("import sys, sjd_jax, sjd_jax.families as f; f.entries(); import sjd_jax.convert.cli; "
             "assert 'torch' not in sys.modules and 'transformers' not in sys.modules")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
@@ -147,8 +150,8 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_sjd_jax_import_graph_has_no_cycle():
     graph = import_graph(ROOT / "sjd_jax")
-    assert "sjd_jax.families.janus" in graph and "sjd_jax.checkpoint" in graph["sjd_jax.families.janus"]
-    assert "sjd_jax.families" in graph["sjd_jax.checkpoint"]  # the registry, not the family modules
+    assert "sjd_jax.families.janus" in graph and "sjd_jax.io.checkpoint" in graph["sjd_jax.families.janus"]
+    assert "sjd_jax.core.registry" in graph["sjd_jax.io.checkpoint"]  # the registry, not the family modules
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
 
 
@@ -199,8 +202,8 @@ def load_toy(family, model, ckpt, *, mesh=None):
 
 @pytest.fixture
 def toy_family():
-    from sjd_jax.config import GPTConfig
-    from sjd_jax.model import abstract_params
+    from sjd_jax.core.config import GPTConfig
+    from sjd_jax.core.model import abstract_params
 
     family = families.Family("toy-c2i", "class", kinds=(families.Kind("toy-gpt", GPTConfig, abstract_params),),
                              models={"toy-c2i": {}}, defaults=dict(cfg_scale=1.5, window=2), load=load_toy,
@@ -212,8 +215,8 @@ def toy_family():
 
 
 def test_a_new_family_plugs_in(toy_family, tmp_path, capsys):
-    from sjd_jax.vq import VQConfig
-    from sjd_jax.vq.model import init_vq_params
+    from sjd_jax.core.vq import VQConfig
+    from sjd_jax.core.vq.model import init_vq_params
 
     assert families.for_kind("toy-gpt") is toy_family and "toy-gpt" in checkpoint.KINDS
     params = S.init_params(TOY, jax.random.key(0))

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 import sjd_jax as S
-from sjd_jax import checkpoint, integrity
-from sjd_jax.cli import main
-from sjd_jax.model import init_params
+from sjd_jax.io import checkpoint
+from sjd_jax.io import integrity
+from sjd_jax.cli.main import main
+from sjd_jax.core.model import init_params
 
 from tiny import c2i_checkpoints, tiny_config
 
@@ -117,7 +118,7 @@ def test_checkpoint_without_checksums_loads_with_one_note(saved, tmp_path, caplo
 
 
 def test_the_bundled_model_carries_checksums():
-    from sjd_jax import presets
+    from sjd_jax.families import presets
 
     for name in ("gpt", "vq", "classifier"):
         meta = json.loads((presets.ASSETS / "fashion_mnist" / name / "config.json").read_text())
@@ -227,7 +228,7 @@ def test_damaged_data_in_a_fresh_process_is_exactly_one_line(tmp_path):
     ck = c2i_checkpoints(tmp_path / "c2i")
     big = max((p for p in (ck / "gpt" / "params").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
     big.unlink()
-    r = subprocess.run([sys.executable, "-m", "sjd_jax.cli", "generate", "--model", "llamagen-c2i", "--ckpt",
+    r = subprocess.run([sys.executable, "-m", "sjd_jax.cli.main", "generate", "--model", "llamagen-c2i", "--ckpt",
                         str(ck), "--class", "0", "--n", "1", "--out", str(tmp_path / "x.png")],
                        capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
     assert r.returncode == 2 and r.stdout == ""

@@ -17,9 +17,9 @@ from transformers import JanusConfig as HFJanusConfig
 from transformers import GenerationConfig, JanusForConditionalGeneration
 
 import sjd_jax as S
-from convert.cli import main
+from sjd_jax.convert.cli import main
 from sjd_jax.families import janus as J
-from sjd_jax.vq import decode_tokens
+from sjd_jax.core.vq import decode_tokens
 
 PAD, BOS, EOS, BOI = 0, 1, 2, 5
 WORDS = ["<|User|>:", "<|Assistant|>:", "a", "red", "cat", "on", "the", "moon", "dog", "under", "rain",
@@ -179,7 +179,7 @@ def test_cli_generate(converted, tmp_path, capsys):
     ``text_to_image`` (grid column per prompt, example id = grid index, Janus' cfg 5 default)."""
     from PIL import Image
 
-    from sjd_jax.cli import main as cli_main
+    from sjd_jax.cli.main import main as cli_main
 
     _, config, params, d = converted
     out = tmp_path / "j.png"

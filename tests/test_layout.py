@@ -64,7 +64,7 @@ def test_check_catches_test_imports(source):  # negative control: each of these 
     "from tiny import tiny_config",
     "from fixtures_convert import llamagen_state_dict",
     "import pytest\nfrom sjd_jax import testing",
-    "from convert.vq import janus_to_llamagen_key",
+    "from sjd_jax.convert.vq import janus_to_llamagen_key",
     "x = 'import test_vq'",
 ])
 def test_check_passes_plain_imports(source):

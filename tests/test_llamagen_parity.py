@@ -9,7 +9,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import sjd_jax as S
-from convert.llamagen import gpt_params_from_state_dict
+from sjd_jax.convert.llamagen import gpt_params_from_state_dict
 from fixtures_convert import LLAMAGEN_CASES as CASES
 from fixtures_convert import llamagen_state_dict
 

@@ -13,8 +13,8 @@ from transformers import T5Config as HFT5Config
 from transformers import T5EncoderModel
 
 import sjd_jax as S
-from convert.cli import main as convert_main
-from convert.vq import janus_to_llamagen_key
+from sjd_jax.convert.cli import main as convert_main
+from sjd_jax.convert.vq import janus_to_llamagen_key
 from fixtures_convert import hf_vq_model, llamagen_state_dict, vq_state_dict
 from sjd_jax.families import llamagen_t2i as T
 
@@ -241,7 +241,7 @@ def test_cli_generate(setup, tmp_path, capsys):
     defaults; --t5 points at a T5 elsewhere."""
     from PIL import Image
 
-    from sjd_jax.cli import main as cli_main
+    from sjd_jax.cli.main import main as cli_main
 
     ck, out, stats = setup["ckpt"], tmp_path / "t2i.png", tmp_path / "st.json"
     t5 = tmp_path / "t5"

@@ -10,10 +10,10 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import ChameleonConfig, ChameleonForConditionalGeneration
 
-from convert.cli import main as convert_main
+from sjd_jax.convert.cli import main as convert_main
 from fixtures_convert import taming_vqgan
-from sjd_jax import checkpoint
-from sjd_jax.cli import main as cli_main
+from sjd_jax.io import checkpoint
+from sjd_jax.cli.main import main as cli_main
 from sjd_jax.families import lumina
 
 # A Chameleon-like vocabulary: special tokens by their real names at small ids, 16 image tokens
@@ -310,7 +310,7 @@ def test_convert_errors(converted, tmp_path, capsys):
 def test_sharded_checkpoint_and_generation_equal_single_device(converted):
     """The lumina checkpoint restores onto a (data=2, model=2) mesh (LLM sharded, VQGAN replicated)
     and samples the same tokens and images as on one device."""
-    from sjd_jax import sharding
+    from sjd_jax.parallel import sharding
 
     mesh = sharding.make_mesh({"data": 2, "model": 2})
     c, params = checkpoint.load(converted["out"], mesh=mesh)

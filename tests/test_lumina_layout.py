@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from sjd_jax.config import GPTConfig
+from sjd_jax.core.config import GPTConfig
 from sjd_jax.families import lumina
 
 

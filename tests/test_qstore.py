@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from sjd_jax.sampling import generate
-from sjd_jax.model import abstract_params, split_cond
+from sjd_jax.core.model import abstract_params, split_cond
 from sjd_jax.sampling import compile as compile_sampler
 from sjd_jax.sampling.options import SamplerSpec
 from sjd_jax.sampling.qstore import QStore, SparseQ, q_capacity

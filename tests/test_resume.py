@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from sjd_jax.cli import main
+from sjd_jax.cli.main import main
 
 ARGS = ["generate", "--class", "2", "7", "--n", "3", "--method", "ar", "--batch-per-device", "2", "--quiet"]
 

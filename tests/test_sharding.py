@@ -19,7 +19,9 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import sjd_jax as S
-from sjd_jax import checkpoint, distributed, sharding as shd
+from sjd_jax.io import checkpoint
+from sjd_jax.parallel import distributed
+from sjd_jax.parallel import sharding as shd
 from sjd_jax.sampling import generate
 from sjd_jax.sampling import Knobs, SamplerOptions, compile as compile_sampler, resolve
 from sjd_jax.sampling.generate import place_inputs
@@ -190,7 +192,7 @@ def test_checkpoint_restores_straight_into_shardings(tmp_path, models):
 
 def test_memory_plan_arithmetic_matches_jax_shard_shapes(models):
     """per_device_bytes (pure arithmetic, for meshes we do not have) == jax's shard shapes."""
-    from sjd_jax.shard_plan import plan
+    from sjd_jax.cli.shard_plan import plan
 
     config, params = CONFIGS["gqa-class-2d"], models["gqa-class-2d"]
     for d, m in [(4, 2), (2, 4)]:
@@ -211,7 +213,7 @@ def test_memory_plan_arithmetic_matches_jax_shard_shapes(models):
 
 
 def test_shard_plan_cli_reports_the_big_configs(capsys):
-    from sjd_jax.shard_plan import main
+    from sjd_jax.cli.shard_plan import main
 
     assert main(["--config", "llamagen-xl", "--mesh", "data=4,model=4"]) == 0
     r = json.loads(capsys.readouterr().out)
@@ -226,7 +228,7 @@ def test_shard_plan_cli_reports_the_big_configs(capsys):
 # ---- streamed batch generation ------------------------------------------------------------------
 
 def _cli(args):
-    from sjd_jax.generate_cli import main
+    from sjd_jax.cli.generate import main
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -239,7 +241,7 @@ BATCH = ["--class", "2", "7", "--n", "3", "--quiet", "--window", "8", "--method"
 @pytest.fixture(scope="module")
 def grid_tokens():
     """The BATCH items as one grid on one device: item i = class [2, 7][i % 2], example id i."""
-    from sjd_jax import presets
+    from sjd_jax.families import presets
 
     b = presets.load("fashion-mnist")
     out = generate(b.gpt_params, b.gpt_config, jnp.asarray([2, 7, 2, 7, 2, 7], jnp.int32), 0, method="sjd",
@@ -326,7 +328,7 @@ def _two_processes(args_of_rank):
     for rank in range(2):
         env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="2", JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
                    JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(rank), PYTHONWARNINGS="ignore")
-        cmd = [sys.executable, "-m", "sjd_jax.cli", "generate", *args_of_rank(rank)]
+        cmd = [sys.executable, "-m", "sjd_jax.cli.main", "generate", *args_of_rank(rank)]
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     logs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], logs
@@ -349,7 +351,7 @@ def test_two_processes_only_rank0_writes_and_tokens_match(tmp_path, grid_tokens)
 
 @pytest.mark.slow
 def test_bench_mesh_cli(tmp_path, capsys):
-    from sjd_jax.bench_mesh import main
+    from sjd_jax.cli.bench_mesh import main
 
     out = tmp_path / "bm.json"
     with warnings.catch_warnings():

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from sjd_jax import memory
-from sjd_jax.cli import main
+from sjd_jax.parallel import memory
+from sjd_jax.cli.main import main
 
 
 def _peak_mib() -> float:
@@ -60,8 +60,8 @@ def test_the_sampler_estimate_is_close_below_xla(tmp_path):
     import jax
     import jax.numpy as jnp
 
-    from sjd_jax import presets
-    from sjd_jax.model import split_cond
+    from sjd_jax.families import presets
+    from sjd_jax.core.model import split_cond
     from sjd_jax.sampling import Knobs, compile as compile_sampler, resolve
     from sjd_jax.sampling import keys as K
     from sjd_jax.sampling.recipes import options
@@ -126,7 +126,7 @@ def unwritable(request, tmp_path, tmpfs):
 
 @pytest.mark.parametrize("argv", EARLY, ids=[" ".join(a[:3]) for a in EARLY])
 def test_unwritable_outputs_fail_before_the_work(tmp_path, capsys, unwritable, argv):
-    from sjd_jax.presets import ASSETS
+    from sjd_jax.families.presets import ASSETS
 
     (tmp_path / "vq.pt").write_bytes(b"never read: --out is checked first")
     argv = [a.replace("{bad}", str(unwritable)).replace("{tmp}", str(tmp_path))

@@ -1,4 +1,4 @@
-"""Disk-staged params (convert.staging): round trip, temp-dir cleanup, bounded anonymous memory."""
+"""Disk-staged params (sjd_jax.convert.staging): round trip, temp-dir cleanup, bounded anonymous memory."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import jax
 import numpy as np
 import pytest
 
-from convert.staging import PeakAnon, Staging, as_cpu_arrays, rss_anon, save_bounded
-from convert.tree import paths_of
-from sjd_jax import GPTConfig, abstract_params, checkpoint
+from sjd_jax.convert.staging import PeakAnon, Staging, as_cpu_arrays, rss_anon, save_bounded
+from sjd_jax.convert.tree import paths_of
+from sjd_jax import GPTConfig, abstract_params
+from sjd_jax.io import checkpoint
 
 
 def _small():

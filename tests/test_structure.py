@@ -58,3 +58,14 @@ def test_structure_checks_catch_violations():
     assert long_functions("def f():\n    return 1\n") == []
     src = "import m\nfrom p import _hidden, ok\nfrom q import mod\nm._x\nmod._y\nobj = 1\nobj._z\nm.__name__\n"
     assert private_uses(src) == ["from p import _hidden", "m._x", "mod._y"]
+
+
+def test_every_package_directory_is_installed():
+    """pyproject's explicit package list (needed to install convert/ as sjd_jax.convert) names
+    every package directory, and no top-level ``convert`` is installed."""
+    import tomllib
+
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    dirs = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "sjd_jax").rglob("__init__.py")}
+    assert set(cfg["packages"]) == dirs | {"sjd_jax.convert"}
+    assert cfg["package-dir"] == {"sjd_jax.convert": "convert"}

@@ -9,11 +9,11 @@ import torch
 from transformers import T5Config as HFT5Config
 from transformers import T5EncoderModel, T5ForConditionalGeneration
 
-from convert.cli import main as convert_main
-from convert.cli import to_numpy
-from convert.t5 import t5_config, t5_params
-from sjd_jax import checkpoint
-from sjd_jax.text import encode
+from sjd_jax.convert.cli import main as convert_main
+from sjd_jax.convert.cli import to_numpy
+from sjd_jax.convert.t5 import t5_config, t5_params
+from sjd_jax.io import checkpoint
+from sjd_jax.core.text import encode
 
 TINY = dict(vocab_size=64, d_model=32, d_kv=8, d_ff=48, num_layers=3, num_heads=4,
             relative_attention_num_buckets=8, relative_attention_max_distance=12, dropout_rate=0.0,
@@ -114,7 +114,7 @@ def _word_tokenizer(tmp_path):
 def test_tokenize_matches_hf_max_length_padding_and_truncation(tmp_path):
     from transformers import PreTrainedTokenizerFast
 
-    from sjd_jax.text import T5Config, load_tokenizer, tokenize
+    from sjd_jax.core.text import T5Config, load_tokenizer, tokenize
 
     path = _word_tokenizer(tmp_path)
     texts = ["a red fox in the snow", "cat", "big small " * 10 + "zebra", ""]
@@ -140,7 +140,7 @@ def test_tokenize_matches_hf_max_length_padding_and_truncation(tmp_path):
 
 
 def test_left_pad_captions_is_llamagens_layout():
-    from sjd_jax.text import left_pad_captions
+    from sjd_jax.core.text import left_pad_captions
 
     rng = np.random.default_rng(0)
     L, D = 6, 3
@@ -160,7 +160,7 @@ def test_caption_features_drive_a_text_conditional_gpt(tmp_path):
     import jax.numpy as jnp
 
     import sjd_jax as S
-    from sjd_jax.text import T5Config, caption_features, init_t5_params, load_tokenizer
+    from sjd_jax.core.text import T5Config, caption_features, init_t5_params, load_tokenizer
 
     tconf = T5Config(vocab_size=16, d_model=16, d_kv=4, d_ff=24, num_layers=2, num_heads=4, max_length=8)
     tparams = init_t5_params(tconf, jax.random.key(0))

@@ -7,10 +7,11 @@ import jax
 import numpy as np
 import pytest
 
-from sjd_jax import GPTConfig, data, load
-from sjd_jax.classifier import frechet_distance
-from sjd_jax.train import TrainConfig, batch_indices, train_gpt, train_vq
-from sjd_jax.vq import VQConfig
+from sjd_jax import GPTConfig, load
+from sjd_jax.fashion import data
+from sjd_jax.fashion.classifier import frechet_distance
+from sjd_jax.fashion.train import TrainConfig, batch_indices, train_gpt, train_vq
+from sjd_jax.core.vq import VQConfig
 
 
 @pytest.fixture(scope="module")

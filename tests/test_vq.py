@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from convert.vq import janus_to_llamagen_key, vq_params_from_state_dict
+from sjd_jax.convert.vq import janus_to_llamagen_key, vq_params_from_state_dict
 from fixtures_convert import hf_vq_model as hf_model
 from fixtures_convert import vq_state_dict as state_dict
-from sjd_jax import vq as V
+from sjd_jax.core import vq as V
 
 CASES = {  # (channel_multiplier, num_res_blocks, grid)
     "3-levels": ((1, 1, 2), 1, 4),

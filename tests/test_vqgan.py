@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from convert.vq import vq_params_from_state_dict
+from sjd_jax.convert.vq import vq_params_from_state_dict
 from fixtures_convert import taming_vqgan as _taming_vqgan  # needs taming-transformers-rom1504 (README)
-from sjd_jax.vq import VQConfig, decode_tokens, encode_images
+from sjd_jax.core.vq import VQConfig, decode_tokens, encode_images
 
 
 @pytest.mark.parametrize("attn_resolutions,attn_levels", [([], ()), ([8], (2,))])

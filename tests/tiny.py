@@ -3,7 +3,7 @@
 import jax.numpy as jnp
 
 import sjd_jax as S
-from sjd_jax.exactness import scaled_params, target_np as np_target  # noqa: F401  (shared by the tests)
+from sjd_jax.sampling.exactness import scaled_params, target_np as np_target  # noqa: F401  (shared by the tests)
 
 
 def tiny_config(**overrides) -> S.GPTConfig:
@@ -23,10 +23,10 @@ def c2i_checkpoints(directory, seed: int = 0):
 
     import jax
 
-    from sjd_jax import checkpoint
-    from sjd_jax.model import init_params
-    from sjd_jax.vq import VQConfig
-    from sjd_jax.vq.model import init_vq_params
+    from sjd_jax.io import checkpoint
+    from sjd_jax.core.model import init_params
+    from sjd_jax.core.vq import VQConfig
+    from sjd_jax.core.vq.model import init_vq_params
 
     directory = Path(directory)
     gpt = tiny_config()

@@ -21,11 +21,11 @@ import re
 import jax.numpy as jnp
 import numpy as np
 
-from ..config import GPTConfig
-from ..model import Prompt
-from ..vq.emu3 import Emu3VQConfig
-from . import Family, Kind, register
-from .prompting import PipelineConfig, load_tokenizer, pad_rows
+from sjd_jax.core.config import GPTConfig
+from sjd_jax.core.model import Prompt
+from sjd_jax.core.vq.emu3 import Emu3VQConfig
+from sjd_jax.families import Family, Kind, register
+from sjd_jax.families.prompting import PipelineConfig, load_tokenizer, pad_rows
 
 # BAAI Emu3 README's generation example (sampling defaults: cfg 3.0, top-k 2048).
 POSITIVE_PROMPT = " masterpiece, film grained, best quality."
@@ -67,7 +67,7 @@ class Emu3Config(PipelineConfig):
 
 def make_config(gpt: GPTConfig, vq: Emu3VQConfig, vocabulary: dict, latent: tuple[int, int],
                 max_positions: int) -> Emu3Config:
-    """The pipeline config of Emu3's LLM (``convert.emu3.emu3_config``) and vision tokenizer for
+    """The pipeline config of Emu3's LLM (``sjd_jax.convert.emu3.emu3_config``) and vision tokenizer for
     images of ``latent = (h, w)`` codes; special and visual ids read by name from ``vocabulary``."""
     missing = [n for n in SPECIAL_NAMES.values() if n not in vocabulary]
     if missing:
@@ -112,7 +112,7 @@ def pad_prompts(config: Emu3Config, rows: list[list[int]], negatives: list[list[
 
 def generate_tokens(params, config: Emu3Config, prompts: Prompt, key, mesh=None, **sampling):
     """Image tokens ``[B, h * (w + 1)]`` (end-of-line columns included); defaults ``defaults(config)``."""
-    from ..sampling import generate
+    from sjd_jax.sampling import generate
 
     for k, v in defaults(config).items():
         sampling.setdefault(k, v)
@@ -138,8 +138,8 @@ def full_image_tokens(config: Emu3Config, tokens) -> np.ndarray:
 
 def decode_images(params, config: Emu3Config, tokens) -> np.ndarray:
     """Sampler tokens -> uint8 images ``[B, H, W, 3]`` (frame 0 of the vision tokenizer's clip)."""
-    from ..vq import to_uint8
-    from ..vq.emu3 import decode_codes
+    from sjd_jax.core.vq import to_uint8
+    from sjd_jax.core.vq.emu3 import decode_codes
 
     return to_uint8(decode_codes(params["vq"], config.vq, jnp.asarray(codes_of(config, tokens)), config.latent))
 
@@ -152,15 +152,15 @@ def text_to_image(params, config: Emu3Config, tokenizer, texts: list[str], key, 
     rows = [prompt_ids(tokenizer, config, t, positive) for t in texts]
     neg = prompt_ids(tokenizer, config, negative, positive=False)
     out = generate_tokens(params, config, pad_prompts(config, rows, [neg] * len(rows)), key, mesh=mesh, **sampling)
-    from ..distributed import gather_output
+    from sjd_jax.parallel.distributed import gather_output
 
     out = gather_output(out)
     return decode_images(params, config, out.tokens), out
 
 
 def abstract_emu3_params(config: Emu3Config):
-    from ..model import abstract_params
-    from ..vq.emu3 import abstract_emu3_vq_params
+    from sjd_jax.core.model import abstract_params
+    from sjd_jax.core.vq.emu3 import abstract_emu3_vq_params
 
     return {"gpt": abstract_params(config.gpt), "vq": abstract_emu3_vq_params(config.vq)}
 
@@ -169,8 +169,8 @@ def abstract_emu3_params(config: Emu3Config):
 
 def load_model(family, model: str, ckpt, *, mesh=None):
     """``pipelines.TextModel`` of a converted Emu3-Gen checkpoint directory."""
-    from .. import checkpoint
-    from ..pipelines import TextModel
+    from sjd_jax.io import checkpoint
+    from sjd_jax.families.pipelines import TextModel
 
     checkpoint.require_kind(ckpt, "emu3", family.name)
     config, params = checkpoint.load(ckpt, mesh=mesh)
@@ -184,4 +184,4 @@ def load_model(family, model: str, ckpt, *, mesh=None):
 
 register(Family("emu3", "text", kinds=(Kind("emu3", Emu3Config, abstract_emu3_params),),
                 models={"emu3-gen": {}}, defaults=DEFAULTS, load=load_model,
-                converters={"emu3": "convert.cli:convert_emu3"}))
+                converters={"emu3": "sjd_jax.convert.cli:convert_emu3"}))

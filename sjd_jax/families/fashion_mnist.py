@@ -5,10 +5,11 @@ shipped under ``sjd_jax/assets/fashion_mnist`` (no download). Trained by ``sjd-j
 
 from __future__ import annotations
 
-from .. import presets
-from ..data import CLASSES
-from . import Family, register
+from sjd_jax.families import presets
+from sjd_jax.families import Family, register
 
+CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+           "Ankle boot")
 # Sampling defaults chosen for this model (README / docs/bundled-model.md give the measurements).
 DEFAULTS = dict(cfg_scale=2.0, window=16, method="sjd", temperature=1.0, top_k=0, top_p=1.0)
 

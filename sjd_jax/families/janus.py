@@ -15,11 +15,11 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 
-from ..config import GPTConfig
-from ..model import Prompt
-from ..vq import VQConfig
-from . import Family, Kind, register
-from .prompting import PipelineConfig, load_tokenizer, pad_prompts
+from sjd_jax.core.config import GPTConfig
+from sjd_jax.core.model import Prompt
+from sjd_jax.core.vq import VQConfig
+from sjd_jax.families import Family, Kind, register
+from sjd_jax.families.prompting import PipelineConfig, load_tokenizer, pad_prompts
 
 # DeepSeek's chat format for image generation (Janus-Pro, empty system prompt); the image-start
 # token is appended by id, BOS by the tokenizer (or here, if its post-processor does not add it).
@@ -55,7 +55,7 @@ def prompt_ids(tokenizer, config: JanusConfig, text: str, template: bool = True)
 def generate_tokens(params, config: JanusConfig, prompts: Prompt, key, **sampling):
     """Image tokens for padded prompts; ``sampling`` as in ``sjd_jax.generate`` (method, window,
     cfg_scale (Janus default 5), temperature, top_k, top_p)."""
-    from ..sampling import generate
+    from sjd_jax.sampling import generate
 
     sampling.setdefault("cfg_scale", 5.0)
     gpt = config.with_prompt_length(prompts.ids.shape[1])
@@ -64,7 +64,7 @@ def generate_tokens(params, config: JanusConfig, prompts: Prompt, key, **samplin
 
 def decode_images(params, config: JanusConfig, tokens) -> np.ndarray:
     """``tokens [B, N]`` -> uint8 images ``[B, H, W, 3]``."""
-    from ..vq import decode_tokens, to_uint8
+    from sjd_jax.core.vq import decode_tokens, to_uint8
 
     return np.asarray(to_uint8(decode_tokens(params["vq"], config.vq, jnp.asarray(tokens),
                                              config.gpt.grid_size)))
@@ -74,7 +74,7 @@ def text_to_image(params, config: JanusConfig, tokenizer, texts: list[str], key,
                   template: bool = True, **sampling):
     """Prompts -> (uint8 images ``[B, H, W, 3]``, the sampler's ``GenerateOutput`` with host arrays;
     ``mesh=`` in ``sampling`` runs the LLM on it)."""
-    from ..distributed import gather_output
+    from sjd_jax.parallel.distributed import gather_output
 
     prompts = pad_prompts(config, [prompt_ids(tokenizer, config, t, template) for t in texts])
     out = gather_output(generate_tokens(params, config, prompts, key, **sampling))
@@ -82,8 +82,8 @@ def text_to_image(params, config: JanusConfig, tokenizer, texts: list[str], key,
 
 
 def abstract_janus_params(config: JanusConfig):
-    from ..model import abstract_params
-    from ..vq import abstract_vq_params
+    from sjd_jax.core.model import abstract_params
+    from sjd_jax.core.vq import abstract_vq_params
 
     return {"gpt": abstract_params(config.gpt), "vq": abstract_vq_params(config.vq)}
 
@@ -95,9 +95,9 @@ DEFAULTS = dict(cfg_scale=5.0, temperature=1.0, top_k=0, top_p=1.0)
 
 def load_model(family, model: str, ckpt, *, mesh=None):
     """``pipelines.TextModel`` of a converted Janus-Pro checkpoint directory."""
-    from .. import checkpoint
-    from ..pipelines import TextModel
-    from ..vq import codebook_vectors
+    from sjd_jax.io import checkpoint
+    from sjd_jax.families.pipelines import TextModel
+    from sjd_jax.core.vq import codebook_vectors
 
     checkpoint.require_kind(ckpt, "janus", family.name)
     config, params = checkpoint.load(ckpt, mesh=mesh)
@@ -112,7 +112,7 @@ def load_model(family, model: str, ckpt, *, mesh=None):
 
 register(Family("janus-pro", "text", kinds=(Kind("janus", JanusConfig, abstract_janus_params),),
                 models={"janus-pro-1b": {}, "janus-pro-7b": {}}, defaults=DEFAULTS, load=load_model,
-                converters={"janus-pro": "convert.cli:convert_janus"}))
+                converters={"janus-pro": "sjd_jax.convert.cli:convert_janus"}))
 
 __all__ = ["DEFAULTS", "JanusConfig", "PROMPT_TEMPLATE", "abstract_janus_params", "decode_images",
            "generate_tokens", "load_model", "load_tokenizer", "pad_prompts", "prompt_ids", "text_to_image"]

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import checkpoint, presets
-from ..config import GPTConfig
-from ..model import abstract_params
-from ..vq import VQConfig, abstract_vq_params
-from . import Family, Kind, register
+from sjd_jax.io import checkpoint
+from sjd_jax.families import presets
+from sjd_jax.core.config import GPTConfig
+from sjd_jax.core.model import abstract_params
+from sjd_jax.core.vq import VQConfig, abstract_vq_params
+from sjd_jax.families import Family, Kind, register
 
 # LlamaGen's sample_c2i demo (cfg 4.0, top-k 2000; temperature 1.0 and top-p 1.0 as Preset's defaults)
 DEFAULTS = dict(cfg_scale=4.0, top_k=2000)
@@ -40,5 +41,5 @@ register(Family("llamagen-c2i", "class",
                 kinds=(Kind("gpt", GPTConfig, abstract_params),
                        Kind("vq", VQConfig, abstract_vq_params, replicated=True)),  # decodes once per image
                 models={"llamagen-c2i": {}}, defaults=DEFAULTS, load=load_model,
-                converters={"llamagen-c2i": "convert.cli:convert_llamagen_c2i",
-                            "llamagen-vq": "convert.cli:convert_llamagen_vq"}))
+                converters={"llamagen-c2i": "sjd_jax.convert.cli:convert_llamagen_c2i",
+                            "llamagen-vq": "sjd_jax.convert.cli:convert_llamagen_vq"}))

@@ -26,11 +26,11 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
-from ..config import GPTConfig
-from ..model import Caption
-from ..text import T5Config, abstract_t5_params
-from ..vq import VQConfig
-from . import Family, Kind, register
+from sjd_jax.core.config import GPTConfig
+from sjd_jax.core.model import Caption
+from sjd_jax.core.text import T5Config, abstract_t5_params
+from sjd_jax.core.vq import VQConfig
+from sjd_jax.families import Family, Kind, register
 
 # LlamaGen sample_t2i.py's sampling defaults
 DEFAULTS = dict(cfg_scale=7.5, top_k=1000, top_p=1.0, temperature=1.0)
@@ -65,7 +65,7 @@ class T2IBundle:
 def _read_config(path: Path, kind: str, what: str):
     """``path/config.json`` -> the config of a checkpoint of ``kind``, read before any params so
     that a mismatched setup fails in milliseconds, not after loading gigabytes."""
-    from ..checkpoint import FORMAT, config_from_dict
+    from sjd_jax.io.checkpoint import FORMAT, config_from_dict
 
     make = _MAKE[kind].format(dir=path)
     if not path.is_dir():
@@ -95,8 +95,8 @@ def load(ckpt_dir, t5_dir=None, mesh=None) -> T2IBundle:
     is one ValueError naming the directory and the ``sjd-jax convert`` command that makes it.
     ``mesh``: restore the GPT sharded on it (``checkpoint.load``); VQ and T5 land on device 0.
     """
-    from .. import checkpoint
-    from ..text import load_tokenizer
+    from sjd_jax.io import checkpoint
+    from sjd_jax.core.text import load_tokenizer
 
     root = Path(ckpt_dir)
     gpt_dir, vq_dir = root / "gpt", root / "vq"
@@ -161,7 +161,7 @@ def captions(bundle: T2IBundle, texts: list[str], clean: bool = True) -> Caption
     """Prompts -> ``Caption(features [B, L, d_model] float32, mask [B, L] bool)``, ``L = max_length``,
     left-padded as LlamaGen lays them out. ``clean``: apply ``clean_caption`` first (LlamaGen does);
     a prompt cleaned down to nothing still encodes (as T5's ``</s>`` alone)."""
-    from ..text import caption_features
+    from sjd_jax.core.text import caption_features
 
     texts = _check_texts(texts)
     if clean:
@@ -186,8 +186,8 @@ def sampling_options(bundle: T2IBundle, **sampling) -> dict:
 
 def decode_images(bundle: T2IBundle, tokens) -> np.ndarray:
     """Image tokens ``[B, N]`` -> uint8 images ``[B, H, W, 3]`` (``H = W = bundle.image_size``)."""
-    from ..distributed import gather
-    from ..vq import decode_tokens, to_uint8
+    from sjd_jax.parallel.distributed import gather
+    from sjd_jax.core.vq import decode_tokens, to_uint8
 
     tokens = jnp.asarray(gather(tokens))  # off a mesh (if any; multi-host safe): the VQ sits on device 0
     return np.asarray(to_uint8(decode_tokens(bundle.vq_params, bundle.vq_config, tokens,
@@ -201,10 +201,10 @@ def text_to_image(bundle: T2IBundle, texts: list[str], key, *, clean: bool = Tru
     prompt's image does not depend on what else is in the batch. ``sampling``: any ``generate``
     option (method, window, cfg_scale, temperature, top_k, top_p, coupling, init, tree, lantern,
     example_ids, ...) over ``DEFAULTS`` (see ``sampling_options``). ``mesh``: run the GPT on it."""
-    from ..sampling import generate
+    from sjd_jax.sampling import generate
 
     cond = captions(bundle, texts, clean=clean)
-    from ..distributed import gather_output
+    from sjd_jax.parallel.distributed import gather_output
 
     out = gather_output(generate(bundle.gpt_params, bundle.gpt_config, cond, key, mesh=mesh,
                                  **sampling_options(bundle, **sampling)))
@@ -217,8 +217,8 @@ def text_to_image(bundle: T2IBundle, texts: list[str], key, *, clean: bool = Tru
 def load_model(family, model: str, ckpt, *, mesh=None, t5=None):
     """``pipelines.TextModel`` of a LlamaGen-T2I directory (``ckpt/gpt``, ``ckpt/vq``, the T5
     encoder in ``t5`` or ``ckpt/t5``)."""
-    from ..pipelines import TextModel
-    from ..vq import codebook_vectors
+    from sjd_jax.families.pipelines import TextModel
+    from sjd_jax.core.vq import codebook_vectors
 
     b = load(ckpt, t5_dir=t5, mesh=mesh)
 
@@ -232,8 +232,8 @@ def load_model(family, model: str, ckpt, *, mesh=None, t5=None):
 
 register(Family("llamagen-t2i", "text", kinds=(Kind("t5", T5Config, abstract_t5_params, replicated=True),),
                 models={"llamagen-t2i-xl": {}}, defaults=DEFAULTS, load=load_model, load_options=("t5",),
-                converters={"llamagen-t2i": "convert.cli:convert_llamagen_t2i",
-                            "t5-encoder": "convert.cli:convert_t5"}))
+                converters={"llamagen-t2i": "sjd_jax.convert.cli:convert_llamagen_t2i",
+                            "t5-encoder": "sjd_jax.convert.cli:convert_t5"}))
 
 __all__ = ["DEFAULTS", "T2IBundle", "captions", "clean_caption", "decode_images", "load", "load_model",
            "sampling_options", "text_to_image"]

@@ -28,11 +28,11 @@ import re
 import jax.numpy as jnp
 import numpy as np
 
-from ..config import GPTConfig
-from ..model import Prompt
-from ..vq import VQConfig
-from . import Family, Kind, register
-from .prompting import PipelineConfig, load_tokenizer, pad_prompts
+from sjd_jax.core.config import GPTConfig
+from sjd_jax.core.model import Prompt
+from sjd_jax.core.vq import VQConfig
+from sjd_jax.families import Family, Kind, register
+from sjd_jax.families.prompting import PipelineConfig, load_tokenizer, pad_prompts
 
 BOI, EOI, NEWLINE, END_OF_TURN = 8197, 8196, 8803, 8710  # <racm3:break>, <eoss>, <reserved08799>, <reserved08706>
 SIZE_BASE = 8804  # <reserved0{8800 + n}> has id 8804 + n
@@ -152,7 +152,7 @@ class LuminaConfig(PipelineConfig):
 
 def make_config(gpt: GPTConfig, vq: VQConfig, vocabulary: dict, latent: tuple[int, int], layout: str,
                 max_positions: int) -> LuminaConfig:
-    """The pipeline config of a Chameleon-family LLM (``convert.chameleon.chameleon_config``) and
+    """The pipeline config of a Chameleon-family LLM (``sjd_jax.convert.chameleon.chameleon_config``) and
     its VQGAN, for images of ``latent = (h, w)`` codes; special ids read from ``vocabulary``
     (token name -> id, e.g. the HF config's ``vocabulary_map``)."""
     h, w = (int(x) for x in latent)
@@ -206,7 +206,7 @@ def defaults(config: LuminaConfig) -> dict:
 def generate_tokens(params, config: LuminaConfig, prompts: Prompt, key, mesh=None, **sampling):
     """Image-span tokens ``[B, rows * (w + 1)]`` (Lumina: newline columns included) for padded
     prompts; ``sampling`` as in ``sjd_jax.generate``, defaults ``defaults(config)``."""
-    from ..sampling import generate
+    from sjd_jax.sampling import generate
 
     for k, v in defaults(config).items():
         sampling.setdefault(k, v)
@@ -225,7 +225,7 @@ def codes_of(config: LuminaConfig, tokens) -> np.ndarray:
 def decode_images(params, config: LuminaConfig, tokens) -> np.ndarray:
     """Sampler tokens ``[B, N]`` -> uint8 images ``[B, H, W, 3]``; as Lumina's decoder: clamp to
     [-1, 1], ``(x + 1) / 2 * 255`` truncated (not rounded)."""
-    from ..vq import decode_tokens
+    from sjd_jax.core.vq import decode_tokens
 
     x = decode_tokens(params["vq"], config.vq, jnp.asarray(codes_of(config, tokens)), config.latent)
     x = np.clip(np.asarray(x, np.float32), -1.0, 1.0)
@@ -239,15 +239,15 @@ def text_to_image(params, config: LuminaConfig, tokenizer, texts: list[str], key
         raise ValueError("texts must be a non-empty list of strings")
     prompts = pad_prompts(config, [prompt_ids(tokenizer, config, t, template) for t in texts])
     out = generate_tokens(params, config, prompts, key, mesh=mesh, **sampling)
-    from ..distributed import gather_output
+    from sjd_jax.parallel.distributed import gather_output
 
     out = gather_output(out)
     return decode_images(params, config, out.tokens), out
 
 
 def abstract_lumina_params(config: LuminaConfig):
-    from ..model import abstract_params
-    from ..vq import abstract_vq_params
+    from sjd_jax.core.model import abstract_params
+    from sjd_jax.core.vq import abstract_vq_params
 
     return {"gpt": abstract_params(config.gpt), "vq": abstract_vq_params(config.vq)}
 
@@ -257,8 +257,8 @@ def abstract_lumina_params(config: LuminaConfig):
 def load_model(family, model: str, ckpt, *, mesh=None):
     """``pipelines.TextModel`` of a converted Lumina-mGPT / Anole checkpoint directory; the model's
     ``layout`` and ``size`` (pixels, or None: any) must be the checkpoint's."""
-    from .. import checkpoint
-    from ..pipelines import TextModel
+    from sjd_jax.io import checkpoint
+    from sjd_jax.families.pipelines import TextModel
 
     spec = family.models[model]
     checkpoint.require_kind(ckpt, "lumina", family.name)
@@ -280,7 +280,7 @@ def load_model(family, model: str, ckpt, *, mesh=None):
 
 register(Family("lumina-mgpt", "text", kinds=(Kind("lumina", LuminaConfig, abstract_lumina_params),),
                 models={f"lumina-mgpt-7b-{px}": dict(layout="lumina", size=px) for px in (512, 768, 1024)},
-                defaults=DEFAULTS, load=load_model, converters={"lumina-mgpt": "convert.cli:convert_lumina_mgpt"}))
+                defaults=DEFAULTS, load=load_model, converters={"lumina-mgpt": "sjd_jax.convert.cli:convert_lumina_mgpt"}))
 # Anole: Chameleon's own image span, the same checkpoint kind (written with layout "anole")
 register(Family("anole", "text", models={"anole-7b": dict(layout="anole", size=None)}, defaults=DEFAULTS,
-                load=load_model, converters={"anole": "convert.cli:convert_anole"}))
+                load=load_model, converters={"anole": "sjd_jax.convert.cli:convert_anole"}))

@@ -10,8 +10,8 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
-from ..config import GPTConfig, from_dict
-from ..model import Prompt
+from sjd_jax.core.config import GPTConfig, from_dict
+from sjd_jax.core.model import Prompt
 
 
 class PipelineConfig:

@@ -4,14 +4,14 @@
 (static, validated) -> ``compile`` (executables) -> ``GenerateOutput``; ``generate`` does all of it.
 """
 
-from .compiled import Executables, compile  # noqa: A004
-from .drafting import DRAFT_INITS, DraftContext
-from .generate import generate
-from .options import Knobs, SamplerOptions, SamplerSpec, resolve
-from .processors import filter_logits, guided_logits, target_probs
-from .state import GenerateOutput, SamplerState
-from .stats import acceptance_stats
-from .verify import Rules
+from sjd_jax.sampling.compiled import Executables, compile  # noqa: A004
+from sjd_jax.sampling.drafting import DRAFT_INITS, DraftContext
+from sjd_jax.sampling.generate import generate
+from sjd_jax.sampling.options import Knobs, SamplerOptions, SamplerSpec, resolve
+from sjd_jax.sampling.processors import filter_logits, guided_logits, target_probs
+from sjd_jax.sampling.state import GenerateOutput, SamplerState
+from sjd_jax.sampling.stats import acceptance_stats
+from sjd_jax.sampling.verify import Rules
 
 __all__ = ["DRAFT_INITS", "DraftContext", "Executables", "GenerateOutput", "Knobs", "Rules", "SamplerOptions",
            "SamplerSpec", "SamplerState", "acceptance_stats", "compile", "filter_logits", "generate",

@@ -15,12 +15,12 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from .. import model as gpt
-from .. import sharding as shd
-from . import loop
-from .context import LoopContext
-from .options import Knobs, SamplerSpec
-from .state import GenerateOutput, SamplerState, pin, state_axes
+from sjd_jax.core import model as gpt
+from sjd_jax.parallel import sharding as shd
+from sjd_jax.sampling import loop
+from sjd_jax.sampling.context import LoopContext
+from sjd_jax.sampling.options import Knobs, SamplerSpec
+from sjd_jax.sampling.state import GenerateOutput, SamplerState, pin, state_axes
 
 TRACE_COUNT = 0  # incremented each time the sampler is traced (tests assert no recompiles)
 

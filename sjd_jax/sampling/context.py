@@ -12,9 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import keys as K
-from .processors import target_probs
-from .qstore import QStore
+from sjd_jax.sampling import keys as K
+from sjd_jax.sampling.processors import target_probs
+from sjd_jax.sampling.qstore import QStore
 
 
 def log(p):

@@ -17,7 +17,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from . import keys as K
+from sjd_jax.sampling import keys as K
 
 
 class DraftContext(NamedTuple):

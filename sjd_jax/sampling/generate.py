@@ -8,16 +8,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import sharding as shd
-from ..config import GPTConfig
-from ..memory import require_sampler
-from ..model import split_cond
-from ..validate import check_cond
-from . import compiled, progress as progress_mod
-from . import keys as K
-from .options import Knobs, SamplerOptions, resolve
-from .state import GenerateOutput
-from .verify import Rules
+from sjd_jax.parallel import sharding as shd
+from sjd_jax.core.config import GPTConfig
+from sjd_jax.parallel.memory import require_sampler
+from sjd_jax.core.model import split_cond
+from sjd_jax.core.validate import check_cond
+from sjd_jax.sampling import compiled, progress as progress_mod
+from sjd_jax.sampling import keys as K
+from sjd_jax.sampling.options import Knobs, SamplerOptions, resolve
+from sjd_jax.sampling.state import GenerateOutput
+from sjd_jax.sampling.verify import Rules
 
 KNOBS = ("cfg_scale", "temperature", "top_k", "top_p")
 OPTION_FIELDS = ("method", "window", "coupling", "init", "tree", "q_storage", "chunk_elements", "cfg", "rules")

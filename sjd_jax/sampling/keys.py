@@ -21,7 +21,7 @@ ACCEPT_BRANCH = 64
 def as_key(key) -> jax.Array:
     """An int seed, a typed key, or a raw uint32 key -> typed key (scalar or ``[B]``)."""
     if isinstance(key, (int, np.integer)):
-        from ..validate import check_seed
+        from sjd_jax.core.validate import check_seed
 
         return jax.random.key(check_seed(key))
     key = jnp.asarray(key) if not isinstance(key, jax.Array) else key

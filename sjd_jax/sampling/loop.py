@@ -46,12 +46,12 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .. import model as gpt
-from ..cache import init_cache
-from . import drafting, progress, tree, verify
-from .context import LoopContext, slice_rows, update_rows
-from .drafting import Fresh
-from .state import SamplerState
+from sjd_jax.core import model as gpt
+from sjd_jax.core.cache import init_cache
+from sjd_jax.sampling import drafting, progress, tree, verify
+from sjd_jax.sampling.context import LoopContext, slice_rows, update_rows
+from sjd_jax.sampling.drafting import Fresh
+from sjd_jax.sampling.state import SamplerState
 
 
 def prefill(ctx: LoopContext, cond, prefix_mask) -> SamplerState:

@@ -18,10 +18,10 @@ import flax.struct
 import jax.numpy as jnp
 import numpy as np
 
-from ..config import GPTConfig
-from .drafting import DRAFT_INITS
-from .qstore import q_capacity
-from .verify import Rules
+from sjd_jax.core.config import GPTConfig
+from sjd_jax.sampling.drafting import DRAFT_INITS
+from sjd_jax.sampling.qstore import q_capacity
+from sjd_jax.sampling.verify import Rules
 
 METHODS = ("ar", "jacobi", "sjd")
 COUPLINGS = ("none", "gumbel", "maximal")

@@ -18,7 +18,7 @@ beat 4 x 3 and 3 x 2 at windows 16 and 32), none below.
 
 from __future__ import annotations
 
-from .options import SamplerOptions, auto_tree  # noqa: F401  (auto_tree: part of this module's API)
+from sjd_jax.sampling.options import SamplerOptions, auto_tree  # noqa: F401  (auto_tree: part of this module's API)
 
 RECIPES = {
     "ar": dict(method="ar"),
@@ -54,8 +54,8 @@ def recipe(name: str, window: int) -> dict:
 
 def add_arguments(ap, default_method: str | None = "sjd") -> None:
     """The drafting flags shared by ``sjd-jax generate`` and ``sjd-jax eval``."""
-    from .options import COUPLINGS, INITS
-    from .qstore import Q_STORAGE
+    from sjd_jax.sampling.options import COUPLINGS, INITS
+    from sjd_jax.sampling.qstore import Q_STORAGE
 
     ap.add_argument("--coupling", default=None,
                     help=f"override the method's redrafting rule: {' | '.join(COUPLINGS)} "
@@ -100,7 +100,7 @@ def from_args(args, method: str, window: int, codebook=None):
         return chosen, None
     if codebook is None:
         raise ValueError("lantern needs the model's VQ codebook")
-    from .lantern import codebook_neighbours
+    from sjd_jax.sampling.lantern import codebook_neighbours
 
     return chosen, (codebook_neighbours(codebook, args.lantern_k), args.lantern_delta)
 

@@ -8,9 +8,9 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from ..cache import KVCache
-from .. import sharding as shd
-from .qstore import SparseQ
+from sjd_jax.core.cache import KVCache
+from sjd_jax.parallel import sharding as shd
+from sjd_jax.sampling.qstore import SparseQ
 
 
 @flax.struct.dataclass

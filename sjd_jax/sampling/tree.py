@@ -12,9 +12,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from . import keys as K
-from .context import LoopContext, gather_rows, log
-from .verify import ChainVerdict, accept_mass, accepts
+from sjd_jax.sampling import keys as K
+from sjd_jax.sampling.context import LoopContext, gather_rows, log
+from sjd_jax.sampling.verify import ChainVerdict, accept_mass, accepts
 
 
 def candidates(ctx: LoopContext, primary, qp, tok, it):

@@ -14,8 +14,8 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from . import keys as K
-from .context import LoopContext, gather_rows, log
+from sjd_jax.sampling import keys as K
+from sjd_jax.sampling.context import LoopContext, gather_rows, log
 
 
 def standard_accept(u, p_x, q_x):

@@ -1,0 +1,432 @@
+"""Benchmark: AR vs the Jacobi-family samplers on one model, in one process (JSON + PNG plot).
+
+For every method x window x draft init (and batch size) it reports NFE, step compression vs AR,
+tokens committed per iteration (mean and histogram), side-branch hits, wall time per image and the
+latency ratio vs AR at the same batch size, compile time and XLA's memory footprint of the compiled
+loop. It also measures the cost of one W-token forward over a 1-token forward (same batch, same
+cache), so each row can say how much of the step compression reaches wall time:
+``efficiency = latency_ratio / (step_compression / forward_cost_ratio)`` (1 = no loop overhead).
+
+Compile time is measured ahead of time (``lower().compile()``); wall time is the best of
+``--repeat`` passes over the same images with the compiled loop, so ratios within one run share the
+machine state. Image i always uses class ``i mod classes`` and example id i, so results do not
+depend on the batch size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sjd_jax.io import atomic
+from sjd_jax.parallel import memory
+from sjd_jax.core import model as gpt
+from sjd_jax import sampling
+from sjd_jax.core.cache import init_cache
+from sjd_jax.core.config import GPTConfig
+from sjd_jax.core.model import init_params, param_count, split_cond
+from sjd_jax.sampling import keys as K
+from sjd_jax.sampling.options import INITS, Knobs, check_chunk_elements, resolve
+from sjd_jax.sampling.qstore import Q_STORAGE
+from sjd_jax.sampling.recipes import LOSSLESS, RECIPES, options
+from sjd_jax.core.validate import check_int, check_seed
+
+DEFAULT_METHODS = "sjd,sjd-gumbel,sjd-ac,sjd-pac"
+
+
+def _load(name: str, grid: int, vocab: int | None = None):
+    """(config, params, lantern codebook or None, default cfg scale)."""
+    if name.startswith("random:"):
+        extra = {} if vocab is None else {"vocab_size": vocab}
+        config = GPTConfig.llamagen(name.split(":", 1)[1], grid_size=grid, **extra)
+        memory.require_tree(gpt.abstract_params(config), f"random weights of {name}")
+        return config, None, None, 4.0
+    if vocab is not None:
+        raise ValueError("--vocab applies to random: models only")
+    from sjd_jax.families import presets
+    from sjd_jax.core.vq import codebook_vectors
+
+    if name not in presets.PRESETS:
+        raise ValueError(f"unknown model {name!r}: use a bundled model ({', '.join(presets.PRESETS)}) "
+                         f"or random:<LlamaGen preset>, e.g. random:GPT-B")
+    b = presets.load(name)
+    return b.gpt_config, b.gpt_params, codebook_vectors(b.vq_params, b.vq_config), b.preset.cfg_scale
+
+
+def configuration(config: GPTConfig, method: str, window: int, knobs: dict, init: str = "uniform", lantern=None,
+                  q_storage: str = "auto", chunk_elements: int | None = None):
+    """One benchmark configuration, validated: (``SamplerSpec``, lantern neighbours or None, ``Knobs``).
+    ``init`` applies to the drafting methods (ar drafts nothing); ``lantern``: (neighbours [V, k],
+    delta), used by the lantern recipe only."""
+    opts = options(method, window, q_storage=q_storage, chunk_elements=chunk_elements)
+    if opts.method != "ar":
+        opts = opts.replace(init=init)
+    neighbours, delta = lantern if opts.lantern and lantern is not None else (None, 0.0)
+    spec = resolve(config, opts, dict(knobs, lantern_delta=delta), neighbours=neighbours)
+    return spec, None if neighbours is None else jnp.asarray(neighbours), Knobs.make(**knobs, lantern_delta=delta)
+
+
+def _memory(compiled) -> dict:
+    try:
+        m = compiled.memory_analysis()
+        return {"xla_temp_mb": m.temp_size_in_bytes / 2**20, "xla_args_mb": m.argument_size_in_bytes / 2**20,
+                "xla_output_mb": m.output_size_in_bytes / 2**20}
+    except Exception:  # not every backend reports it
+        return {}
+
+
+def run_one(params, config: GPTConfig, method: str, window: int, batch: int, knobs: dict,
+            seed: int = 0, repeat: int = 1, images: int | None = None, init: str = "uniform",
+            lantern=None, q_storage: str = "auto", chunk_elements: int | None = None) -> dict:
+    """One configuration over ``images`` images (default: one batch), in batches of ``batch``.
+    ``lantern``: (neighbours [V, k], delta), used by the lantern recipe only."""
+    images = batch if images is None else images
+    spec, neighbours, kn = configuration(config, method, window, knobs, init, lantern, q_storage, chunk_elements)
+    memory.require_sampler(spec, batch)
+    ids = np.arange(images)
+    chunks = [ids[i:i + batch] for i in range(0, images, batch)]
+    chunks[-1] = np.resize(chunks[-1], batch)  # pad the last batch to the compiled shape
+
+    def args(chunk):
+        cond, prefix_mask = split_cond(config, jnp.asarray(chunk % config.num_classes, jnp.int32))
+        return cond, prefix_mask, K.row_keys(K.as_key(seed), jnp.asarray(chunk, jnp.uint32))
+
+    inputs = [args(ch) for ch in chunks]
+    executables = sampling.compile(spec, *inputs[0], neighbours)
+    t0 = time.perf_counter()
+    compiled = executables.lower(params, *inputs[0], kn, neighbours).compile()
+    compile_s = time.perf_counter() - t0
+    jax.block_until_ready(compiled(params, *inputs[0], kn, neighbours))  # warm-up: first-call costs
+    times = []
+    for _ in range(repeat):
+        outs = []
+        t0 = time.perf_counter()
+        for a in inputs:
+            outs.append(compiled(params, *a, kn, neighbours))
+        jax.block_until_ready(outs)
+        times.append(time.perf_counter() - t0)
+    nfe = np.concatenate([np.asarray(o.nfe) for o in outs])[: images]  # drop the padding rows
+    committed = np.concatenate([np.asarray(o.committed) for o in outs])[: images]
+    hits = np.concatenate([np.asarray(o.branch_hits) for o in outs])[: images]
+    return {
+        "method": method, "lossless": method in LOSSLESS, "window": spec.window, "init": init,
+        "tree": [spec.tree_width, spec.tree_depth] if spec.branches else None, "batch": batch,
+        "q_storage": q_storage, "q_slots": spec.q_slots, "chunk_elements": spec.chunk_elements,
+        "images": images, "nfe_per_row": nfe.tolist(), "forwards": int(sum(int(o.iterations) + 1 for o in outs)),
+        **sampling.acceptance_stats(nfe, committed, config.num_image_tokens, spec.window),
+        "branch_hits_per_image": float(hits.mean()),
+        "compile_s": compile_s, "wall_s": min(times), "wall_s_per_image": min(times) / images,
+        **_memory(compiled),
+    }
+
+
+def forward_cost(params, config: GPTConfig, batch: int, windows, reps: int = 32) -> dict:
+    """Seconds per cached forward of W tokens (CFG-doubled batch), by W.
+
+    Measured as the sampler runs it: ``reps`` forwards inside one jitted loop that carries the
+    cache (no per-call dispatch, cache updated in place), each at a cache length in the middle of
+    the image; the best of 3 timed calls."""
+    rows = 2 * batch
+    mid = config.cls_token_num + config.num_image_tokens // 2
+
+    def f(params, tokens, cache):
+        def body(i, carry):
+            cache, acc = carry
+            logits, cache = gpt.forward(params, config, gpt.embed_tokens(params, config, tokens),
+                                        cache.with_length(jnp.full((rows,), mid, jnp.int32)))
+            return cache, acc + logits[:, -1, 0].sum()
+        return jax.lax.fori_loop(0, reps, body, (cache, jnp.float32(0)))[1]
+
+    f = jax.jit(f)
+    cache = init_cache(config, rows, jnp.ones((rows, config.cls_token_num), bool))
+    out = {}
+    for W in sorted(set([1, *windows])):
+        tokens = jnp.zeros((rows, W), jnp.int32)
+        jax.block_until_ready(f(params, tokens, cache))
+        ts = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            jax.block_until_ready(f(params, tokens, cache))
+            ts.append((time.perf_counter() - t0) / reps)
+        out[W] = float(min(ts))
+    return {str(W): {"seconds": s, "ratio": s / out[1]} for W, s in out.items()}
+
+
+def summarize(results: list[dict]) -> dict:
+    """Best configuration per method (by step compression, and by latency ratio) and overall."""
+    out = {}
+    for m in sorted({r["method"] for r in results if r["method"] != "ar"}):
+        rs = [r for r in results if r["method"] == m]
+        by_c = max(rs, key=lambda r: r["step_compression"])
+        by_l = max(rs, key=lambda r: r["latency_ratio_vs_ar"] or 0)
+        out[m] = {"lossless": m in LOSSLESS,
+                  "best_compression": {k: by_c[k] for k in ("window", "init", "batch", "step_compression",
+                                                            "latency_ratio_vs_ar", "efficiency")},
+                  "best_latency": {k: by_l[k] for k in ("window", "init", "batch", "step_compression",
+                                                        "latency_ratio_vs_ar", "efficiency")}}
+    lossless = [r for r in results if r["lossless"] and r["method"] != "ar"]
+    if lossless:
+        best = max(lossless, key=lambda r: r["step_compression"])
+        out["best_lossless"] = {k: best[k] for k in ("method", "window", "init", "batch", "step_compression",
+                                                     "latency_ratio_vs_ar", "efficiency", "accepted_histogram")}
+    return out
+
+
+def plot(report: dict, path: str) -> None:
+    """Step compression and latency ratio vs window: per method, the uniform init (solid) and the
+    best init at each window (dashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = [r for r in report["results"] if r["method"] != "ar"]
+    batch = min(r["batch"] for r in results)
+    results = [r for r in results if r["batch"] == batch]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for i, m in enumerate(sorted({r["method"] for r in results})):
+        color = f"C{i}"
+        rs = [r for r in results if r["method"] == m]
+        windows = sorted({r["window"] for r in rs})
+        uni = [next((r for r in rs if r["window"] == w and r["init"] == "uniform"), None) for w in windows]
+        best = [max((r for r in rs if r["window"] == w), key=lambda r: r["step_compression"]) for w in windows]
+        label = m + ("" if m in LOSSLESS else " (lossy)")
+        for ax, key in zip(axes, ("step_compression", "latency_ratio_vs_ar")):
+            if all(u is not None for u in uni):
+                ax.plot(windows, [u[key] for u in uni], "o-", color=color, label=f"{label}, uniform init")
+            ax.plot(windows, [b[key] for b in best], "s--", color=color, label=f"{label}, best init")
+    cost = report["forward_cost"][str(batch)]
+    ws = sorted(int(w) for w in cost if w != "1")
+    axes[1].plot(ws, [1.0] * len(ws), ":", color="gray")
+    for ax, title in zip(axes, ("step compression vs AR (NFE)", f"latency ratio AR / method (batch {batch})")):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ws, [str(w) for w in ws])
+        ax.set_xlabel("window (forward positions)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{report['model']} ({report['image_tokens']} tokens), {report['env']['device']}", fontsize=9)
+    fig.tight_layout()
+    atomic.write_file(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)
+
+
+def markdown_table(report: dict) -> str:
+    """README table: per method and window, the best init's compression and latency ratio."""
+    results = [r for r in report["results"] if r["method"] != "ar"]
+    windows = sorted({r["window"] for r in results})
+    lines = ["| method | lossless | " + " | ".join(f"W={w}" for w in windows) + " |",
+             "|---|---|" + "---|" * len(windows)]
+    for m in sorted({r["method"] for r in results}, key=lambda m: list(RECIPES).index(m)):
+        cells = []
+        for w in windows:
+            rs = [r for r in results if r["method"] == m and r["window"] == w]
+            if not rs:
+                cells.append("–")
+                continue
+            b = max(rs, key=lambda r: r["step_compression"])
+            cells.append(f"{b['step_compression']:.2f}× / {b['latency_ratio_vs_ar']:.2f}× ({b['init']})")
+        lines.append(f"| {m} | {'yes' if m in LOSSLESS else '**no**'} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _report(args, config, params, knobs, lantern, costs, results) -> dict:
+    for r in results:  # latency ratio against AR at the same batch size
+        ar = next(a for a in results if a["method"] == "ar" and a["batch"] == r["batch"])
+        r["latency_ratio_vs_ar"] = ar["wall_s"] / r["wall_s"]
+        ratio = costs[str(r["batch"])][str(r["window"])]["ratio"]
+        r["forward_cost_ratio"] = ratio
+        r["efficiency"] = r["latency_ratio_vs_ar"] / (r["step_compression"] / ratio)
+    return {
+        "model": args.model, "params": param_count(params), "image_tokens": config.num_image_tokens,
+        "knobs": knobs, "seed": args.seed, "images": args.images,
+        "lantern": {"k": args.lantern_k, "delta": args.lantern_delta} if lantern else None,
+        "env": {"jax": jax.__version__, "backend": jax.default_backend(),
+                "device": str(jax.devices()[0].device_kind), "cpus": os.cpu_count(),
+                "python": platform.python_version()},
+        "forward_cost": costs,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "summary": summarize(results),
+        "results": results,
+    }
+
+
+def parser():
+    from sjd_jax.cli.util import Parser, add_output_flags
+
+    ap = Parser("sjd-jax bench", __doc__)
+    ap.add_argument("--model", default="fashion-mnist",
+                    help="a bundled model (fashion-mnist) or random:<LlamaGen preset> (random init)")
+    ap.add_argument("--grid", type=int, default=16, help="random models: image token grid side")
+    ap.add_argument("--vocab", type=int, default=None,
+                    help="random models: vocabulary size (e.g. 184622, Emu3's, to measure q storage)")
+    ap.add_argument("--methods", "--method", dest="methods", default=DEFAULT_METHODS,
+                    help=f"comma-separated recipes ({', '.join(RECIPES)}); AR always runs as the baseline")
+    ap.add_argument("--windows", "--window", dest="windows", default="8,16,32,64", help="comma-separated windows")
+    ap.add_argument("--inits", "--init", dest="inits", default=",".join(INITS), help="comma-separated draft inits")
+    ap.add_argument("--batch", "--batches", dest="batch", default="1", help="comma-separated batch sizes")
+    ap.add_argument("--images", type=int, default=20, help="images per configuration")
+    ap.add_argument("--cfg-scale", type=float, default=None, help="default: the model's (random: 4.0)")
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--top-k", type=int, default=0)
+    ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--lantern-k", type=int, default=8, help="lantern: latent neighbours per code")
+    ap.add_argument("--lantern-delta", type=float, default=0.1, help="lantern: neighbour mass budget")
+    ap.add_argument("--q-storage", default="auto",
+                    help=f"comma-separated draft q storage modes ({', '.join(Q_STORAGE)}); each Jacobi run "
+                         "is repeated per mode (XLA memory columns show the difference)")
+    ap.add_argument("--chunk-elements", type=int, default=None,
+                    help="largest [batch, slots, vocab] temporary of the target filters and draws (default 2^28)")
+    ap.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    ap.add_argument("--repeat", type=int, default=1, help="timed passes per configuration (best kept)")
+    ap.add_argument("--out", default="bench.json", help="JSON report path (default bench.json)")
+    ap.add_argument("--plot", default=None, help="PNG plot path (default: the JSON path with .png)")
+    ap.add_argument("--no-plot", action="store_true", help="no PNG plot (no matplotlib needed)")
+    add_output_flags(ap)
+    return ap
+
+
+def main(argv=None) -> int:
+    from sjd_jax.cli.util import run
+
+    return run(parser(), argv, _main)
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"{flag} takes comma-separated integers, e.g. 16,32; got {text!r}") from None
+
+
+def _lists(args) -> dict:
+    """The comma-separated flags as lists (each non-empty), sizes checked."""
+    lists = {"methods": [m.strip() for m in args.methods.split(",") if m.strip()],
+             "windows": _int_list(args.windows, "--windows"),
+             "inits": [i.strip() for i in args.inits.split(",") if i.strip()],
+             "batches": _int_list(args.batch, "--batch"),
+             "storages": [q.strip() for q in args.q_storage.split(",") if q.strip()]}
+    for flag, key in (("--methods", "methods"), ("--inits", "inits"), ("--q-storage", "storages")):
+        if not lists[key]:
+            raise ValueError(f"{flag} is empty; give comma-separated names")
+    for b in lists["batches"]:
+        check_int("--batch sizes", b, 1, memory.MAX_ROWS)
+    return lists
+
+
+def _check_flags(args) -> tuple[dict, str | None]:
+    """Flags before anything loads: (the lists, the plot path or None)."""
+    lists = _lists(args)
+    check_int("--images", args.images, 1, memory.MAX_ROWS)
+    check_int("--repeat", args.repeat, 1, 1000)
+    check_seed(args.seed, "--seed")
+    if args.vocab is not None:
+        check_int("--vocab", args.vocab, 2)
+    check_chunk_elements(args.chunk_elements)
+    for m in lists["methods"]:
+        options(m)  # a known recipe
+    plot_path = None if args.no_plot else (args.plot or os.path.splitext(args.out)[0] + ".png")
+    for path in (args.out, plot_path):  # before the work, not after it
+        if path:
+            atomic.check_file_target(path)
+    return lists, plot_path
+
+
+def _check_runs(args, config, lists, knobs, lantern) -> None:
+    """Every configuration is valid and fits at every batch size, before any of them runs."""
+    configuration(config, "ar", 1, knobs)  # the AR baseline (the knobs' errors come first)
+    for m, w, init, q in [(m, w, i, q) for m in lists["methods"] for w in lists["windows"] for i in lists["inits"]
+                          for q in lists["storages"]]:
+        spec = configuration(config, m, w, knobs, init, lantern, q, args.chunk_elements)[0]
+        for b in lists["batches"]:  # sizes before work: every configuration must fit
+            memory.require_sampler(spec, b)
+
+
+def _setup(args):
+    """Flags, model and sampler settings, all checked before the work: (lists, plot path, config,
+    params or None, knobs, lantern or None)."""
+    lists, plot_path = _check_flags(args)
+    config, params, codebook, cfg_default = _load(args.model, args.grid, args.vocab)
+    knobs = dict(cfg_scale=cfg_default if args.cfg_scale is None else args.cfg_scale,
+                 temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    lantern = None
+    if "lantern" in lists["methods"]:
+        if codebook is None:
+            raise ValueError("lantern needs a VQ codebook: use a bundled model, not random:")
+        from sjd_jax.sampling.lantern import codebook_neighbours
+
+        lantern = (codebook_neighbours(codebook, args.lantern_k), args.lantern_delta)
+    _check_runs(args, config, lists, knobs, lantern)
+    if plot_path:
+        import matplotlib  # noqa: F401  (fail before hours of work, not after)
+    return lists, plot_path, config, params, knobs, lantern
+
+
+def _main(args) -> int:
+    from sjd_jax.cli.util import Output, error
+
+    report_to = Output(args)
+    try:
+        lists, plot_path, config, params, knobs, lantern = _setup(args)
+    except ImportError:
+        return error("sjd-jax bench", "the plot needs matplotlib: pip install 'sjd-jax[bench]' (or pass --no-plot)")
+    t0 = time.perf_counter()
+    if params is None:
+        params = init_params(config, jax.random.key(0))
+    init_s = time.perf_counter() - t0
+    report_to.info(f"model {args.model}: {param_count(params) / 1e6:.1f}M params, {config.num_image_tokens} "
+                   f"image tokens, load {init_s:.1f}s; backend {jax.default_backend()}")
+    report = _run_all(args, config, params, knobs, lantern, lists, report_to)
+    if plot_path:
+        plot(report, plot_path)
+    report_to.result({"out": args.out, "plot": plot_path, "configurations": len(report["results"]),
+                      "summary": report["summary"], "env": report["env"]},
+                     markdown_table(report) + "\n" + json.dumps(report["summary"].get("best_lossless", {})))
+    return 0
+
+
+def _run_all(args, config, params, knobs, lantern, lists, report_to) -> dict:
+    """Every configuration at every batch size; the report is rewritten after each one."""
+    from tqdm import tqdm
+
+    methods, windows, inits, storages = lists["methods"], lists["windows"], lists["inits"], lists["storages"]
+    results, costs = [], {}
+    runs = [("ar", 1, "uniform", "auto")] + [(m, w, i, q) for m in methods for w in windows
+                                              for i in (["uniform"] if m == "jacobi" else inits) for q in storages]
+    # One bar over all configurations (stderr): tokens/s and mean accepted tokens per iteration of
+    # the last one. (No per-iteration callback: it would add host syncs to the timed loop.)
+    bar = tqdm(total=len(lists["batches"]) * len(runs), desc="bench", unit="run", file=sys.stderr,
+               disable=not report_to.progress, dynamic_ncols=True)
+    for b in lists["batches"]:
+        costs[str(b)] = forward_cost(params, config, b, windows)
+        report_to.info(f"  forward cost ratio W/1 at batch {b}: " + ", ".join(
+            f"W={w}: {c['ratio']:.2f}" for w, c in costs[str(b)].items()))
+        for m, w, init, q in runs:
+            bar.set_description(f"bench {m} W={w} B={b}")
+            r = run_one(params, config, m, w, b, knobs, args.seed, args.repeat, args.images, init, lantern, q,
+                        args.chunk_elements)
+            jax.clear_caches()  # free each loop's code: hundreds of executables exhaust the mappings on CPU
+            results.append(r)
+            report = _report(args, config, params, knobs, lantern, costs, results)
+            atomic.write_json(args.out, report)  # after every row: an interrupted run keeps what it measured
+            bar.set_postfix(tok_s=f"{r['images'] * config.num_image_tokens / r['wall_s']:.0f}",
+                            acc_per_iter=f"{r['mean_accepted_per_iteration']:.2f}", refresh=False)
+            bar.update(1)
+            report_to.info(f"  {m:15s} W={r['window']:<3d} {init:15s} B={b}: NFE {r['nfe_mean']:6.1f} "
+                           f"(x{r['step_compression']:.2f}), {r['mean_accepted_per_iteration']:.2f} tok/it, "
+                           f"{r['wall_s_per_image'] * 1e3:.0f} ms/image, compile {r['compile_s']:.1f}s, "
+                           f"q {q} (S={r['q_slots']}), XLA temp {r.get('xla_temp_mb', float('nan')):.0f} MiB")
+    bar.close()
+    return report
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""Class-conditional models by name: the bundled ones (no download) and converted checkpoints.
+
+Which names exist and how each loads is up to the model families (``sjd_jax.families``, task
+"class"); a ``Bundle`` is what they load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from pathlib import Path
+
+from sjd_jax import families
+from sjd_jax.io import checkpoint
+from sjd_jax.core.config import GPTConfig
+from sjd_jax.core.vq import VQConfig
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"  # sjd_jax/assets
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    name: str
+    directory: Path
+    class_names: tuple[str, ...]
+    # sampling defaults chosen for this model (README / closing note give the measurements)
+    cfg_scale: float
+    window: int = 16
+    method: str = "sjd"
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    crop: int | None = None  # center crop of decoded images (Fashion-MNIST: 32 -> 28)
+
+    def knobs(self, **overrides) -> dict:
+        """Sampling knobs: this preset's defaults, replaced by every override that is not None."""
+        d = dict(cfg_scale=self.cfg_scale, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+        d.update({k: v for k, v in overrides.items() if v is not None})
+        return d
+
+
+def __getattr__(name: str):
+    # PRESETS: bundled model name -> its Preset factory; CKPT_MODELS: class-conditional models from a
+    # converted checkpoint directory -> their sampling defaults. Both read from the registry on access.
+    if name == "PRESETS":
+        return {m: functools.partial(get, m) for m in families.model_names("class", bundled=True)}
+    if name == "CKPT_MODELS":
+        return {m: dict(families.for_model(m).defaults) for m in families.model_names("class", bundled=False)}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def get(name: str) -> Preset:
+    """The ``Preset`` of a bundled model (no weights read)."""
+    bundled = families.model_names("class", bundled=True)
+    if name not in bundled:
+        raise ValueError(f"unknown model {name!r}; bundled models: {', '.join(bundled)}")
+    return families.for_model(name).preset(name)
+
+
+def from_checkpoint(name: str, ckpt, mesh=None) -> Bundle:
+    """A class-conditional model of ``CKPT_MODELS`` from its converted checkpoint directory ``ckpt``
+    (LlamaGen: ``ckpt/gpt`` and ``ckpt/vq``)."""
+    names = families.model_names("class", bundled=False)
+    if name not in names:
+        raise ValueError(f"unknown model {name!r}; class-conditional checkpoint models: {', '.join(names)}")
+    ckpt = Path(ckpt)
+    if not ckpt.is_dir():
+        raise ValueError(f"--ckpt {ckpt}: no such directory")
+    family = families.for_model(name)
+    return family.load(family, name, ckpt, mesh=mesh)
+
+
+@dataclasses.dataclass
+class Bundle:
+    preset: Preset
+    gpt_config: GPTConfig
+    gpt_params: dict
+    vq_config: VQConfig
+    vq_params: dict
+
+
+def load(name: str, mesh=None) -> Bundle:
+    """The bundled model; with ``mesh`` the GPT params are restored onto their shardings (the VQ
+    decoder stays on this process's first device: it decodes on the writing process only)."""
+    get(name)  # a bundled model (ValueError otherwise)
+    family = families.for_model(name)
+    return family.load(family, name, None, mesh=mesh)
+
+
+def load_bundled(family, model: str, ckpt=None, *, mesh=None) -> Bundle:
+    """The loader of bundled families: the GPT and VQ checkpoints under the preset's directory."""
+    p = family.preset(model)
+    if not (p.directory / "gpt").is_dir():
+        raise ValueError(f"model {model!r}: weights missing under {p.directory} (broken install?)")
+    gc, gp = checkpoint.load(p.directory / "gpt", mesh=mesh)
+    vc, vp = checkpoint.load(p.directory / "vq")
+    return Bundle(p, gc, gp, vc, vp)

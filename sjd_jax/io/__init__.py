@@ -1,0 +1,2 @@
+"""Files: atomic writes (``atomic``), checksums (``integrity``), checkpoints, PNGs (``imaging``) and
+streaming batch generation to disk (``streaming``)."""
