@@ -119,7 +119,7 @@ def test_too_few_entries_change_the_tokens(params, monkeypatch):
     """Negative control: 3 entries for top-k 8 drop mass from the stored q, which changes draws."""
     options = OPTIONS["maximal-vertical-sample-tree3x2"]
     dense = _run(params, "dense", **options)
-    monkeypatch.setattr(sys.modules["sjd_jax.sampling.generate"], "q_capacity", lambda *a, **k: 3)
+    monkeypatch.setattr(sys.modules["sjd_jax.sampling.options"], "q_capacity", lambda *a, **k: 3)
     truncated = _run(params, "compact", cache=False, **options)
     assert (truncated[0] != dense[0]).any()
 
