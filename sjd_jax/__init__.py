@@ -22,7 +22,8 @@ __all__ = [
 ]
 
 # Modules by their names before the package was laid out by role: ``from sjd_jax import
-# checkpoint`` and ``sjd_jax.exactness.check`` keep working (loaded on first use).
+# checkpoint``, ``sjd_jax.exactness.check`` and ``from sjd_jax.config import GPTConfig`` keep working
+# (loaded on first use).
 MOVED = {
     "atomic": "io.atomic", "cache": "core.cache", "checkpoint": "io.checkpoint", "config": "core.config",
     "distributed": "parallel.distributed", "emu3": "families.emu3", "exactness": "sampling.exactness",
@@ -40,3 +41,32 @@ def __getattr__(name: str):
 
         return importlib.import_module(f"{__name__}.{MOVED[name]}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _install_old_names() -> None:
+    """``import sjd_jax.exactness`` / ``from sjd_jax.vq.model import ...``: an old dotted name is
+    the new module itself (one object, registered under both names)."""
+    import importlib
+    import importlib.abc
+    import importlib.util
+    import sys
+
+    class OldNames(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+        def find_spec(self, fullname, path=None, target=None):
+            parts = fullname.split(".")
+            if len(parts) > 1 and parts[0] == __name__ and parts[1] in MOVED:
+                return importlib.util.spec_from_loader(fullname, self)
+            return None
+
+        def create_module(self, spec):
+            parts = spec.name.split(".")
+            return importlib.import_module(".".join([__name__, MOVED[parts[1]], *parts[2:]]))
+
+        def exec_module(self, module):
+            pass
+
+    if not any(type(f).__name__ == "OldNames" for f in sys.meta_path):
+        sys.meta_path.append(OldNames())
+
+
+_install_old_names()
