@@ -66,7 +66,7 @@ def _install_old_names() -> None:
             pass
 
     if not any(type(f).__name__ == "OldNames" for f in sys.meta_path):
-        sys.meta_path.append(OldNames())
+        sys.meta_path.insert(0, OldNames())  # before the path finder: never a second copy of a module
 
 
 _install_old_names()
