@@ -55,7 +55,8 @@ class Rules:
         for name in ("accept", "draft", "residual", "sibling_residual", "kept_q"):
             f = getattr(self, name)
             if f is not None and not callable(f):
-                raise ValueError(f"{name} rule must be a function, got {type(f).__name__}")
+                label = {"accept": "accept_rule", "draft": "draft_rule"}.get(name, f"the {name} rule")
+                raise ValueError(f"{label} must be a function, got {type(f).__name__}")
 
 
 def accept_mass(ctx: LoopContext, p, x):
