@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from sjd_jax.sampling import keys as K
+from sjd_jax.sampling.context import log
 
 
 class DraftContext(NamedTuple):
@@ -97,7 +98,7 @@ def horizon_sample(ctx, d: Fresh):
     qs, rows, V = ctx.qs, ctx.rows, ctx.V
     q = qs.map(lambda x: jnp.broadcast_to(x[:, None], d.tok.shape + x.shape[1:]), d.q_last)
     vals = ctx.by_slots(lambda tk: K.categorical(K.slot_keys(rows, K.INIT, tk, d.it),
-                                                 _log(jnp.broadcast_to(d.p_last[:, None], tk.shape + (V,)))), d.tok)
+                                                 log(jnp.broadcast_to(d.p_last[:, None], tk.shape + (V,)))), d.tok)
     return _or_random(ctx, d, _left(ctx, d), vals, q)
 
 
@@ -105,13 +106,9 @@ def vertical_sample(ctx, d: Fresh):
     qs, rows = ctx.qs, ctx.rows
     src = _above(ctx, d)
     q = qs.take(d.hist, jnp.maximum(src, 0) % ctx.R)
-    vals = ctx.by_slots(lambda tk, qq: K.categorical(K.slot_keys(rows, K.INIT, tk, d.it), _log(qs.dense(qq))),
+    vals = ctx.by_slots(lambda tk, qq: K.categorical(K.slot_keys(rows, K.INIT, tk, d.it), log(qs.dense(qq))),
                         d.tok, q)
     return _or_random(ctx, d, src, vals, q)
-
-
-def _log(p):
-    return jnp.log(jnp.maximum(p, 0.0))
 
 
 DRAFT_INITS = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import jax
@@ -127,15 +128,12 @@ def generate(params, config: GPTConfig, cond, key, options: SamplerOptions | Non
     rows = row_keys(key, B, example_ids)
     check_cond(config, cond_arr, prefix_mask, B, allow_null=False)
     require_sampler(spec, B, mesh)  # sizes before work: one line instead of an out-of-memory abort
-    if progress is None:
-        knobs = Knobs.make(**knob_values, lantern_delta=delta)
-        if mesh is not None:
-            params, cond_arr, prefix_mask, rows, knobs, neighbours = place_inputs(
-                mesh, params, cond_arr, prefix_mask, rows, knobs, neighbours)
-        return compiled.run(spec, params, cond_arr, prefix_mask, rows, knobs, neighbours)
-    with progress_mod.listening(progress) as pid:
+    listening = contextlib.nullcontext(0) if progress is None else progress_mod.listening(progress)
+    with listening as pid:
         knobs = Knobs.make(**knob_values, lantern_delta=delta, progress_id=pid)
         if mesh is not None:
             params, cond_arr, prefix_mask, rows, knobs, neighbours = place_inputs(
                 mesh, params, cond_arr, prefix_mask, rows, knobs, neighbours)
-        return jax.block_until_ready(compiled.run(spec, params, cond_arr, prefix_mask, rows, knobs, neighbours))
+        out = compiled.run(spec, params, cond_arr, prefix_mask, rows, knobs, neighbours)
+        # with a callback, wait inside: its reports must reach it before it is unregistered
+        return out if progress is None else jax.block_until_ready(out)
