@@ -41,7 +41,7 @@ class Fresh(NamedTuple):
     p_last: jax.Array  # [B, V] the latest target (token known_end), dense
     q_last: object  # [B] the same target as stored
     hist: object  # [B, R] latest stored target per position mod R (history inits only)
-    it: jax.Array  # [] iteration
+    it: jax.Array  # [B] each row's iteration (forwards since its prefill; 0 in the prefill)
 
 
 class Init(NamedTuple):

@@ -38,12 +38,16 @@ def row_keys(key: jax.Array, example_ids: jax.Array) -> jax.Array:
 
 
 def slot_keys(rows: jax.Array, purpose: int, token_idx: jax.Array, iteration) -> jax.Array:
-    """Keys ``[B, T]`` for (row, purpose, absolute image-token index ``token_idx: [B, T]``, iteration)."""
+    """Keys ``[B, T]`` for (row, purpose, absolute image-token index ``token_idx: [B, T]``, the
+    row's own iteration ``iteration``: ``[B]`` or one for every row). A row's iteration counts its
+    forwards since its own prefill, so a row refilled into a running batch draws what it would
+    draw alone."""
 
-    def one(k, t):
-        return jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(k, purpose), t), iteration)
+    def one(k, t, i):
+        return jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(k, purpose), t), i)
 
-    return jax.vmap(jax.vmap(one, in_axes=(None, 0)))(rows, token_idx)
+    its = jnp.broadcast_to(jnp.asarray(iteration, jnp.int32), rows.shape)
+    return jax.vmap(jax.vmap(one, in_axes=(None, 0, None)))(rows, token_idx, its)
 
 
 def categorical(keys: jax.Array, logp: jax.Array) -> jax.Array:

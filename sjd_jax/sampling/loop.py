@@ -164,13 +164,14 @@ def body(ctx: LoopContext, s: SamplerState) -> SamplerState:
     """One iteration: draft -> forward -> verify -> commit, for every row at once."""
     it, n, N = s.it + 1, s.n, ctx.N
     active = n < N
+    row_it = s.nfe  # [B] each row's own iteration (keys follow it, so a refilled row draws as if alone)
     win = slice_rows(s.buf, n - 1, ctx.Wc)  # [B, Wc]: token n-1, then drafts for n .. n+Wc-2
     root = ctx.C + n - 1  # cache slot of the window's first token
     p, cache = forward(ctx, s, win, root)
-    v = check(ctx, s, win, p, it)
-    n_new, a, buf, q_new, hist = commit(ctx, s, win, p[:, :ctx.Wc], v, it)
+    v = check(ctx, s, win, p, row_it)
+    n_new, a, buf, q_new, hist = commit(ctx, s, win, p[:, :ctx.Wc], v, row_it)
     if ctx.A:
-        s = regrow(ctx, s, cache, root, v.chosen, n_new, buf, q_new, it)
+        s = regrow(ctx, s, cache, root, v.chosen, n_new, buf, q_new, row_it)
     else:
         s = s.replace(cache=cache)
     if ctx.spec.progress:  # row iterations: forwards after the prefill of each row while it was active

@@ -31,7 +31,7 @@ class SamplerState:
     """Per row b: ``n[b]`` image tokens are committed; the window's chain holds token n - 1 and
     drafts for n .. n + Wc - 2 (W = Wc chain + A tree slots)."""
 
-    it: jax.Array  # [] int32 iteration id (prefill = 0)
+    it: jax.Array  # [] int32 loop iterations run (prefill = 0); a row's own iteration is its ``nfe``
     n: jax.Array  # [B] committed image tokens
     buf: jax.Array  # [B, N + 2W] committed tokens at [0, n), current chain drafts at [n, n + Wc - 1)
     q: Any  # [B, Wc] chain draft distributions by window slot (slot 0 unused), stored by ``QStore``
@@ -54,9 +54,11 @@ class SamplerState:
                    branch_hits=jnp.zeros((B,), jnp.int32))
 
     def record(self, it, active, accepted, num_tokens: int) -> "SamplerState":
-        """Iteration ``it``'s bookkeeping: forwards of the active rows, ``accepted [B]`` tokens."""
-        col = jnp.minimum(it, num_tokens - 1)
-        committed = self.committed.at[:, col].set(jnp.where(active, accepted, self.committed[:, col]))
+        """Iteration ``it``'s bookkeeping: forwards of the active rows, ``accepted [B]`` tokens (in
+        each row's own iteration column: its forwards so far)."""
+        rows = jnp.arange(self.n.shape[0])
+        col = jnp.minimum(self.nfe, num_tokens - 1)
+        committed = self.committed.at[rows, col].set(jnp.where(active, accepted, self.committed[rows, col]))
         return self.replace(it=it, nfe=self.nfe + active, committed=committed)
 
     def output(self, num_tokens: int) -> GenerateOutput:
