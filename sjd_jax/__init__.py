@@ -11,13 +11,13 @@ from sjd_jax.core.model import (Caption, Prompt, abstract_params, embed_cond, em
                                 param_count, teacher_forced_logits)
 from sjd_jax.io.checkpoint import load, save
 from sjd_jax.parallel import sharding  # sjd_jax.sharding.make_mesh, RULES
-from sjd_jax.sampling import GenerateOutput, SamplerOptions, SamplerSpec, generate
+from sjd_jax.sampling import GenerateOutput, SamplerOptions, SamplerSpec, generate, generate_stream
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Caption", "GPTConfig", "Prompt", "GenerateOutput", "KVCache", "SamplerOptions", "SamplerSpec", "abstract_params",
-    "embed_cond", "embed_tokens", "forward", "generate", "init_cache", "init_params",
+    "embed_cond", "embed_tokens", "forward", "generate", "generate_stream", "init_cache", "init_params",
     "load", "param_count", "save", "sharding", "teacher_forced_logits",
 ]
 

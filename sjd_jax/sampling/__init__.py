@@ -2,8 +2,10 @@
 
 ``SamplerOptions`` (what to run) + ``Knobs`` (traced numbers) -> ``resolve`` -> ``SamplerSpec``
 (static, validated) -> ``compile`` (executables) -> ``GenerateOutput``; ``generate`` does all of it.
+``generate_stream`` samples an iterable of conditions in batches (continuous batching by default).
 """
 
+from sjd_jax.sampling.batching import Item, ScheduleStats, generate_stream
 from sjd_jax.sampling.compiled import Executables, compile  # noqa: A004
 from sjd_jax.sampling.drafting import DRAFT_INITS, DraftContext
 from sjd_jax.sampling.generate import generate
@@ -13,6 +15,6 @@ from sjd_jax.sampling.state import GenerateOutput, SamplerState
 from sjd_jax.sampling.stats import acceptance_stats
 from sjd_jax.sampling.verify import Rules
 
-__all__ = ["DRAFT_INITS", "DraftContext", "Executables", "GenerateOutput", "Knobs", "Rules", "SamplerOptions",
-           "SamplerSpec", "SamplerState", "acceptance_stats", "compile", "filter_logits", "generate",
-           "guided_logits", "resolve", "target_probs"]
+__all__ = ["DRAFT_INITS", "DraftContext", "Executables", "GenerateOutput", "Item", "Knobs", "Rules", "SamplerOptions",
+           "SamplerSpec", "SamplerState", "ScheduleStats", "acceptance_stats", "compile", "filter_logits", "generate",
+           "generate_stream", "guided_logits", "resolve", "target_probs"]

@@ -63,7 +63,7 @@ def _abstract(x):
     return None if x is None else jax.ShapeDtypeStruct(tuple(x.shape), x.dtype)
 
 
-def _sig(*xs):
+def signature(*xs):
     """Hashable shapes/dtypes of the inputs (executables are built per input signature)."""
     return tuple(None if x is None else (tuple(x.shape), str(x.dtype)) for x in xs)
 
@@ -97,7 +97,7 @@ class Executables:
 def compile(spec: SamplerSpec, cond, prefix_mask, rows, neighbours=None) -> Executables:  # noqa: A001
     """The executables of ``spec`` for inputs shaped like ``cond``, ``prefix_mask``, ``rows`` (row
     keys, typed or raw ``[B, 2]`` uint32) and the lantern ``neighbours`` table (arrays or shapes)."""
-    return _compile(spec, _sig(cond, prefix_mask, rows, neighbours), jnp.issubdtype(rows.dtype, jax.dtypes.prng_key))
+    return _compile(spec, signature(cond, prefix_mask, rows, neighbours), jnp.issubdtype(rows.dtype, jax.dtypes.prng_key))
 
 
 @functools.lru_cache(maxsize=32)
