@@ -11,7 +11,7 @@ import pytest
 import sjd_jax as S
 from sjd_jax.parallel import sharding as shd
 from sjd_jax.sampling import continuous, generate, recipes
-from sjd_jax.sampling.batching import SCHEDULES, default_refill_rows, generate_stream
+from sjd_jax.sampling.batching import SCHEDULES, default_refill_rows, generate_stream, pick_schedule
 from tiny import scaled_params, tiny_config
 
 CONFIG = tiny_config(grid_size=(4, 4), vocab_size=32, num_classes=5)
@@ -145,10 +145,14 @@ def test_continuous_on_a_mesh_equals_one_device(params):
     st = generate_stream(params, CONFIG, labels, 11, opts, batch=8, refill_rows=4, mesh=mesh, **KNOBS)
     _same(ref, _streamed(list(st), n), "mesh (4, 2)")
     assert st.stats.refills > 0
+    static = generate_stream(params, CONFIG, labels, 11, opts, batch=8, schedule="static", mesh=mesh, **KNOBS)
+    _same(ref, _streamed(list(static), n), "mesh (4, 2), static")
+    with pytest.raises(ValueError, match="multiple of the data axis"):
+        generate_stream(params, CONFIG, labels, 11, opts, batch=8, refill_rows=2, mesh=mesh)
 
 
 @pytest.mark.parametrize("kw, match", [
-    (dict(schedule="dynamic"), "schedule must be one of"),
+    (dict(schedule="dynamic"), "schedule must be one of auto, static, continuous"),
     (dict(batch=0), "batch must be a positive"),
     (dict(refill_rows=9), "refill_rows must be"),
     (dict(key=jax.random.split(jax.random.key(0), 2)), "one key"),
@@ -170,3 +174,6 @@ def test_default_refill_rows():
     assert [default_refill_rows(b) for b in (1, 8, 40, 128)] == [1, 1, 2, 8]
     assert default_refill_rows(40, data=4) == 4 and default_refill_rows(8, data=8) == 8
     assert SCHEDULES == ("static", "continuous")
+    ar, sjd = (S.sampling.resolve(CONFIG, recipes.options(m, 8), S.sampling.Knobs.make()) for m in ("ar", "sjd"))
+    assert [pick_schedule("auto", s) for s in (ar, sjd)] == ["static", "continuous"]
+    assert pick_schedule("static", sjd) == "static"

@@ -251,7 +251,8 @@ def grid_tokens():
 
 def test_batch_generation_resumes_and_equals_the_grid(tmp_path, capsys, grid_tokens):
     out = tmp_path / "run"
-    assert _cli(BATCH + ["--out-dir", str(out), "--batch-per-device", "1", "--mesh", "data=2,model=1"]) == 0
+    assert _cli(BATCH + ["--out-dir", str(out), "--batch-per-device", "1", "--mesh", "data=2,model=1",
+                         "--schedule", "static"]) == 0
     tokens = np.load(out / "tokens.npy")
     assert tokens.shape == (6, 256)
     np.testing.assert_array_equal(np.load(out / "labels.npy"), [2, 7, 2, 7, 2, 7])
@@ -276,6 +277,17 @@ def test_batch_generation_resumes_and_equals_the_grid(tmp_path, capsys, grid_tok
     st = json.loads((out / "stats.json").read_text())
     assert st["generated_this_run"] == 4 and st["skipped_done"] == 2 and st["mesh"] == {"data": 4, "model": 2}
     assert not [p for p in out.rglob(".*tmp*")]  # nothing half-written left behind
+    assert st["schedule"]["schedule"] == "continuous"  # the resume ran the default schedule
+
+    # continuous batching from scratch, rows refilled one shard's worth at a time: the same tokens
+    out2 = tmp_path / "run2"
+    assert _cli(BATCH + ["--out-dir", str(out2), "--batch-per-device", "2", "--mesh", "data=2,model=1",
+                         "--schedule", "continuous", "--refill-rows", "2"]) == 0
+    np.testing.assert_array_equal(np.load(out2 / "tokens.npy"), tokens)
+    ids = np.concatenate([np.load(p)["ids"] for p in (out2 / "parts").iterdir()])
+    assert sorted(ids.tolist()) == list(range(6))
+    st2 = json.loads((out2 / "stats.json").read_text())["schedule"]
+    assert st2["refill_rows"] == 2 and st2["refills"] >= 1 and st2["items"] == 6
 
     # a complete run: nothing to do; other settings in the same directory are refused
     assert _cli([a for a in BATCH if a != "--quiet"] + ["--out-dir", str(out)]) == 0
@@ -286,6 +298,9 @@ def test_batch_generation_resumes_and_equals_the_grid(tmp_path, capsys, grid_tok
 
 @pytest.mark.parametrize("args,match", [
     (["--batch-per-device", "4"], "need --out-dir"),
+    (["--schedule", "static"], "need --out-dir"),
+    (["--out-dir", "X", "--mesh", "data=2", "--refill-rows", "1"], "multiple of the mesh's data axis"),
+    (["--out-dir", "X", "--batch-per-device", "2", "--refill-rows", "9"], "--refill-rows must be an integer in 1..2"),
     (["--out-dir", "X", "--batch-per-device", "0"], "--batch-per-device must be an integer in 1..1048576, got 0"),
     (["--out-dir", "X", "--mesh", "data=3"], "not divisible"),
     (["--out-dir", "X", "--mesh", "data=4,model=4"], "needs 16 devices"),
@@ -360,7 +375,8 @@ def test_bench_mesh_cli(tmp_path, capsys):
                      "--out", str(out)]) == 0
     rows = json.loads(out.read_text())["results"]
     assert [r["mesh"] for r in rows] == [{"data": 1, "model": 1}, {"data": 2, "model": 1}]
-    assert all(r["tokens_equal_baseline"] and r["global_batch"] == 2 and r["chunks"] == 2 for r in rows)
+    assert all(r["tokens_equal_baseline"] and r["global_batch"] == 2 and r["segments"] >= 2 for r in rows)
+    assert all(r["schedule"] == "continuous" and 0 < r["useful_fraction"] <= 1 for r in rows)
     assert rows[0]["speedup_vs_baseline"] == 1.0 and rows[1]["images_per_s"] > 0
     capsys.readouterr()
     assert main(["--meshes", "data=16", "--out", str(out)]) == 2

@@ -61,14 +61,19 @@ def _load(name: str, grid: int, vocab: int | None = None):
     return b.gpt_config, b.gpt_params, codebook_vectors(b.vq_params, b.vq_config), b.preset.cfg_scale
 
 
+def bench_options(method: str, window: int, init: str = "uniform", q_storage: str = "auto",
+                  chunk_elements: int | None = None):
+    """The ``SamplerOptions`` of one configuration (``init`` applies to the drafting methods)."""
+    opts = options(method, window, q_storage=q_storage, chunk_elements=chunk_elements)
+    return opts if opts.method == "ar" else opts.replace(init=init)
+
+
 def configuration(config: GPTConfig, method: str, window: int, knobs: dict, init: str = "uniform", lantern=None,
                   q_storage: str = "auto", chunk_elements: int | None = None):
     """One benchmark configuration, validated: (``SamplerSpec``, lantern neighbours or None, ``Knobs``).
     ``init`` applies to the drafting methods (ar drafts nothing); ``lantern``: (neighbours [V, k],
     delta), used by the lantern recipe only."""
-    opts = options(method, window, q_storage=q_storage, chunk_elements=chunk_elements)
-    if opts.method != "ar":
-        opts = opts.replace(init=init)
+    opts = bench_options(method, window, init, q_storage, chunk_elements)
     neighbours, delta = lantern if opts.lantern and lantern is not None else (None, 0.0)
     spec = resolve(config, opts, dict(knobs, lantern_delta=delta), neighbours=neighbours)
     return spec, None if neighbours is None else jnp.asarray(neighbours), Knobs.make(**knobs, lantern_delta=delta)
@@ -116,16 +121,61 @@ def run_one(params, config: GPTConfig, method: str, window: int, batch: int, kno
     nfe = np.concatenate([np.asarray(o.nfe) for o in outs])[: images]  # drop the padding rows
     committed = np.concatenate([np.asarray(o.committed) for o in outs])[: images]
     hits = np.concatenate([np.asarray(o.branch_hits) for o in outs])[: images]
+    iterations = sum(int(o.iterations) for o in outs)
     return {
-        "method": method, "lossless": method in LOSSLESS, "window": spec.window, "init": init,
-        "tree": [spec.tree_width, spec.tree_depth] if spec.branches else None, "batch": batch,
-        "q_storage": q_storage, "q_slots": spec.q_slots, "chunk_elements": spec.chunk_elements,
-        "images": images, "nfe_per_row": nfe.tolist(), "forwards": int(sum(int(o.iterations) + 1 for o in outs)),
-        **sampling.acceptance_stats(nfe, committed, config.num_image_tokens, spec.window),
-        "branch_hits_per_image": float(hits.mean()),
+        **_row(config, spec, method, init, batch, q_storage, images, nfe, committed, hits),
+        "schedule": "static", "forwards": iterations + len(outs),
+        "useful_fraction": float((nfe - 1).sum() / (batch * iterations)),
         "compile_s": compile_s, "wall_s": min(times), "wall_s_per_image": min(times) / images,
-        **_memory(compiled),
+        "images_per_s": images / min(times), **_memory(compiled),
     }
+
+
+def _row(config, spec, method, init, batch, q_storage, images, nfe, committed, hits) -> dict:
+    return {"method": method, "lossless": method in LOSSLESS, "window": spec.window, "init": init,
+            "tree": [spec.tree_width, spec.tree_depth] if spec.branches else None, "batch": batch,
+            "q_storage": q_storage, "q_slots": spec.q_slots, "chunk_elements": spec.chunk_elements,
+            "images": images, "nfe_per_row": nfe.tolist(),
+            **sampling.acceptance_stats(nfe, committed, config.num_image_tokens, spec.window),
+            "branch_hits_per_image": float(hits.mean())}
+
+
+def run_continuous(params, config: GPTConfig, method: str, window: int, batch: int, knobs: dict, seed: int = 0,
+                   repeat: int = 1, images: int | None = None, init: str = "uniform", lantern=None,
+                   q_storage: str = "auto", chunk_elements: int | None = None, refill_rows: int | None = None) -> dict:
+    """One configuration with continuous batching (``sampling.generate_stream``): the same images
+    (class i mod classes, example id i) as ``run_one``; a first pass over B + R images compiles."""
+    from sjd_jax.sampling.batching import default_refill_rows, generate_stream
+
+    images = batch if images is None else images
+    spec, neighbours, _ = configuration(config, method, window, knobs, init, lantern, q_storage, chunk_elements)
+    opts = bench_options(method, window, init, q_storage, chunk_elements)
+    extra = {"lantern": (neighbours, lantern[1])} if neighbours is not None else {}
+    labels = list(np.arange(images) % config.num_classes)
+    R = default_refill_rows(batch) if refill_rows is None else refill_rows
+
+    def go(n):
+        st = generate_stream(params, config, labels[:n], seed, opts, batch=batch, refill_rows=R, **knobs, **extra)
+        return sorted(st, key=lambda it: it.index), st.stats
+
+    t0 = time.perf_counter()
+    go(min(images, batch + R))  # compiles the start, segment and refill executables
+    compile_s = time.perf_counter() - t0
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        items, stats = go(images)
+        times.append(time.perf_counter() - t0)
+    nfe = np.asarray([it.nfe for it in items])
+    committed, hits = np.stack([it.committed for it in items]), np.asarray([it.branch_hits for it in items])
+    st = stats.as_dict()
+    return {**_row(config, spec, method, init, stats.batch, q_storage, images, nfe, committed, hits),
+            "schedule": "continuous", "forwards": stats.iterations + stats.refills + 1,
+            **{k: st[k] for k in ("useful_fraction", "steady_useful_fraction", "refill_rows", "segments", "refills",
+                                  "host_ms_per_segment")},
+            "first_pass_s": compile_s, "wall_s": min(times), "wall_s_per_image": min(times) / images,
+            "images_per_s": images / min(times)}
+
 
 
 def forward_cost(params, config: GPTConfig, batch: int, windows, reps: int = 32) -> dict:
@@ -180,6 +230,52 @@ def summarize(results: list[dict]) -> dict:
     return out
 
 
+def schedule_summary(results: list[dict]) -> list[dict]:
+    """Per configuration run with both schedules: images/s and useful fraction of each, and the
+    continuous / static throughput ratio (one run, so the ratio shares the machine state)."""
+    out = []
+    for c in (r for r in results if r["schedule"] == "continuous"):
+        s = next((r for r in results if r["schedule"] == "static" and all(
+            r[k] == c[k] for k in ("method", "window", "init", "batch", "q_storage"))), None)
+        if s is None:
+            continue
+        out.append({k: c[k] for k in ("method", "window", "init", "batch", "images")} | {
+            "static_images_per_s": s["images_per_s"], "continuous_images_per_s": c["images_per_s"],
+            "speedup": c["images_per_s"] / s["images_per_s"], "static_useful_fraction": s["useful_fraction"],
+            "continuous_useful_fraction": c["useful_fraction"],
+            "continuous_steady_useful_fraction": c["steady_useful_fraction"],
+            "refill_rows": c["refill_rows"], "host_ms_per_segment": c["host_ms_per_segment"]})
+    return out
+
+
+def plot_schedules(report: dict, path: str) -> None:
+    """Images/s of static and continuous batching per configuration and batch, each bar labelled
+    with its useful fraction."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["schedules"]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(rows) + 2), 4.2))
+    x = np.arange(len(rows))
+    for off, key, label in ((-0.2, "static", "static batches"), (0.2, "continuous", "continuous batching")):
+        vals = [r[f"{key}_images_per_s"] for r in rows]
+        bars = ax.bar(x + off, vals, 0.4, label=label)
+        for b, r in zip(bars, rows):
+            ax.annotate(f"{r[f'{key}_useful_fraction']:.2f}", (b.get_x() + b.get_width() / 2, b.get_height()),
+                        ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(x, [f"{r['method']} W={r['window']}\nB={r['batch']}" for r in rows], fontsize=7)
+    ax.set_ylabel("images / s")
+    ax.set_title("static vs continuous batching (bar labels: useful fraction of the batch's forwards)", fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(f"{report['model']}, {report['images']} images per bar, {report['env']['device']}", fontsize=9)
+    fig.tight_layout()
+    atomic.write_file(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)
+
+
 def plot(report: dict, path: str) -> None:
     """Step compression and latency ratio vs window: per method, the uniform init (solid) and the
     best init at each window (dashed)."""
@@ -188,7 +284,7 @@ def plot(report: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    results = [r for r in report["results"] if r["method"] != "ar"]
+    results = [r for r in report["results"] if r["method"] != "ar" and r["schedule"] == "static"]
     batch = min(r["batch"] for r in results)
     results = [r for r in results if r["batch"] == batch]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -221,7 +317,7 @@ def plot(report: dict, path: str) -> None:
 
 def markdown_table(report: dict) -> str:
     """README table: per method and window, the best init's compression and latency ratio."""
-    results = [r for r in report["results"] if r["method"] != "ar"]
+    results = [r for r in report["results"] if r["method"] != "ar" and r["schedule"] == "static"]
     windows = sorted({r["window"] for r in results})
     lines = ["| method | lossless | " + " | ".join(f"W={w}" for w in windows) + " |",
              "|---|---|" + "---|" * len(windows)]
@@ -240,7 +336,7 @@ def markdown_table(report: dict) -> str:
 
 def _report(args, config, params, knobs, lantern, costs, results) -> dict:
     for r in results:  # latency ratio against AR at the same batch size
-        ar = next(a for a in results if a["method"] == "ar" and a["batch"] == r["batch"])
+        ar = next(a for a in results if a["method"] == "ar" and a["batch"] == r["batch"] and a["schedule"] == "static")
         r["latency_ratio_vs_ar"] = ar["wall_s"] / r["wall_s"]
         ratio = costs[str(r["batch"])][str(r["window"])]["ratio"]
         r["forward_cost_ratio"] = ratio
@@ -254,7 +350,8 @@ def _report(args, config, params, knobs, lantern, costs, results) -> dict:
                 "python": platform.python_version()},
         "forward_cost": costs,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "summary": summarize(results),
+        "summary": summarize([r for r in results if r["schedule"] == "static"]),
+        "schedules": schedule_summary(results),
         "results": results,
     }
 
@@ -287,6 +384,11 @@ def parser():
                     help="largest [batch, slots, vocab] temporary of the target filters and draws (default 2^28)")
     ap.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     ap.add_argument("--repeat", type=int, default=1, help="timed passes per configuration (best kept)")
+    ap.add_argument("--schedule", default="static",
+                    help="comma-separated batch schedules (static, continuous): 'static,continuous' runs every "
+                         "configuration both ways and compares images/s and useful fraction (and plots it)")
+    ap.add_argument("--refill-rows", type=int, default=None,
+                    help="continuous: rows refilled per prefill (default about batch/16)")
     ap.add_argument("--out", default="bench.json", help="JSON report path (default bench.json)")
     ap.add_argument("--plot", default=None, help="PNG plot path (default: the JSON path with .png)")
     ap.add_argument("--no-plot", action="store_true", help="no PNG plot (no matplotlib needed)")
@@ -313,12 +415,21 @@ def _lists(args) -> dict:
              "windows": _int_list(args.windows, "--windows"),
              "inits": [i.strip() for i in args.inits.split(",") if i.strip()],
              "batches": _int_list(args.batch, "--batch"),
-             "storages": [q.strip() for q in args.q_storage.split(",") if q.strip()]}
-    for flag, key in (("--methods", "methods"), ("--inits", "inits"), ("--q-storage", "storages")):
+             "storages": [q.strip() for q in args.q_storage.split(",") if q.strip()],
+             "schedules": [x.strip() for x in args.schedule.split(",") if x.strip()]}
+    for flag, key in (("--methods", "methods"), ("--inits", "inits"), ("--q-storage", "storages"),
+                      ("--schedule", "schedules")):
         if not lists[key]:
             raise ValueError(f"{flag} is empty; give comma-separated names")
     for b in lists["batches"]:
         check_int("--batch sizes", b, 1, memory.MAX_ROWS)
+    from sjd_jax.sampling.batching import SCHEDULES
+
+    for x in lists["schedules"]:
+        if x not in SCHEDULES:
+            raise ValueError(f"--schedule takes {', '.join(SCHEDULES)} (comma-separated), got {x!r}")
+    if args.refill_rows is not None:
+        check_int("--refill-rows", args.refill_rows, 1, min(lists["batches"]))
     return lists
 
 
@@ -387,8 +498,10 @@ def _main(args) -> int:
     report = _run_all(args, config, params, knobs, lantern, lists, report_to)
     if plot_path:
         plot(report, plot_path)
+        if report["schedules"]:
+            plot_schedules(report, os.path.splitext(plot_path)[0] + "-schedule.png")
     report_to.result({"out": args.out, "plot": plot_path, "configurations": len(report["results"]),
-                      "summary": report["summary"], "env": report["env"]},
+                      "summary": report["summary"], "schedules": report["schedules"], "env": report["env"]},
                      markdown_table(report) + "\n" + json.dumps(report["summary"].get("best_lossless", {})))
     return 0
 
@@ -403,16 +516,25 @@ def _run_all(args, config, params, knobs, lantern, lists, report_to) -> dict:
                                               for i in (["uniform"] if m == "jacobi" else inits) for q in storages]
     # One bar over all configurations (stderr): tokens/s and mean accepted tokens per iteration of
     # the last one. (No per-iteration callback: it would add host syncs to the timed loop.)
-    bar = tqdm(total=len(lists["batches"]) * len(runs), desc="bench", unit="run", file=sys.stderr,
+    per_batch = len(runs) * len(lists["schedules"]) + ("static" not in lists["schedules"])
+    bar = tqdm(total=len(lists["batches"]) * per_batch, desc="bench", unit="run",
+               file=sys.stderr,
                disable=not report_to.progress, dynamic_ncols=True)
     for b in lists["batches"]:
         costs[str(b)] = forward_cost(params, config, b, windows)
         report_to.info(f"  forward cost ratio W/1 at batch {b}: " + ", ".join(
             f"W={w}: {c['ratio']:.2f}" for w, c in costs[str(b)].items()))
-        for m, w, init, q in runs:
-            bar.set_description(f"bench {m} W={w} B={b}")
-            r = run_one(params, config, m, w, b, knobs, args.seed, args.repeat, args.images, init, lantern, q,
-                        args.chunk_elements)
+        # AR runs static as every row's baseline, and with the other schedules too
+        pairs = [(runs[0], "static")] + [(run, x) for run in runs for x in lists["schedules"]
+                                         if (run, x) != (runs[0], "static")]
+        for (m, w, init, q), sched in pairs:
+            bar.set_description(f"bench {m} W={w} B={b} {sched}")
+            if sched == "static":
+                r = run_one(params, config, m, w, b, knobs, args.seed, args.repeat, args.images, init, lantern, q,
+                            args.chunk_elements)
+            else:
+                r = run_continuous(params, config, m, w, b, knobs, args.seed, args.repeat, args.images, init,
+                                   lantern, q, args.chunk_elements, args.refill_rows)
             jax.clear_caches()  # free each loop's code: hundreds of executables exhaust the mappings on CPU
             results.append(r)
             report = _report(args, config, params, knobs, lantern, costs, results)
@@ -420,9 +542,9 @@ def _run_all(args, config, params, knobs, lantern, lists, report_to) -> dict:
             bar.set_postfix(tok_s=f"{r['images'] * config.num_image_tokens / r['wall_s']:.0f}",
                             acc_per_iter=f"{r['mean_accepted_per_iteration']:.2f}", refresh=False)
             bar.update(1)
-            report_to.info(f"  {m:15s} W={r['window']:<3d} {init:15s} B={b}: NFE {r['nfe_mean']:6.1f} "
+            report_to.info(f"  {m:15s} W={r['window']:<3d} {init:15s} B={b} {sched}: NFE {r['nfe_mean']:6.1f} "
                            f"(x{r['step_compression']:.2f}), {r['mean_accepted_per_iteration']:.2f} tok/it, "
-                           f"{r['wall_s_per_image'] * 1e3:.0f} ms/image, compile {r['compile_s']:.1f}s, "
+                           f"{r['wall_s_per_image'] * 1e3:.0f} ms/image, useful {r['useful_fraction']:.2f}, "
                            f"q {q} (S={r['q_slots']}), XLA temp {r.get('xla_temp_mb', float('nan')):.0f} MiB")
     bar.close()
     return report

@@ -1,7 +1,8 @@
 """``sjd-jax bench-mesh``: batch-generation throughput on device meshes vs one device (JSON).
 
-Every mesh generates the same items (item i: class ``i mod classes``, example id i) in chunks of
-``--batch-per-device`` rows per data shard, after one warm-up chunk (compile). Each row reports
+Every mesh generates the same items (item i: class ``i mod classes``, example id i) in batches of
+``--batch-per-device`` rows per data shard (``--schedule``: continuous batching refills finished
+rows, static runs chunks), after a warm-up pass that compiles. Each row reports
 images/s, the speed-up over the first mesh, and whether its tokens equal the first mesh's (they
 must: keys are per example). On a CPU, ``--cpu-devices`` splits the cores into fake devices: that
 shows the shape of the scaling and the sharding overheads, not accelerator numbers.
@@ -20,15 +21,17 @@ import time
 import numpy as np
 
 
-def run_mesh(bundle_name: str, shape: dict, options, images: int, bpd: int, seed: int) -> dict:
+def run_mesh(bundle_name: str, shape: dict, options, images: int, bpd: int, seed: int, schedule: str = "auto",
+             refill_rows: int | None = None) -> dict:
     """``images`` items on a ``shape`` mesh with the sampler ``options`` (``SamplerOptions``), in
-    chunks of ``bpd`` rows per data shard after one warm-up chunk."""
+    batches of ``bpd`` rows per data shard (``schedule``: ``sampling.batching``), after a warm-up
+    pass over one batch (and one refill) that compiles."""
     import jax
-    import jax.numpy as jnp
 
     from sjd_jax.families import presets
     from sjd_jax.parallel import sharding
-    from sjd_jax.sampling import acceptance_stats, generate, resolve
+    from sjd_jax.sampling import acceptance_stats, generate_stream, resolve
+    from sjd_jax.sampling.batching import default_refill_rows
 
     n = shape["data"] * shape["model"]
     mesh = sharding.make_mesh(shape, devices=jax.devices()[:n])
@@ -37,31 +40,32 @@ def run_mesh(bundle_name: str, shape: dict, options, images: int, bpd: int, seed
     knobs = bundle.preset.knobs()
     window = resolve(c, options, knobs).window  # the window that runs (checked before any compile)
     G = shape["data"] * min(bpd, -(-images // shape["data"]))  # padding clamped to the work
-    ids = np.arange(images)
-    chunks = [np.resize(ids[i:i + G], G) for i in range(0, images, G)]
+    R = default_refill_rows(G, shape["data"]) if refill_rows is None else min(refill_rows, G)
+    labels = np.arange(images) % c.num_classes
 
-    def go(chunk):
-        labels = jnp.asarray(chunk % c.num_classes, jnp.int32)
-        return generate(bundle.gpt_params, c, labels, seed, options, example_ids=chunk, mesh=mesh, **knobs)
+    def go(k):
+        st = generate_stream(bundle.gpt_params, c, labels[:k], seed, options, batch=G, schedule=schedule,
+                             refill_rows=R, mesh=mesh, **knobs)
+        return sorted(st, key=lambda it: it.index), st.stats
 
     t0 = time.perf_counter()
-    jax.block_until_ready(go(chunks[0]).tokens)  # compile + first-call costs
+    go(min(images, G + R))  # compile + first-call costs
     warm = time.perf_counter() - t0
     t0 = time.perf_counter()
-    outs = [go(ch) for ch in chunks]
-    jax.block_until_ready([o.tokens for o in outs])
+    items, stats = go(images)
     wall = time.perf_counter() - t0
-    tokens = np.concatenate([np.asarray(o.tokens) for o in outs])[:images]
-    nfe = np.concatenate([np.asarray(o.nfe) for o in outs])[:images]
-    committed = np.concatenate([np.asarray(o.committed) for o in outs])[:images]
-    st = acceptance_stats(nfe, committed, c.num_image_tokens, window)
-    return {"mesh": shape, "devices": n, "global_batch": G, "chunks": len(chunks), "images": images,
+    tokens = np.stack([it.tokens for it in items])
+    nfe = np.asarray([it.nfe for it in items])
+    st = acceptance_stats(nfe, np.stack([it.committed for it in items]), c.num_image_tokens, window)
+    sched = stats.as_dict()
+    return {"mesh": shape, "devices": n, "global_batch": G, "schedule": sched["schedule"],
+            "segments": sched["segments"], "useful_fraction": sched["useful_fraction"], "images": images,
             "warmup_s": round(warm, 3), "wall_s": round(wall, 3), "images_per_s": images / wall,
             "step_compression": st["step_compression"], "_tokens": tokens}
 
 
 def parser():
-    from sjd_jax.cli.util import Parser, add_output_flags
+    from sjd_jax.cli.util import Parser, add_output_flags, add_schedule_flags
 
     ap = Parser("sjd-jax bench-mesh", __doc__)
     ap.add_argument("--model", default="fashion-mnist", help="bundled model")
@@ -76,6 +80,7 @@ def parser():
     ap.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     ap.add_argument("--cpu-devices", type=int, default=None, help="split the CPU into this many devices")
     ap.add_argument("--out", default="bench-mesh.json", help="JSON report path (default bench-mesh.json)")
+    add_schedule_flags(ap)
     add_output_flags(ap)
     return ap
 
@@ -110,7 +115,7 @@ def _meshes(text: str, global_batch: int | None) -> list[dict]:
 def _check(args):
     """Flags before the work: (the sampler's ``SamplerOptions``, the meshes)."""
     from sjd_jax.io import atomic
-    from sjd_jax.cli.util import set_cpu_devices
+    from sjd_jax.cli.util import check_refill_rows, set_cpu_devices
     from sjd_jax.families import presets
     from sjd_jax.parallel.memory import MAX_ROWS
     from sjd_jax.sampling import recipes
@@ -127,7 +132,12 @@ def _check(args):
         raise ValueError(f"--method must be ar or a lossless recipe ({', '.join(recipes.LOSSLESS)})")
     options = recipes.options(args.method, args.window)
     atomic.check_file_target(args.out)  # before the work, not after it
-    return options, _meshes(args.meshes, args.global_batch)
+    shapes = _meshes(args.meshes, args.global_batch)
+    for shape in shapes:
+        bpd = args.batch_per_device if args.global_batch is None else args.global_batch // shape["data"]
+        G = shape["data"] * min(bpd, -(-args.images // shape["data"]))
+        check_refill_rows(None if args.refill_rows is None else min(args.refill_rows, G), G, shape["data"])
+    return options, shapes
 
 
 def _main(args) -> int:
@@ -146,7 +156,7 @@ def _main(args) -> int:
                dynamic_ncols=True)
     for shape in bar:
         bpd = args.batch_per_device if args.global_batch is None else args.global_batch // shape["data"]
-        r = run_mesh(args.model, shape, options, args.images, bpd, args.seed)
+        r = run_mesh(args.model, shape, options, args.images, bpd, args.seed, args.schedule, args.refill_rows)
         jax.clear_caches()
         tokens = r.pop("_tokens")
         if base is None:
@@ -156,8 +166,10 @@ def _main(args) -> int:
         rows.append(r)
         bar.set_postfix(images_s=f"{r['images_per_s']:.2f}", refresh=False)
         report_to.info(f"  mesh {shape}: {r['images_per_s']:.2f} images/s (x{r['speedup_vs_baseline']:.2f}), "
-                       f"global batch {r['global_batch']}, tokens equal: {r['tokens_equal_baseline']}")
+                       f"global batch {r['global_batch']} ({r['schedule']}, useful fraction "
+                       f"{r['useful_fraction']:.2f}), tokens equal: {r['tokens_equal_baseline']}")
     report = {"model": args.model, "method": args.method, "window": args.window, "images": args.images,
+              "schedule": args.schedule, "refill_rows": args.refill_rows,
               "batch_per_device": args.batch_per_device if args.global_batch is None else None,
               "global_batch": args.global_batch,
               "env": {"jax": jax.__version__, "backend": jax.default_backend(), "devices": jax.device_count(),

@@ -74,6 +74,7 @@ def parser():
     b.add_argument("--batch-per-device", type=int, default=None,
                    help="batch mode: rows per data shard in each chunk (default 8)")
     b.add_argument("--no-png", action="store_true", help="batch mode: tokens only, no PNG files")
+    cliutil.add_schedule_flags(b)
     b.add_argument("--mesh", default=None,
                    help="device mesh data=D,model=M (default: all devices on data in batch mode, one "
                         "device otherwise)")
@@ -191,8 +192,9 @@ def _check_class_flags(args) -> bool:
                          f"vq_ds16_c2i.pt --out DIR/vq)")
     if ckpt_model and args.classes is None:
         raise ValueError(f"--model {args.model} needs --class ID [ID ...] (ImageNet class ids, e.g. 207)")
-    if args.out_dir is None and (args.batch_per_device is not None or args.no_png):
-        raise ValueError("--batch-per-device and --no-png need --out-dir (batch mode)")
+    if args.out_dir is None and (args.batch_per_device is not None or args.no_png or args.schedule != "auto"
+                                 or args.refill_rows is not None):
+        raise ValueError("--batch-per-device, --no-png, --schedule and --refill-rows need --out-dir (batch mode)")
     if args.out_dir is not None and args.out is not None:
         raise ValueError("--out writes the grid PNG; batch mode (--out-dir) writes one PNG per item")
     if not ckpt_model and args.model not in presets.PRESETS:
@@ -249,11 +251,15 @@ def _grid(args, bundle, sampler, classes, mesh, out_path: Path) -> int:
 
 def _batch(args, bundle, sampler, classes, mesh) -> int:
     from sjd_jax.parallel import distributed
+    from sjd_jax.parallel.sharding import mesh_shape
     from sjd_jax.io import streaming
 
+    bpd = 8 if args.batch_per_device is None else args.batch_per_device
+    data = mesh_shape(mesh)["data"]
+    cliutil.check_refill_rows(args.refill_rows, bpd * data, data)
     st = streaming.run(bundle, args.out_dir, sampler, classes=classes, n_per_class=args.n, seed=args.seed,
-                       batch_per_device=8 if args.batch_per_device is None else args.batch_per_device, mesh=mesh,
-                       settings_extra={"model": args.model}, png=not args.no_png, quiet=args.quiet)
+                       batch_per_device=bpd, mesh=mesh, settings_extra={"model": args.model}, png=not args.no_png,
+                       quiet=args.quiet, schedule=args.schedule, refill_rows=args.refill_rows)
     if distributed.is_writer():
         if args.stats_json is not None:
             atomic.write_json(args.stats_json, st)
@@ -261,7 +267,8 @@ def _batch(args, bundle, sampler, classes, mesh) -> int:
             {**st, "out_dir": str(args.out_dir)},
             f"wrote {args.out_dir}: {st['items']} items ({st['generated_this_run']} generated now, "
             f"{st['skipped_done']} already done) on {st['devices']} devices, mesh {st['mesh']}, global batch "
-            f"{st['global_batch']}; {sampler.name} W={sampler.window}: step compression "
+            f"{st['global_batch']} ({st['schedule']['schedule']}, useful fraction "
+            f"{st['schedule']['useful_fraction']:.2f}); {sampler.name} W={sampler.window}: step compression "
             f"{st['step_compression']:.2f}x; {st['wall_s']:.1f}s")
     return 0
 
@@ -278,7 +285,8 @@ def _check_text_flags(args) -> Path:
         raise ValueError(f"--model {args.model} needs --prompt TEXT [TEXT ...]")
     if args.classes is not None:
         raise ValueError("--class is for class-conditional models; text-to-image models take --prompt")
-    if args.out_dir is not None or args.batch_per_device is not None or args.no_png:
+    if (args.out_dir is not None or args.batch_per_device is not None or args.no_png or args.schedule != "auto"
+            or args.refill_rows is not None):
         raise ValueError("batch mode (--out-dir, --batch-per-device, --no-png) is for class-conditional "
                          "models; text-to-image models write one grid (--out)")
     bad = [p for p in args.prompt if not p.strip()]

@@ -83,6 +83,27 @@ def add_output_flags(ap: argparse.ArgumentParser, json_legacy_dest: str | None =
                                                         if json_legacy_dest else ""))
 
 
+def add_schedule_flags(ap) -> None:
+    """``--schedule`` and ``--refill-rows`` (``sampling.batching``) for the commands that run batches."""
+    ap.add_argument("--schedule", default="auto", choices=("auto", "static", "continuous"),
+                    help="batch schedule: continuous batching refills finished rows with waiting items; static runs "
+                         "each batch until its slowest row is done (auto: continuous for drafting samplers, static "
+                         "for ar). Tokens are the same either way")
+    ap.add_argument("--refill-rows", type=int, default=None,
+                    help="continuous: rows prefilled per refill (default about batch/16, a multiple of the data axis)")
+
+
+def check_refill_rows(value, batch: int, data: int = 1) -> None:
+    """``--refill-rows``: 1..batch and a multiple of the mesh's data axis (before any work)."""
+    if value is None:
+        return
+    from sjd_jax.core.validate import check_int
+
+    check_int("--refill-rows", value, 1, batch)
+    if value % data:
+        raise ValueError(f"--refill-rows must be a multiple of the mesh's data axis ({data}), got {value}")
+
+
 def jsonable(x):
     """``json.dumps`` default: dataclasses, paths, numpy values and tuples-in-objects."""
     if dataclasses.is_dataclass(x) and not isinstance(x, type):

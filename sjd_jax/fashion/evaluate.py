@@ -10,6 +10,7 @@ within sampling noise.
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -24,31 +25,43 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return float(c - h), float(c + h)
 
 
-def sample_images(bundle, labels: np.ndarray, sampler, seed: int, batch: int, quiet: bool = False):
+def sample_images(bundle, labels: np.ndarray, sampler, seed: int, batch: int, quiet: bool = False,
+                  schedule: str = "auto", refill_rows: int | None = None):
     """Generate one image per label (batched, keys by absolute example id) -> (uint8 [n, 28, 28], stats).
 
-    ``sampler``: a ``cliutil.SamplerChoice`` (recipe, options, knobs, lantern). Unless ``quiet``, a
-    progress bar on stderr shows tokens/s and mean accepted tokens per iteration."""
+    ``sampler``: a ``cliutil.SamplerChoice`` (recipe, options, knobs, lantern); ``schedule`` /
+    ``refill_rows``: the batch schedule (``sampling.batching``; the images do not depend on it).
+    Unless ``quiet``, a progress bar on stderr shows images/s and mean accepted tokens per iteration."""
     import jax.numpy as jnp
+    from tqdm import tqdm
 
-    from sjd_jax.cli.util import TokenProgress
     from sjd_jax.fashion.data import from_model_range
-    from sjd_jax.sampling import acceptance_stats, generate
+    from sjd_jax.sampling import acceptance_stats, generate_stream
     from sjd_jax.core.vq import decode_tokens
 
     c = bundle.gpt_config
-    imgs, nfe, committed = [], [], []
-    with TokenProgress(len(labels) * c.num_image_tokens, f"eval {sampler.name}", not quiet) as bar:
-        for i in range(0, len(labels), batch):
-            y = labels[i:i + batch]
-            out = generate(bundle.gpt_params, c, jnp.asarray(y), seed, example_ids=np.arange(i, i + len(y)),
-                           progress=bar.begin(len(y)), **sampler.keywords())
-            x = decode_tokens(bundle.vq_params, bundle.vq_config, out.tokens, c.grid_size)
-            imgs.append(from_model_range(np.asarray(x)))
-            nfe.append(np.asarray(out.nfe))
-            committed.append(np.asarray(out.committed))
-    return np.concatenate(imgs), acceptance_stats(np.concatenate(nfe), np.concatenate(committed),
-                                                  c.num_image_tokens, sampler.window)
+    N = c.num_image_tokens
+    B = min(batch, len(labels))
+    stream = generate_stream(bundle.gpt_params, c, np.asarray(labels), seed, batch=B, schedule=schedule,
+                             refill_rows=None if refill_rows is None else min(refill_rows, B), ordered=True,
+                             **sampler.keywords())
+    imgs, items, pending = [], [], []
+    with tqdm(total=len(labels), desc=f"eval {sampler.name}", unit="img", file=sys.stderr, disable=quiet,
+              dynamic_ncols=True) as bar:
+        for item in stream:
+            items.append(item)
+            pending.append(item.tokens)
+            if len(pending) == batch or len(items) == len(labels):  # decode in batches, in order
+                x = decode_tokens(bundle.vq_params, bundle.vq_config, jnp.asarray(np.stack(pending)), c.grid_size)
+                imgs.append(from_model_range(np.asarray(x)))
+                pending = []
+            bar.update(1)
+            iters = sum(it.nfe - 1 for it in items)
+            bar.set_postfix(acc_per_iter=f"{len(items) * (N - 1) / max(iters, 1):.2f}", refresh=False)
+    nfe = np.asarray([it.nfe for it in items])
+    st = acceptance_stats(nfe, np.stack([it.committed for it in items]), N, sampler.window)
+    st["schedule"] = stream.stats.as_dict()
+    return np.concatenate(imgs), st
 
 
 def agreement(a: dict, b: dict, real_feats: np.ndarray, n_perm: int = 200, seed: int = 0) -> dict:
@@ -97,7 +110,7 @@ def evaluate_samples(cls_params, images: np.ndarray, labels: np.ndarray, real_fe
 
 
 def parser():
-    from sjd_jax.cli.util import Parser, add_output_flags
+    from sjd_jax.cli.util import Parser, add_output_flags, add_schedule_flags
     from sjd_jax.sampling import recipes
 
     ap = Parser("sjd-jax eval", __doc__)
@@ -112,12 +125,13 @@ def parser():
     ap.add_argument("--top-k", type=int, default=None, help="default: the model's")
     ap.add_argument("--top-p", type=float, default=None, help="default: the model's")
     ap.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    ap.add_argument("--batch", type=int, default=250, help="rows per generate call (default 250)")
+    ap.add_argument("--batch", type=int, default=250, help="rows sampled at once (default 250)")
     ap.add_argument("--skip-nll", action="store_true", help="skip (a) and (b) (slow on CPU)")
     ap.add_argument("--data-dir", type=Path, default=None,
                     help="Fashion-MNIST idx files (default: the Debian package's path)")
     ap.add_argument("--out", type=Path, default=Path("eval.json"), help="JSON report path (default eval.json)")
     add_output_flags(ap, json_legacy_dest="out")
+    add_schedule_flags(ap)
     recipes.add_arguments(ap)  # applied to every non-AR method
     return ap
 
@@ -132,6 +146,7 @@ def _check(args, preset) -> list[str]:
     """Flags and sizes, before anything loads; returns the method names."""
     import jax
 
+    from sjd_jax.cli.util import check_refill_rows
     from sjd_jax.io import atomic
     from sjd_jax.parallel import memory
     from sjd_jax.sampling import recipes
@@ -142,6 +157,7 @@ def _check(args, preset) -> list[str]:
         raise ValueError("--methods is empty; give comma-separated recipes, e.g. ar,sjd")
     check_int("--n (confidence intervals need 2 samples per class)", args.n_per_class, 2, memory.MAX_ROWS)
     check_int("--batch", args.batch, 1, memory.MAX_ROWS)
+    check_refill_rows(args.refill_rows, args.batch)
     check_seed(args.seed, "--seed")
     n_total = args.n_per_class * len(preset.class_names)
     # host arrays kept per sample and method: the image, its classifier features, NFE and commits
@@ -220,7 +236,8 @@ def _main(args) -> int:
 def _evaluate_method(args, bundle, sampler, cls_params, labels, real, report_to) -> dict:
     """(c) One method's samples: acceptance statistics, class accuracy and Fréchet distance."""
     t0 = time.perf_counter()
-    imgs, st = sample_images(bundle, labels, sampler, args.seed, args.batch, args.quiet)
+    imgs, st = sample_images(bundle, labels, sampler, args.seed, args.batch, args.quiet, args.schedule,
+                             args.refill_rows)
     r = {**st, **evaluate_samples(cls_params, imgs, labels, real), "wall_s": time.perf_counter() - t0}
     report_to.info(f"{sampler.name}: accuracy {r['class_accuracy']:.3f} "
                    f"{np.round(r['class_accuracy_ci95'], 3).tolist()}, FD {r['frechet_distance']:.2f} "

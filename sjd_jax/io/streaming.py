@@ -5,20 +5,23 @@
 * ``run.json`` — the settings; a rerun with other settings is refused instead of mixing runs.
 * ``images/NNNNNN.png`` — one image per item (item i: class ``classes[i % len(classes)]``, seed
   ``fold_in(seed, i)``; the same items, in the same order, as the grid of ``sjd-jax generate``).
-* ``parts/NNNNNN-MMMMMM.npz`` — per finished chunk: item ids, tokens, NFE and commits. Written
-  after the chunk's PNGs, so a chunk counts as done only when everything of it is on disk.
+* ``parts/NNNNNN-MMMMMM.npz`` — per group of finished items (first and last id): item ids, tokens,
+  NFE and commits. Written after the group's PNGs, so an item counts as done only when everything
+  of it is on disk.
 * ``tokens.npy`` ``[n_items, N]`` int32, ``labels.npy`` ``[n_items]`` and ``stats.json`` — when
   every item is done.
 
 A rerun skips the items found in ``parts/`` whose PNG is intact (process 0 reads them, checks each
 PNG's CRCs and broadcasts the list); a missing or damaged PNG is generated again. Every chunk has
-the same global shape ``batch_per_device x data-axis size`` (the last one padded; a batch larger
-than the work left shrinks to it), so one compile serves the run and every host traces identical
-shapes.
+the same global shape ``batch_per_device x data-axis size`` (a batch larger than the work left
+shrinks to it), so one compile serves the run and every host traces identical shapes. With
+continuous batching (``sampling.batching``, the default for drafting samplers) finished rows are
+written as they finish and their slots refilled; every process follows the same schedule.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 import time
@@ -118,11 +121,14 @@ def _agree_on_done(out_dir: Path, settings: dict, total: int) -> np.ndarray:
 
 
 def run(bundle, out_dir, sampler, *, classes, n_per_class: int, seed: int, batch_per_device: int, mesh,
-        settings_extra: dict, png: bool = True, quiet: bool = False) -> dict:
+        settings_extra: dict, png: bool = True, quiet: bool = False, schedule: str = "auto",
+        refill_rows: int | None = None) -> dict:
     """Generate ``n_per_class * len(classes)`` items into ``out_dir`` with ``sampler`` (a validated
     ``cliutil.SamplerChoice``); returns the stats dict. ``settings_extra`` joins the settings
-    ``run.json`` keeps (a rerun must match them)."""
+    ``run.json`` keeps (a rerun must match them). ``schedule``/``refill_rows``: the batch schedule
+    (``sampling.batching``; tokens do not depend on it, so a rerun may change it)."""
     from sjd_jax.parallel.sharding import mesh_shape
+    from sjd_jax.sampling.batching import generate_stream, pick_schedule
 
     out_dir = Path(out_dir)
     N = bundle.gpt_config.num_image_tokens
@@ -138,81 +144,77 @@ def run(bundle, out_dir, sampler, *, classes, n_per_class: int, seed: int, batch
     D = mesh_shape(mesh)["data"]
     # padding clamped to the work left: a huge --batch-per-device never pads a few items to it
     G = D * max(1, min(batch_per_device, -(-todo.size // D)))
-    chunks = [todo[i:i + G] for i in range(0, todo.size, G)]
+    schedule = pick_schedule(schedule, sampler.spec)
+    b = bundle
+    stream = generate_stream(b.gpt_params, b.gpt_config, labels[todo], seed, batch=G, schedule=schedule,
+                             refill_rows=None if refill_rows is None else min(refill_rows, G), example_ids=todo, mesh=mesh, **sampler.keywords())
     t0 = time.perf_counter()
-    _stream(_Chunks(bundle, sampler, out_dir, labels, seed, G, mesh, png), chunks, total, int(done.sum()),
-            quiet or not dist.is_writer())
+    writer = _Writer(bundle, out_dir, png)
+    flush = G if schedule == "static" else max(stream.stats.refill_rows, G // 4)
+    _stream(writer, stream, flush, sampler.name, N, total, int(done.sum()), quiet or not dist.is_writer())
     wall = time.perf_counter() - t0
     stats = {"items": total, "generated_this_run": int(todo.size), "skipped_done": int(done.sum()),
              "global_batch": G, "mesh": mesh_shape(mesh), "processes": jax.process_count(),
              "devices": jax.device_count(), "wall_s": round(wall, 3),
-             "images_per_s": round(todo.size / wall, 3) if todo.size else None, **settings}
+             "images_per_s": round(todo.size / wall, 3) if todo.size else None, **settings,
+             "schedule": stream.stats.as_dict()}
     if dist.is_writer():
         _collect(out_dir, labels, N, sampler.window, stats)
     return stats
 
 
-class _Chunks:
-    """Launching a chunk's sampler run (same global shape every time) and writing its results."""
+class _Writer:
+    """Process 0 writes a group of finished items: their PNGs, then their part file."""
 
-    def __init__(self, bundle, sampler, out_dir: Path, labels, seed: int, G: int, mesh, png: bool):
+    def __init__(self, bundle, out_dir: Path, png: bool):
         from sjd_jax.core.vq import decode_tokens
 
-        self.bundle, self.sampler, self.out_dir, self.labels = bundle, sampler, out_dir, labels
-        self.seed, self.G, self.mesh, self.png = seed, G, mesh, png
+        self.bundle, self.out_dir, self.png = bundle, out_dir, png
         c = bundle.gpt_config
         self.decode = jax.jit(lambda p, t: decode_tokens(p, bundle.vq_config, t, c.grid_size))
 
-    def launch(self, ids):
-        from sjd_jax.sampling import generate
-
-        padded = np.resize(ids, self.G)  # same shape every chunk; duplicate rows are dropped afterwards
-        b = self.bundle
-        return generate(b.gpt_params, b.gpt_config, jnp.asarray(self.labels[padded]), self.seed,
-                        example_ids=padded, mesh=self.mesh, **self.sampler.keywords())
-
-    def finish(self, ids, out):
-        """The chunk's rows on process 0: PNGs, then its part file; returns its NFE."""
+    def write(self, items) -> None:
         from sjd_jax.io.imaging import save_png
         from sjd_jax.core.vq import to_uint8
 
-        k = ids.size
-        tokens, nfe, committed = (dist.gather(x)[:k] for x in (out.tokens, out.nfe, out.committed))
-        if dist.is_writer():
-            if self.png:
-                images = to_uint8(self.decode(self.bundle.vq_params, jnp.asarray(tokens)))
-                crop = self.bundle.preset.crop
-                if crop:
-                    p = (images.shape[1] - crop) // 2
-                    images = images[:, p:p + crop, p:p + crop]
-                for i, img in zip(ids, images):
-                    save_png(img, self.out_dir / "images" / f"{i:06d}.png")
-            _save_npz(self.out_dir / "parts" / f"{ids[0]:06d}-{ids[-1]:06d}.npz", ids=ids, tokens=tokens,
-                      nfe=nfe, committed=committed)
-        return nfe
+        if not dist.is_writer():
+            return
+        items = sorted(items, key=lambda it: it.example_id)
+        ids = np.asarray([it.example_id for it in items], np.int64)
+        tokens = np.stack([it.tokens for it in items])
+        if self.png:
+            images = to_uint8(self.decode(self.bundle.vq_params, jnp.asarray(tokens)))
+            crop = self.bundle.preset.crop
+            if crop:
+                p = (images.shape[1] - crop) // 2
+                images = images[:, p:p + crop, p:p + crop]
+            for i, img in zip(ids, images):
+                save_png(img, self.out_dir / "images" / f"{i:06d}.png")
+        _save_npz(self.out_dir / "parts" / f"{ids[0]:06d}-{ids[-1]:06d}.npz", ids=ids, tokens=tokens,
+                  nfe=np.asarray([it.nfe for it in items]), committed=np.stack([it.committed for it in items]))
 
 
-def _stream(work: _Chunks, chunks: list, total: int, done: int, quiet: bool) -> None:
-    """Every chunk, the next one dispatched before the last one's results are written."""
+def _stream(writer: _Writer, stream, flush: int, name: str, N: int, total: int, done: int, quiet: bool) -> None:
+    """Every item of ``stream``, written in groups of ``flush`` as they finish (the sampler keeps
+    running meanwhile: ``generate_stream`` dispatches its next segment before handing items out)."""
     from tqdm import tqdm
 
-    N = work.bundle.gpt_config.num_image_tokens
     t0 = time.perf_counter()
     gen_tokens = gen_forwards = 0
-    with tqdm(total=total, initial=done, desc=f"{work.sampler.name} batch", unit="img", file=sys.stderr,
-              disable=quiet) as bar:
-        pending = None
-        for ids in chunks + [None]:
-            nxt = (ids, work.launch(ids)) if ids is not None else None  # dispatch before writing the last
-            if pending is not None:
-                nfe = work.finish(*pending)
-                gen_tokens += pending[0].size * N
-                gen_forwards += int(nfe.sum())
+    group = []
+    with tqdm(total=total, initial=done, desc=f"{name} batch", unit="img", file=sys.stderr, disable=quiet) as bar:
+        for item in itertools.chain(stream, [None]):
+            if item is not None:
+                group.append(item)
+            if group and (item is None or len(group) >= flush):
+                writer.write(group)
+                gen_tokens += len(group) * N
+                gen_forwards += sum(it.nfe for it in group)
                 el = time.perf_counter() - t0
-                bar.update(pending[0].size)
+                bar.update(len(group))
                 bar.set_postfix(tok_s=f"{gen_tokens / el:.0f}", tok_per_fwd=f"{gen_tokens / max(gen_forwards, 1):.2f}",
-                                refresh=False)
-            pending = nxt
+                                useful=f"{stream.stats.useful_fraction:.2f}", refresh=False)
+                group = []
 
 
 def _collect(out_dir: Path, labels, N: int, window: int, stats: dict) -> None:

@@ -5,7 +5,7 @@ conditions and yields each finished ``Item`` (its index in the stream, tokens, N
 
 * ``schedule="static"``: chunks of B items, each run until its slowest row is done (the last
   chunk padded to B so one compile serves the run).
-* ``schedule="continuous"`` (default): B row slots; the loop runs in segments (``continuous``)
+* ``schedule="continuous"`` (``"auto"``, the default, for every drafting sampler): B row slots; the loop runs in segments (``continuous``)
   that stop once ``refill_rows`` slots have finished; their items are emitted and the slots get
   the next pending items, prefilled into their cache rows. Rows never wait for a batch's slowest.
 
@@ -38,6 +38,16 @@ from sjd_jax.sampling.options import Knobs, SamplerOptions, resolve
 SCHEDULES = ("static", "continuous")
 
 
+def pick_schedule(schedule: str, spec) -> str:
+    """``"auto"``: continuous batching for the drafting samplers (their rows finish at different
+    iterations), static batches for AR (every row takes N - 1 iterations: nothing to refill)."""
+    if schedule == "auto":
+        return "static" if spec.window == 1 else "continuous"
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of auto, {', '.join(SCHEDULES)}, got {schedule!r}")
+    return schedule
+
+
 @dataclasses.dataclass(frozen=True)
 class Item:
     index: int  # position in the input stream
@@ -62,14 +72,24 @@ class ScheduleStats:
     segments: int = 0  # device calls of the loop (static: chunks)
     refills: int = 0  # refill prefills (R rows each)
     host_s: float = 0.0  # host time between a segment's results and the next segment's dispatch
+    # continuous: the part of the run while items were still waiting (before the final drain)
+    steady_iterations: int = 0
+    steady_row_iterations: int = 0
 
     @property
     def useful_fraction(self) -> float:
         return self.row_iterations / max(1, self.batch * self.iterations)
 
+    @property
+    def steady_useful_fraction(self) -> float | None:
+        """While items were waiting: what a long run approaches (the last B items' drain aside)."""
+        return self.steady_row_iterations / (self.batch * self.steady_iterations) if self.steady_iterations else None
+
     def as_dict(self) -> dict:
         d = dataclasses.asdict(self)
+        steady = self.steady_useful_fraction
         d.update(useful_fraction=round(self.useful_fraction, 4), host_s=round(self.host_s, 4),
+                 steady_useful_fraction=None if steady is None else round(steady, 4),
                  host_ms_per_segment=round(1e3 * self.host_s / max(1, self.segments), 3))
         return d
 
@@ -135,16 +155,16 @@ class _Source:
 
 
 def generate_stream(params, config: GPTConfig, conds: Iterable, key, options: SamplerOptions | None = None, *,
-                    batch: int, schedule: str = "continuous", refill_rows: int | None = None, example_ids=None,
+                    batch: int, schedule: str = "auto", refill_rows: int | None = None, example_ids=None,
                     mesh=None, ordered: bool = False, **keywords) -> Stream:
     """Sample every condition of ``conds`` (class ids, or one caption / prompt per item in any form
     ``generate`` takes for a row) in batches of ``batch`` rows; yields ``Item``s as they finish
     (``ordered=True``: in input order). ``options`` and keywords as in ``generate``; ``key`` is one
-    key or int seed. Returns a ``Stream`` (iterable; ``.stats`` says how busy the batch was)."""
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    key or int seed. ``schedule``: "auto" (``pick_schedule``), "static" or "continuous";
+    ``refill_rows``: rows prefilled per refill (default ``default_refill_rows``). Returns a ``Stream`` (iterable; ``.stats`` says how busy the batch was)."""
     options, knob_values, neighbours, delta = options_from_keywords(options, keywords)
     spec = resolve(config, options, dict(knob_values, lantern_delta=delta), neighbours=neighbours, mesh=mesh)
+    schedule = pick_schedule(schedule, spec)
     key = K.as_key(key)
     if key.ndim != 0:
         raise ValueError("generate_stream takes one key (item i uses fold_in(key, example_ids[i]))")
@@ -252,26 +272,32 @@ class _Run:
         if idx0.size < B:
             state = seg.retire(state, self.put(slot_idx < 0, "empty slots"))
         more, it_before, ready = idx0.size == B, 0, []
+        seen = np.ones((B,), np.int64)  # each slot's NFE at the last segment's end (1: just prefilled)
         while (slot_idx >= 0).any():
             target = int((slot_idx < 0).sum()) + R if more else B
             state, out, done = seg.run(self.params, state, rows, self.knobs, self.neighbours,
                                        self.put(np.int32(target), rows=False))
             stats.segments += 1
             yield from ready  # the consumer works while the device runs the segment
-            done = dist.gather(done)
+            done, nfe = dist.gather(done), dist.gather(out.nfe)
             t0 = time.perf_counter()
             finished = np.flatnonzero(done & (slot_idx >= 0))
             ready = self.emit(out, finished, slot_idx, slot_ids)
             it_now = int(dist.gather(out.iterations))
-            stats.iterations, it_before = stats.iterations + it_now - it_before, it_now
+            stats.iterations, it_before, ran = stats.iterations + it_now - it_before, it_now, it_now - it_before
             stats.items += len(ready)
             stats.row_iterations += sum(it.nfe - 1 for it in ready)
+            if more:
+                stats.steady_iterations += ran
+                stats.steady_row_iterations += int((nfe - seen)[slot_idx >= 0].sum())
+            seen = nfe.astype(np.int64)
             slot_idx[finished] = -1
             while more and (slot_idx < 0).any():
                 got = source.take(min(R, int((slot_idx < 0).sum())))
                 if got is None:
                     more = False
                     break
+                seen[np.flatnonzero(slot_idx < 0)[:got[0].size]] = 1
                 state, rows = self._refill(seg, state, rows, got, slot_idx, slot_ids, R, B)
                 stats.refills += 1
             stats.host_s += time.perf_counter() - t0
