@@ -50,25 +50,29 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c == "sjd" else c for c in CASES])
 def test_every_item_equals_generate_alone(params, case):
     options, n = CASES[case]
     labels = np.arange(n) % CONFIG.num_classes
     ref = _alone(params, CONFIG, jnp.asarray(labels), options, n, **KNOBS)
-    runs = [("static", 8, None), ("continuous", 8, 1), ("continuous", 16, 3)]
+    runs = [("static", 8, None, "keep"), ("continuous", 8, 1, "keep"), ("continuous", 16, 3, "shrink")]
     if case == "sjd":
-        runs += [("continuous", 5, 2), ("continuous", 64, None)]
+        runs += [("continuous", 5, 2, "shrink"), ("continuous", 64, None, "shrink"), ("continuous", 8, 1, "shrink")]
     fractions = {}
-    for schedule, B, R in runs:
+    for schedule, B, R, drain in runs:
         st = generate_stream(params, CONFIG, list(labels), 11, options, batch=B, schedule=schedule, refill_rows=R,
-                             **KNOBS)
-        _same(ref, _streamed(list(st), n), f"{case}, {schedule} batch {B} refill {R}")
-        assert st.stats.items == n and st.stats.row_iterations == int((ref[1] - 1).sum())
-        fractions[(schedule, B)] = st.stats.useful_fraction
+                             drain=drain, **KNOBS)
+        _same(ref, _streamed(list(st), n), f"{case}, {schedule} batch {B} refill {R} drain {drain}")
+        s = st.stats
+        assert s.items == n and s.row_iterations == int((ref[1] - 1).sum())
+        assert s.slot_iterations <= B * s.iterations and (drain == "shrink" or s.slot_iterations == B * s.iterations)
+        fractions[(schedule, B, drain)] = s.useful_fraction
     if case != "ar":  # rows of different lengths: refilling keeps the batch busier than chunks
-        assert fractions[("continuous", 8)] > fractions[("static", 8)]
+        assert fractions[("continuous", 8, "keep")] > fractions[("static", 8, "keep")]
     else:  # every AR row takes N - 1 iterations: nothing to gain, nothing lost
-        assert fractions[("static", 8)] == 1.0 and fractions[("continuous", 8)] == 1.0
+        assert fractions[("static", 8, "keep")] == 1.0 and fractions[("continuous", 8, "keep")] == 1.0
+    if case == "sjd":  # the drain moves the last rows to smaller batches
+        assert fractions[("continuous", 8, "shrink")] > fractions[("continuous", 8, "keep")]
 
 
 def test_greedy_continuous_equals_ar(params):
@@ -134,6 +138,7 @@ def test_a_refill_that_keeps_the_old_cache_is_caught(params, monkeypatch):
     assert (got[0] != ref[0]).any(axis=1).sum() >= n // 4  # ... the refilled rows are not
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (fake CPU) devices")
 def test_continuous_on_a_mesh_equals_one_device(params):
     """Rows over ``data`` (4) x ``model`` (2): the same items, the state stays sharded."""
@@ -155,6 +160,7 @@ def test_continuous_on_a_mesh_equals_one_device(params):
     (dict(schedule="dynamic"), "schedule must be one of auto, static, continuous"),
     (dict(batch=0), "batch must be a positive"),
     (dict(refill_rows=9), "refill_rows must be"),
+    (dict(drain="later"), "drain must be one of auto, shrink, keep"),
     (dict(key=jax.random.split(jax.random.key(0), 2)), "one key"),
 ])
 def test_bad_arguments(params, kw, match):

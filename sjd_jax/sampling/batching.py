@@ -60,14 +60,16 @@ class Item:
 
 @dataclasses.dataclass
 class ScheduleStats:
-    """How busy the batch was: ``useful_fraction`` = row iterations that advanced an item / (B x
-    loop iterations run). The prefills are not counted on either side."""
+    """How busy the batch was: ``useful_fraction`` = row iterations that advanced an item / slot
+    iterations run (rows x loop iterations). The prefills are not counted on either side."""
 
     schedule: str
     batch: int
     refill_rows: int
+    drain: str | None  # continuous: "shrink" or "keep"
     items: int = 0
-    iterations: int = 0  # loop iterations run (each one forward over all B slots)
+    iterations: int = 0  # loop iterations run (each one forward over all slots of the batch then)
+    slot_iterations: int = 0  # slots x iterations (the drain may run fewer slots than ``batch``)
     row_iterations: int = 0  # of those slot-iterations, the ones that advanced an item
     segments: int = 0  # device calls of the loop (static: chunks)
     refills: int = 0  # refill prefills (R rows each)
@@ -76,9 +78,20 @@ class ScheduleStats:
     steady_iterations: int = 0
     steady_row_iterations: int = 0
 
+    def add(self, ran: int, slots: int, row_iterations: int, items: int, steady_row_iterations: int | None) -> None:
+        """A segment (or static chunk) that ran ``ran`` iterations over ``slots`` rows and finished
+        ``items`` items of ``row_iterations``; ``steady_row_iterations``: while items were waiting."""
+        self.iterations += ran
+        self.slot_iterations += ran * slots
+        self.row_iterations += row_iterations
+        self.items += items
+        if steady_row_iterations is not None:
+            self.steady_iterations += ran
+            self.steady_row_iterations += steady_row_iterations
+
     @property
     def useful_fraction(self) -> float:
-        return self.row_iterations / max(1, self.batch * self.iterations)
+        return self.row_iterations / max(1, self.slot_iterations)
 
     @property
     def steady_useful_fraction(self) -> float | None:
@@ -92,6 +105,21 @@ class ScheduleStats:
                  steady_useful_fraction=None if steady is None else round(steady, 4),
                  host_ms_per_segment=round(1e3 * self.host_s / max(1, self.segments), 3))
         return d
+
+
+DRAINS = ("shrink", "keep")
+
+
+def pick_drain(drain: str, mesh=None) -> str:
+    """``"auto"``: shrink the batch in the drain on CPUs (a forward there costs about its rows, so
+    half the rows is about half the time, for one more compile per size); keep it on accelerators,
+    where a small batch's forward costs about as much as a full one's."""
+    if drain == "auto":
+        devices = jax.devices() if mesh is None else list(mesh.devices.flat)
+        return "shrink" if devices[0].platform == "cpu" else "keep"
+    if drain not in DRAINS:
+        raise ValueError(f"drain must be one of auto, {', '.join(DRAINS)}, got {drain!r}")
+    return drain
 
 
 def default_refill_rows(batch: int, data: int = 1) -> int:
@@ -155,16 +183,17 @@ class _Source:
 
 
 def generate_stream(params, config: GPTConfig, conds: Iterable, key, options: SamplerOptions | None = None, *,
-                    batch: int, schedule: str = "auto", refill_rows: int | None = None, example_ids=None,
-                    mesh=None, ordered: bool = False, **keywords) -> Stream:
+                    batch: int, schedule: str = "auto", refill_rows: int | None = None, drain: str = "auto",
+                    example_ids=None, mesh=None, ordered: bool = False, **keywords) -> Stream:
     """Sample every condition of ``conds`` (class ids, or one caption / prompt per item in any form
     ``generate`` takes for a row) in batches of ``batch`` rows; yields ``Item``s as they finish
     (``ordered=True``: in input order). ``options`` and keywords as in ``generate``; ``key`` is one
     key or int seed. ``schedule``: "auto" (``pick_schedule``), "static" or "continuous";
-    ``refill_rows``: rows prefilled per refill (default ``default_refill_rows``). Returns a ``Stream`` (iterable; ``.stats`` says how busy the batch was)."""
+    ``refill_rows``: rows prefilled per refill (default ``default_refill_rows``); ``drain``: once no
+    item waits, "shrink" the batch as its rows finish or "keep" it ("auto": ``pick_drain``). Returns a ``Stream`` (iterable; ``.stats`` says how busy the batch was)."""
     options, knob_values, neighbours, delta = options_from_keywords(options, keywords)
     spec = resolve(config, options, dict(knob_values, lantern_delta=delta), neighbours=neighbours, mesh=mesh)
-    schedule = pick_schedule(schedule, spec)
+    schedule, drain = pick_schedule(schedule, spec), pick_drain(drain, mesh)
     key = K.as_key(key)
     if key.ndim != 0:
         raise ValueError("generate_stream takes one key (item i uses fold_in(key, example_ids[i]))")
@@ -178,9 +207,13 @@ def generate_stream(params, config: GPTConfig, conds: Iterable, key, options: Sa
     knobs = Knobs.make(**knob_values, lantern_delta=delta)
     neighbours = None if neighbours is None else jnp.asarray(neighbours, jnp.int32)
     run = _Run(spec, params, key, knobs, neighbours, mesh, data)
-    stats = ScheduleStats(schedule, batch, R if schedule == "continuous" else batch)
+    stats = ScheduleStats(schedule, batch, R if schedule == "continuous" else batch,
+                          drain if schedule == "continuous" else None)
     source = _Source(config, conds, example_ids)
-    items = run.static(source, batch, stats) if schedule == "static" else run.continuous(source, batch, R, stats)
+    if schedule == "static":
+        items = run.static(source, batch, stats)
+    else:
+        items = run.continuous(source, batch, R, drain == "shrink", stats)
     return Stream(_in_order(items) if ordered else items, stats)
 
 
@@ -192,6 +225,38 @@ def _in_order(items: Iterator[Item]) -> Iterator[Item]:
             yield waiting.pop(nxt)
             nxt += 1
     yield from (waiting[i] for i in sorted(waiting))
+
+
+class _Slots:
+    """Host view of the B row slots: the input index and example id of each slot's item (-1: empty)
+    and each slot's NFE at the last segment's end (to count the row iterations of a segment)."""
+
+    def __init__(self, B: int, idx, ids):
+        self.idx = np.full((B,), -1, np.int64)
+        self.ids = np.zeros((B,), np.int64)
+        self.idx[:idx.size], self.ids[:idx.size] = idx, ids
+        self.seen = np.ones((B,), np.int64)
+
+    def free(self) -> int:
+        return int((self.idx < 0).sum())
+
+    def busy(self) -> int:
+        return int((self.idx >= 0).sum())
+
+    def advanced(self, nfe) -> int:
+        """Row iterations since the last call, over the slots holding an item."""
+        step = int((nfe - self.seen)[self.idx >= 0].sum())
+        self.seen = np.asarray(nfe, np.int64).copy()
+        return step
+
+    def fill(self, idx, ids) -> np.ndarray:
+        """New items into the first free slots; returns those slots."""
+        where = np.flatnonzero(self.idx < 0)[:idx.size]
+        self.idx[where], self.ids[where], self.seen[where] = idx, ids, 1
+        return where
+
+    def keep(self, slots) -> None:
+        self.idx, self.ids, self.seen = self.idx[slots], self.ids[slots], self.seen[slots]
 
 
 class _Run:
@@ -243,16 +308,16 @@ class _Run:
             if pending is not None:
                 out, idx, ids, k = pending
                 items = self.emit(out, range(k), idx, ids)
-                stats.iterations += int(dist.gather(out.iterations))
-                stats.items += k
-                stats.row_iterations += sum(it.nfe - 1 for it in items)
+                stats.add(int(dist.gather(out.iterations)), B, sum(it.nfe - 1 for it in items), k, None)
                 yield from items
             if launched is None:
                 return
             pending = launched
 
-    def continuous(self, source: _Source, B: int, R: int, stats: ScheduleStats) -> Iterator[Item]:
-        """B slots in segments; between them finished items leave and pending ones are refilled."""
+    def continuous(self, source: _Source, B: int, R: int, shrink: bool, stats: ScheduleStats) -> Iterator[Item]:
+        """B slots in segments; between them finished items leave and pending ones are refilled.
+        Once no item waits, ``shrink`` moves the unfinished rows to batches of B/2, B/4, B/8 (the
+        drain: on a CPU a forward costs about its rows)."""
         first = source.take(B)
         if first is None:
             return
@@ -261,57 +326,59 @@ class _Run:
         R = min(R, B)
         stats.batch, stats.refill_rows = B, R
         pad = np.resize(np.arange(idx0.size), B)
-        seg = continuous.build(self.spec, jnp.asarray(x0[pad]), jnp.asarray(mask0[pad]), jnp.asarray(x0[pad[:R]]),
-                               jnp.asarray(mask0[pad[:R]]), self.neighbours)
-        slot_idx = np.full((B,), -1, np.int64)  # input index of the item in each slot (-1: empty)
-        slot_ids = np.zeros((B,), np.int64)
-        slot_idx[:idx0.size], slot_ids[:idx0.size] = idx0, ids0
+        shapes = [jnp.asarray(a) for a in (x0[pad], mask0[pad], x0[pad[:R]], mask0[pad[:R]])]
+        seg = continuous.build(self.spec, *shapes, self.neighbours)
+        slots = _Slots(B, idx0, ids0)
         rows = self.put(self.rows(ids0[pad]), "row keys")
         state = seg.start(self.params, self.put(x0[pad], "cond"), self.put(mask0[pad], "prefix mask"), rows,
                           self.knobs, self.neighbours)
         if idx0.size < B:
-            state = seg.retire(state, self.put(slot_idx < 0, "empty slots"))
+            state = seg.retire(state, self.put(slots.idx < 0, "empty slots"))
         more, it_before, ready = idx0.size == B, 0, []
-        seen = np.ones((B,), np.int64)  # each slot's NFE at the last segment's end (1: just prefilled)
-        while (slot_idx >= 0).any():
-            target = int((slot_idx < 0).sum()) + R if more else B
+        floor = max(1, self.data, B // 8)  # the drain's smallest batch: at most three more compiles
+        while (slots.idx >= 0).any():
+            half = seg.B // 2 if shrink and not more and seg.B // 2 >= floor and (seg.B // 2) % self.data == 0 else 0
+            target = slots.free() + R if more else seg.B - half  # drain: until it fits half the batch
             state, out, done = seg.run(self.params, state, rows, self.knobs, self.neighbours,
                                        self.put(np.int32(target), rows=False))
             stats.segments += 1
             yield from ready  # the consumer works while the device runs the segment
             done, nfe = dist.gather(done), dist.gather(out.nfe)
             t0 = time.perf_counter()
-            finished = np.flatnonzero(done & (slot_idx >= 0))
-            ready = self.emit(out, finished, slot_idx, slot_ids)
+            finished = np.flatnonzero(done & (slots.idx >= 0))
+            ready = self.emit(out, finished, slots.idx, slots.ids)
             it_now = int(dist.gather(out.iterations))
-            stats.iterations, it_before, ran = stats.iterations + it_now - it_before, it_now, it_now - it_before
-            stats.items += len(ready)
-            stats.row_iterations += sum(it.nfe - 1 for it in ready)
-            if more:
-                stats.steady_iterations += ran
-                stats.steady_row_iterations += int((nfe - seen)[slot_idx >= 0].sum())
-            seen = nfe.astype(np.int64)
-            slot_idx[finished] = -1
-            while more and (slot_idx < 0).any():
-                got = source.take(min(R, int((slot_idx < 0).sum())))
+            ran, it_before = it_now - it_before, it_now
+            stats.add(ran, seg.B, sum(it.nfe - 1 for it in ready), len(ready),
+                      slots.advanced(nfe) if more else None)
+            slots.idx[finished] = -1
+            while more and slots.free():
+                got = source.take(min(R, slots.free()))
                 if got is None:
                     more = False
                     break
-                seen[np.flatnonzero(slot_idx < 0)[:got[0].size]] = 1
-                state, rows = self._refill(seg, state, rows, got, slot_idx, slot_ids, R, B)
+                state, rows = self._refill(seg, state, rows, got, slots, R)
                 stats.refills += 1
+            if not more and half and 0 < slots.busy() <= half:
+                seg, state, rows, it_before = self._shrink(seg, state, rows, slots, shapes, half)
             stats.host_s += time.perf_counter() - t0
         yield from ready
 
-    def _refill(self, seg, state, rows, got, slot_idx, slot_ids, R: int, B: int):
+    def _shrink(self, seg, state, rows, slots: "_Slots", shapes, size: int):
+        """The unfinished rows (and finished ones to fill up) into a ``size``-row sampler."""
+        small = continuous.build(self.spec, shapes[0][:size], shapes[1][:size], *shapes[2:], self.neighbours)
+        keep = np.concatenate([np.flatnonzero(slots.idx >= 0), np.flatnonzero(slots.idx < 0)])[:size]
+        state, rows = small.take(state, rows, self.put(keep.astype(np.int32), rows=False))
+        slots.keep(keep)
+        return small, state, rows, int(dist.gather(state.it))
+
+    def _refill(self, seg, state, rows, got, slots: "_Slots", R: int):
         """``got``'s items into the first free slots (an R-row prefill; unused rows write nowhere)."""
         idx, ids, x, mask = got
         k = idx.size
-        slots = np.flatnonzero(slot_idx < 0)[:k]
-        slot_idx[slots], slot_ids[slots] = idx, ids
         pad = np.resize(np.arange(k), R)
-        where = np.full((R,), B, np.int32)
-        where[:k] = slots
+        where = np.full((R,), seg.B, np.int32)
+        where[:k] = slots.fill(idx, ids)
         return seg.refill(self.params, state, rows, self.put(x[pad], "refill cond"),
                           self.put(mask[pad], "refill prefix mask"), self.put(self.rows(ids[pad]), "refill keys"),
                           self.put(where, rows=False), self.knobs, self.neighbours)

@@ -79,6 +79,20 @@ def retire(spec: SamplerSpec, state: SamplerState, empty) -> SamplerState:
     return state.replace(n=jnp.where(empty, spec.config.num_image_tokens, state.n))
 
 
+def take(state: SamplerState, rows, slots):
+    """Rows ``slots [B']`` of a B-row state and its keys -> a B'-row state (the drain: once no item
+    waits, the unfinished rows move to a smaller batch)."""
+    B = state.n.shape[0]
+
+    def get(x, axes):
+        if not axes or axes[0] != "batch":
+            return x
+        f = x.shape[0] // B
+        return x[(slots[:, None] * f + jnp.arange(f, dtype=slots.dtype)[None]).reshape(-1)]
+
+    return jax.tree.map(get, state, state_axes(state)), rows[slots]
+
+
 @dataclasses.dataclass(frozen=True)
 class Segments:
     """The continuous sampler for one spec, B slots and R-row refills (one device or a mesh).
@@ -86,7 +100,8 @@ class Segments:
     ``start(params, cond [B], mask, rows [B, 2], knobs, nb) -> state``;
     ``run(params, state, rows, knobs, nb, free_target) -> (state, GenerateOutput, finished [B])``
     (the state is donated); ``refill(params, state, rows, cond [R], mask, new_rows [R, 2], slots [R],
-    knobs, nb) -> (state, rows)``; ``retire(state, empty [B]) -> state``."""
+    knobs, nb) -> (state, rows)``; ``retire(state, empty [B]) -> state``; ``take(state, rows, slots
+    [B]) -> (state, rows)``: B of a larger state's rows, as this sampler's state."""
 
     spec: SamplerSpec
     B: int
@@ -95,6 +110,7 @@ class Segments:
     run: Callable
     refill: Callable
     retire: Callable
+    take: Callable
 
 
 def build(spec: SamplerSpec, cond_b, mask_b, cond_r, mask_r, neighbours=None) -> Segments:
@@ -113,7 +129,7 @@ def _build(spec: SamplerSpec, sig) -> Segments:
     mesh = spec.mesh
     if mesh is None:
         return Segments(spec, B, R, exe.prefill, jax.jit(seg, donate_argnums=1), jax.jit(fill, donate_argnums=(1, 2)),
-                        jax.jit(ret, donate_argnums=0))
+                        jax.jit(ret, donate_argnums=0), jax.jit(take))
     state_sh, rep = exe.state_shardings, shd.replicated(mesh)
     params_sh = shd.param_shardings(gpt.abstract_params(spec.config), mesh)
     rows_sh = shd.batch_sharding(mesh, (B, 2), "row keys")
@@ -131,4 +147,5 @@ def _build(spec: SamplerSpec, sig) -> Segments:
     fill = jax.jit(fill, in_shardings=(params_sh, state_sh, rows_sh) + r_sh + (rep, rep, nb_sh),
                    out_shardings=(state_sh, rows_sh), donate_argnums=(1, 2))
     ret = jax.jit(ret, in_shardings=(state_sh, done_sh), out_shardings=state_sh, donate_argnums=0)
-    return Segments(spec, B, R, exe.prefill, run, fill, ret)
+    moved = jax.jit(take, out_shardings=(state_sh, rows_sh))
+    return Segments(spec, B, R, exe.prefill, run, fill, ret, moved)
