@@ -171,8 +171,8 @@ def run_continuous(params, config: GPTConfig, method: str, window: int, batch: i
     st = stats.as_dict()
     return {**_row(config, spec, method, init, stats.batch, q_storage, images, nfe, committed, hits),
             "schedule": "continuous", "forwards": stats.iterations + stats.refills + 1,
-            **{k: st[k] for k in ("useful_fraction", "steady_useful_fraction", "refill_rows", "segments", "refills",
-                                  "host_ms_per_segment")},
+            **{k: st[k] for k in ("useful_fraction", "steady_useful_fraction", "refill_rows", "drain", "segments",
+                                  "refills", "host_ms_per_segment")},
             "first_pass_s": compile_s, "wall_s": min(times), "wall_s_per_image": min(times) / images,
             "images_per_s": images / min(times)}
 
