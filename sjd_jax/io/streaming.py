@@ -145,9 +145,9 @@ def run(bundle, out_dir, sampler, *, classes, n_per_class: int, seed: int, batch
     # padding clamped to the work left: a huge --batch-per-device never pads a few items to it
     G = D * max(1, min(batch_per_device, -(-todo.size // D)))
     schedule = pick_schedule(schedule, sampler.spec)
-    b = bundle
-    stream = generate_stream(b.gpt_params, b.gpt_config, labels[todo], seed, batch=G, schedule=schedule,
-                             refill_rows=None if refill_rows is None else min(refill_rows, G), example_ids=todo, mesh=mesh, **sampler.keywords())
+    R = None if refill_rows is None else min(refill_rows, G)
+    stream = generate_stream(bundle.gpt_params, bundle.gpt_config, labels[todo], seed, batch=G, schedule=schedule,
+                             refill_rows=R, example_ids=todo, mesh=mesh, **sampler.keywords())
     t0 = time.perf_counter()
     writer = _Writer(bundle, out_dir, png)
     flush = G if schedule == "static" else max(stream.stats.refill_rows, G // 4)

@@ -5,9 +5,11 @@ conditions and yields each finished ``Item`` (its index in the stream, tokens, N
 
 * ``schedule="static"``: chunks of B items, each run until its slowest row is done (the last
   chunk padded to B so one compile serves the run).
-* ``schedule="continuous"`` (``"auto"``, the default, for every drafting sampler): B row slots; the loop runs in segments (``continuous``)
-  that stop once ``refill_rows`` slots have finished; their items are emitted and the slots get
-  the next pending items, prefilled into their cache rows. Rows never wait for a batch's slowest.
+* ``schedule="continuous"`` (what ``"auto"``, the default, picks for every drafting sampler): B
+  row slots; the loop runs in segments (``continuous``) that stop once ``refill_rows`` slots have
+  finished; their items are emitted and the slots get the next pending items, prefilled into their
+  cache rows. Rows never wait for a batch's slowest. Once no item waits, the rows left move to
+  smaller batches on CPUs (``drain``).
 
 Item i always uses the key ``fold_in(key, example_ids[i])`` (default i), so its tokens are those of
 ``generate`` with that example id, whatever the schedule, batch size or mesh.
@@ -190,7 +192,8 @@ def generate_stream(params, config: GPTConfig, conds: Iterable, key, options: Sa
     (``ordered=True``: in input order). ``options`` and keywords as in ``generate``; ``key`` is one
     key or int seed. ``schedule``: "auto" (``pick_schedule``), "static" or "continuous";
     ``refill_rows``: rows prefilled per refill (default ``default_refill_rows``); ``drain``: once no
-    item waits, "shrink" the batch as its rows finish or "keep" it ("auto": ``pick_drain``). Returns a ``Stream`` (iterable; ``.stats`` says how busy the batch was)."""
+    item waits, "shrink" the batch as its rows finish or "keep" it ("auto": ``pick_drain``).
+    Returns a ``Stream`` (iterable; ``.stats`` says how busy the batch was)."""
     options, knob_values, neighbours, delta = options_from_keywords(options, keywords)
     spec = resolve(config, options, dict(knob_values, lantern_delta=delta), neighbours=neighbours, mesh=mesh)
     schedule, drain = pick_schedule(schedule, spec), pick_drain(drain, mesh)
