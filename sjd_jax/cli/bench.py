@@ -155,7 +155,8 @@ def run_continuous(params, config: GPTConfig, method: str, window: int, batch: i
     R = default_refill_rows(batch) if refill_rows is None else refill_rows
 
     def go(n):
-        st = generate_stream(params, config, labels[:n], seed, opts, batch=batch, refill_rows=R, **knobs, **extra)
+        st = generate_stream(params, config, labels[:n], seed, opts, batch=batch, schedule="continuous", refill_rows=R,
+                             **knobs, **extra)
         return sorted(st, key=lambda it: it.index), st.stats
 
     t0 = time.perf_counter()
