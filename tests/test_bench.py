@@ -69,6 +69,30 @@ def test_forward_cost_and_report_outputs(tmp_path):
     assert table.splitlines()[0] == "| method | lossless | W=3 |" and "| sjd-ac | yes |" in table
 
 
+def test_schedule_comparison(tmp_path):
+    """``--schedule static,continuous``: each configuration both ways, the same images (NFE per
+    image equal), useful fractions, the comparison summary and its plot."""
+    out = tmp_path / "s.json"
+    argv = ["--model", "random:GPT-B", "--vocab", "64", "--grid", "3", "--methods", "sjd", "--windows", "4",
+            "--inits", "uniform", "--batch", "4", "--images", "10", "--schedule", "static,continuous",
+            "--refill-rows", "1", "--out", str(out)]
+    assert bench.main(argv) == 0
+    report = json.loads(out.read_text())
+    rows = {(r["method"], r["schedule"]): r for r in report["results"]}
+    assert set(rows) == {(m, s) for m in ("ar", "sjd") for s in ("static", "continuous")}
+    for m in ("ar", "sjd"):
+        st, co = rows[(m, "static")], rows[(m, "continuous")]
+        assert st["nfe_per_row"] == co["nfe_per_row"] and co["refill_rows"] == 1 and co["refills"] > 0
+        assert 0 < st["useful_fraction"] <= 1 and 0 < co["useful_fraction"] <= 1
+    assert rows[("ar", "static")]["useful_fraction"] == 10 / 12  # the last chunk of 4 holds 2 images
+    assert rows[("ar", "continuous")]["useful_fraction"] > 10 / 12  # refilled, then the drain shrinks
+    summary = {r["method"]: r for r in report["schedules"]}
+    assert summary["sjd"]["speedup"] == rows[("sjd", "continuous")]["images_per_s"] / rows[("sjd", "static")][
+        "images_per_s"]
+    assert report["summary"]["best_lossless"]["method"] == "sjd"  # the static rows alone
+    assert tmp_path.joinpath("s-schedule.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_cli_errors_exit_2(tmp_path, capsys):
     out = tmp_path / "b.json"
     assert bench.main(["--model", "random:GPT-Z", "--out", str(out)]) == 2
@@ -77,6 +101,8 @@ def test_cli_errors_exit_2(tmp_path, capsys):
     assert bench.main(["--top-p", "2", "--out", str(out)]) == 2
     assert bench.main(["--methods", "sjd,medusa", "--out", str(out)]) == 2
     assert bench.main(["--inits", "diagonal", "--out", str(out)]) == 2
+    assert bench.main(["--schedule", "static,dynamic", "--out", str(out)]) == 2
+    assert bench.main(["--batch", "4", "--refill-rows", "5", "--out", str(out)]) == 2
     assert bench.main(["--model", "random:GPT-B", "--methods", "lantern", "--out", str(out)]) == 2
     assert not out.exists()
     assert cli.main(["nope"]) == 2
