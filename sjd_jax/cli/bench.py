@@ -178,7 +178,6 @@ def run_continuous(params, config: GPTConfig, method: str, window: int, batch: i
             "images_per_s": images / min(times)}
 
 
-
 def forward_cost(params, config: GPTConfig, batch: int, windows, reps: int = 32) -> dict:
     """Seconds per cached forward of W tokens (CFG-doubled batch), by W.
 

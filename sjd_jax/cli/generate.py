@@ -287,8 +287,8 @@ def _check_text_flags(args) -> Path:
         raise ValueError("--class is for class-conditional models; text-to-image models take --prompt")
     if (args.out_dir is not None or args.batch_per_device is not None or args.no_png or args.schedule != "auto"
             or args.refill_rows is not None):
-        raise ValueError("batch mode (--out-dir, --batch-per-device, --no-png) is for class-conditional "
-                         "models; text-to-image models write one grid (--out)")
+        raise ValueError("batch mode (--out-dir, --batch-per-device, --no-png, --schedule, --refill-rows) is for "
+                         "class-conditional models; text-to-image models write one grid (--out)")
     bad = [p for p in args.prompt if not p.strip()]
     if bad:
         raise ValueError("empty --prompt")

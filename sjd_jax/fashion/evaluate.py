@@ -45,7 +45,7 @@ def sample_images(bundle, labels: np.ndarray, sampler, seed: int, batch: int, qu
     stream = generate_stream(bundle.gpt_params, c, np.asarray(labels), seed, batch=B, schedule=schedule,
                              refill_rows=None if refill_rows is None else min(refill_rows, B), ordered=True,
                              **sampler.keywords())
-    imgs, items, pending = [], [], []
+    imgs, items, pending, iters = [], [], [], 0
     with tqdm(total=len(labels), desc=f"eval {sampler.name}", unit="img", file=sys.stderr, disable=quiet,
               dynamic_ncols=True) as bar:
         for item in stream:
@@ -56,7 +56,7 @@ def sample_images(bundle, labels: np.ndarray, sampler, seed: int, batch: int, qu
                 imgs.append(from_model_range(np.asarray(x)))
                 pending = []
             bar.update(1)
-            iters = sum(it.nfe - 1 for it in items)
+            iters += item.nfe - 1  # row iterations so far
             bar.set_postfix(acc_per_iter=f"{len(items) * (N - 1) / max(iters, 1):.2f}", refresh=False)
     nfe = np.asarray([it.nfe for it in items])
     st = acceptance_stats(nfe, np.stack([it.committed for it in items]), N, sampler.window)

@@ -302,10 +302,10 @@ class _Run:
                 idx, ids, x, mask = got
                 k = idx.size
                 pad = np.resize(np.arange(k), B)  # same shape every chunk; copies are dropped
-                exe = compiled.compile(self.spec, jnp.asarray(x[pad]), jnp.asarray(mask[pad]),
-                                       jax.ShapeDtypeStruct((B, 2), jnp.uint32), self.neighbours)
-                out = exe.run(self.params, self.put(x[pad], "cond"), self.put(mask[pad], "prefix mask"),
-                              self.put(self.rows(ids[pad]), "row keys"), self.knobs, self.neighbours)
+                cond, prefix_mask, rows = (self.put(x[pad], "cond"), self.put(mask[pad], "prefix mask"),
+                                           self.put(self.rows(ids[pad]), "row keys"))
+                exe = compiled.compile(self.spec, cond, prefix_mask, rows, self.neighbours)
+                out = exe.run(self.params, cond, prefix_mask, rows, self.knobs, self.neighbours)
                 launched = (out, idx, ids, k)
                 stats.segments += 1
             if pending is not None:
@@ -363,17 +363,18 @@ class _Run:
                 state, rows = self._refill(seg, state, rows, got, slots, R)
                 stats.refills += 1
             if not more and half and 0 < slots.busy() <= half:
-                seg, state, rows, it_before = self._shrink(seg, state, rows, slots, shapes, half)
+                seg, state, rows = self._shrink(seg, state, rows, slots, shapes, half)
             stats.host_s += time.perf_counter() - t0
         yield from ready
 
     def _shrink(self, seg, state, rows, slots: "_Slots", shapes, size: int):
-        """The unfinished rows (and finished ones to fill up) into a ``size``-row sampler."""
+        """The unfinished rows (and finished ones to fill up) into a ``size``-row sampler (the loop
+        counter ``it`` moves with the state unchanged)."""
         small = continuous.build(self.spec, shapes[0][:size], shapes[1][:size], *shapes[2:], self.neighbours)
         keep = np.concatenate([np.flatnonzero(slots.idx >= 0), np.flatnonzero(slots.idx < 0)])[:size]
         state, rows = small.take(state, rows, self.put(keep.astype(np.int32), rows=False))
         slots.keep(keep)
-        return small, state, rows, int(dist.gather(state.it))
+        return small, state, rows
 
     def _refill(self, seg, state, rows, got, slots: "_Slots", R: int):
         """``got``'s items into the first free slots (an R-row prefill; unused rows write nowhere)."""
