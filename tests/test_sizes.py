@@ -93,7 +93,7 @@ def test_bench_mesh_clamps_its_chunk_to_the_images(tmp_path, capsys):
     assert main(["bench-mesh", "--meshes", "data=1", "--images", "2", "--batch-per-device", "1000000",
                  "--method", "ar", "--out", str(tmp_path / "m.json"), "--quiet", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)["results"]
-    assert rows[0]["global_batch"] == 2 and rows[0]["chunks"] == 1
+    assert rows[0]["global_batch"] == 2 and rows[0]["schedule"] == "static" and rows[0]["segments"] == 1
 
 
 # ---- outputs are checked before the work ------------------------------------------------------------
