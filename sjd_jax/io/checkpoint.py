@@ -18,6 +18,7 @@ from pathlib import Path
 
 import jax
 
+from sjd_jax.core import precision
 from sjd_jax.core import registry as families
 from sjd_jax.io import atomic
 from sjd_jax.io import integrity
@@ -70,7 +71,44 @@ def save(path, kind: str, config, params, *, force: bool = False, extra_files=No
     if jax.tree_util.tree_structure(params) != want:
         raise ValueError("params do not match the config's parameter tree")
     meta = {"format": FORMAT, "version": VERSION, "kind": kind, "config": dataclasses.asdict(config)}
+    part = transformer_part(config)
+    if part is not None:  # the dtype the transformer is stored in (float32 or bfloat16)
+        meta["param_dtype"] = precision.dtype_of(_subtree(params, part))
     return write(path, meta, params, force=force, extra_files=extra_files)
+
+
+def transformer_part(config) -> tuple[str, ...] | None:
+    """Where a checkpoint's transformer params are (the part ``param_dtype`` casts): ``()`` (the
+    whole tree) for a ``GPTConfig``, ``("gpt",)`` for a family config with a ``gpt`` GPTConfig field
+    (Janus, Lumina, Emu3), None for the rest (VQ decoders, T5): they stay as stored."""
+    from sjd_jax.core.config import GPTConfig
+
+    if isinstance(config, GPTConfig):
+        return ()
+    return ("gpt",) if isinstance(getattr(config, "gpt", None), GPTConfig) else None
+
+
+def stored_param_dtype(meta: dict, path) -> str:
+    """The dtype a checkpoint's transformer params are stored in (config.json ``param_dtype``;
+    absent: float32, as every checkpoint before bfloat16 storage)."""
+    value = meta.get("param_dtype", "float32")
+    try:
+        return precision.check_param_dtype(value, "param_dtype", precision.STORED_DTYPES)
+    except ValueError as e:
+        raise ValueError(f"{Path(path) / 'config.json'}: {e}") from None
+
+
+def _subtree(tree, keys: tuple[str, ...]):
+    for k in keys:
+        tree = tree[k]
+    return tree
+
+
+def _with_subtree(tree, keys: tuple[str, ...], sub):
+    """``tree`` with the subtree at ``keys`` replaced by ``sub`` (dicts copied along the way)."""
+    if not keys:
+        return sub
+    return {**tree, keys[0]: _with_subtree(tree[keys[0]], keys[1:], sub)}
 
 
 def write(path, meta: dict, params, *, force: bool = False, extra_files=None) -> Path:
@@ -197,13 +235,22 @@ def read_meta(path, kinds=None) -> dict:
     return meta
 
 
-def load(path, sharding=None, mesh=None, verify: bool = True):
+def load(path, sharding=None, mesh=None, verify: bool = True, param_dtype: str | None = None):
     """``path`` -> ``(config, params)``. Params land on ``sharding`` (default: the first device),
     or with ``mesh`` on their ``sharding.RULES`` shardings: orbax restores each leaf straight into
     its shards (each process reads only what its devices hold; no full host copy first).
 
-    ``verify``: check every leaf against the checkpoint's checksums and for NaN/inf (``ValueError``
-    naming the leaf); damaged or missing data files are one ``ValueError`` too."""
+    ``param_dtype``: None (as stored), or one of ``precision.PARAM_DTYPES`` ("auto" resolved by
+    ``precision.resolve_param_dtype`` for the transformer's size and the target devices' backend):
+    the transformer's float leaves are restored in that dtype (orbax casts on read), and with
+    bfloat16 params the returned config computes in bfloat16 too. Checkpoints without a
+    transformer (VQ, T5) load as stored whatever ``param_dtype`` says.
+
+    ``verify``: check every leaf against the checkpoint's checksums (of the bytes on disk, whatever
+    dtype they are restored in) and for NaN/inf (``ValueError`` naming the leaf); damaged or missing
+    data files are one ``ValueError`` too."""
+    if param_dtype is not None:
+        precision.check_param_dtype(param_dtype)
     path = Path(path).absolute()  # orbax refuses relative paths
     if not path.exists():
         atomic.sweep(path.parent, force=True)  # a replacement killed between its two renames
@@ -215,9 +262,9 @@ def load(path, sharding=None, mesh=None, verify: bool = True):
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path / 'config.json'}: {e}") from None
     shapes = _abstract(meta["kind"], config)
+    if mesh is not None and sharding is not None:
+        raise ValueError("pass sharding or mesh, not both")
     if mesh is not None:
-        if sharding is not None:
-            raise ValueError("pass sharding or mesh, not both")
         from sjd_jax.parallel import sharding as shd
 
         if families.kind(meta["kind"]).replicated:  # run once per prompt/image (VQ, T5)
@@ -228,28 +275,104 @@ def load(path, sharding=None, mesh=None, verify: bool = True):
         one = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         target = jax.tree.map(lambda _: one, shapes)
     abstract = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), shapes, target)
-    return config, restore(path, meta, abstract, verify)
+    part = transformer_part(config)
+    if part is None:
+        return config, restore(path, meta, abstract, verify)
+    stored = stored_param_dtype(meta, path)
+    want = stored if param_dtype is None else precision.resolve_param_dtype(
+        param_dtype, n_params=sum(x.size for x in jax.tree.leaves(_subtree(shapes, part))),
+        backend=precision.backend_of(sharding, mesh))
+    on_disk = _with_subtree(abstract, part, precision.with_dtype(_subtree(abstract, part), stored))
+    wanted = _with_subtree(abstract, part, precision.with_dtype(_subtree(abstract, part), want))
+    if want == "bfloat16" and stored == "float32" and verify:  # checksums need the float32 bytes
+        params = _restore_narrowed(path, meta, on_disk, wanted)
+    else:  # same dtype, or widened on read (exact: the checksum is taken after casting back)
+        params = restore(path, meta, wanted, verify, stored=on_disk)
+    return precision.with_param_dtype(config, want), params
 
 
-def restore(path: Path, meta: dict, abstract, verify: bool = True):
+def restore(path: Path, meta: dict, abstract, verify: bool = True, stored=None):
     """The params of the checkpoint at ``path`` (``meta``: its ``read_meta``) into ``abstract``
     (shapes, dtypes, shardings). Refused before reading when they cannot fit in memory; any failure
     of the stored data (missing, truncated or corrupt files, a failed checksum, NaN/inf) is one
-    ``ValueError`` naming ``path`` and the leaf."""
+    ``ValueError`` naming ``path`` and the leaf.
+
+    ``stored``: the same tree with the dtypes on disk, where ``abstract`` widens some (bfloat16 ->
+    float32, cast by orbax on read): those leaves are checksummed after an exact cast back."""
+    memory.require_tree(abstract, f"loading {path}")
+    params = _ocp_load(path, abstract)
+    if verify:
+        integrity.verify(params, meta.get("integrity"), path, stored_dtypes=_widened(abstract, stored))
+    return params
+
+
+def _widened(abstract, stored) -> dict | None:
+    """``{leaf key: stored dtype}`` of the leaves ``abstract`` holds in another dtype than ``stored``."""
+    if stored is None:
+        return None
+    return {k: s.dtype for (k, a), (_, s) in zip(integrity.keyed(abstract), integrity.keyed(stored))
+            if a.dtype != s.dtype}
+
+
+def _ocp_load(path: Path, abstract, partial: bool = False):
+    """orbax's restore of ``path/params`` into ``abstract`` (``partial``: a subset of its leaves);
+    any failure is one ``ValueError`` naming ``path``."""
     from orbax.checkpoint import v1 as ocp
 
-    memory.require_tree(abstract, f"loading {path}")
+    ctx = ocp.Context()
+    if partial:
+        if hasattr(ctx, "pytree"):  # orbax >= 0.12: dot-notation options
+            ctx.pytree.loading.partial_load = True
+        else:
+            ctx = ocp.Context(pytree_options=ocp.options.PyTreeOptions(
+                loading=ocp.options.PyTreeOptions.Loading(partial_load=True)))
     try:
-        with _orbax_errors_are_ours():
-            params = ocp.load(path / "params", abstract)
+        with ctx, _orbax_errors_are_ours():
+            return ocp.load(path / "params", abstract)
     except (KeyboardInterrupt, MemoryError):
         raise
     except Exception as e:
         raise ValueError(f"{path}: checkpoint data is damaged or incomplete ({error_reason(e)}); convert or copy "
                          f"it again") from None
-    if verify:
-        integrity.verify(params, meta.get("integrity"), path)
-    return params
+
+
+NARROW_GROUP_BYTES = 256 << 20  # float32 bytes restored per group when narrowing (plus the largest leaf)
+
+
+def _restore_narrowed(path: Path, meta: dict, stored, abstract):
+    """Float32 checkpoint -> bfloat16 params with every checksum checked on the float32 bytes, in
+    bounded memory: leaves are restored as stored a group at a time (``NARROW_GROUP_BYTES``), each
+    group verified, cast and its float32 copy dropped before the next; never a float32 copy of the
+    whole tree. ``stored`` / ``abstract``: the tree as on disk / as wanted (same shardings)."""
+    pairs = list(zip(integrity.keyed(stored), integrity.keyed(abstract)))
+    biggest = max((s.size * s.dtype.itemsize for (_, s), _ in pairs), default=0)
+    memory.require_tree(abstract, f"loading {path}")
+    keys = [k for (k, _), _ in pairs]
+    out, group, size = {}, [], 0
+    for n, pair in enumerate(pairs):
+        group.append(pair)
+        size += pair[0][1].size * pair[0][1].dtype.itemsize
+        if size >= max(NARROW_GROUP_BYTES, biggest) or n == len(pairs) - 1:
+            part = _ocp_load(path, _nest({k: s for (k, s), _ in group}), partial=True)
+            integrity.verify(part, meta.get("integrity"), path, all_keys=keys)
+            leaves = dict(integrity.keyed(part))
+            for (k, _), (_, a) in group:
+                out[k] = leaves.pop(k).astype(a.dtype)
+            del part, leaves
+            group, size = [], 0
+    return _nest(out)
+
+
+def _nest(flat: dict) -> dict:
+    """``{"a/b/c": leaf}`` -> ``{"a": {"b": {"c": leaf}}}`` (sjd-jax params trees are nested dicts)."""
+    tree: dict = {}
+    for key, leaf in flat.items():
+        *head, last = key.split("/")
+        node = tree
+        for k in head:
+            node = node.setdefault(k, {})
+        node[last] = leaf
+    return tree
 
 
 @contextlib.contextmanager

@@ -41,7 +41,9 @@ def digest(array) -> str:
     return h.hexdigest()
 
 
-def _keyed(tree) -> list[tuple[str, object]]:
+def keyed(tree) -> list[tuple[str, object]]:
+    """``[(key, leaf)]`` of ``tree`` in leaf order; ``key``: the leaf's path joined by "/" (the
+    keys of a checkpoint's integrity record)."""
     import jax
 
     return [("/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in k), v)
@@ -62,8 +64,8 @@ def _parallel(fn, items: list) -> list:
 
 def record(tree) -> dict:
     """The ``integrity`` entry of a checkpoint's metadata for ``tree``."""
-    keyed = _keyed(tree)
-    return {"algorithm": ALGORITHM, "leaves": dict(zip((k for k, _ in keyed), _parallel(digest, [v for _, v in keyed])))}
+    items = keyed(tree)
+    return {"algorithm": ALGORITHM, "leaves": dict(zip((k for k, _ in items), _parallel(digest, [v for _, v in items])))}
 
 
 def is_finite(array) -> bool:
@@ -78,15 +80,24 @@ def is_finite(array) -> bool:
     return bool(np.isfinite(a).all())
 
 
-def verify(tree, entry: dict | None, where) -> None:
+def verify(tree, entry: dict | None, where, *, all_keys=None, stored_dtypes: dict | None = None) -> None:
     """Check ``tree`` against a checkpoint's ``integrity`` entry, and that every float leaf is
     finite. ``ValueError`` naming the leaf and ``where`` on the first failure. ``entry`` None (a
     checkpoint written before checksums): finite check only, with one note on the ``sjd_jax``
     logger. Leaves spread over several processes cannot be hashed here: they get the finite
-    check, computed on their devices."""
-    leaves = _keyed(tree)
+    check, computed on their devices.
+
+    ``all_keys``: the keys of the whole checkpoint when ``tree`` is a part of it (restored a group
+    at a time): the record must list exactly those, and each leaf of ``tree`` is checked.
+    ``stored_dtypes``: ``{key: dtype}`` for leaves held wider than stored (bfloat16 restored as
+    float32): hashed after casting back, which is exact, so the digest is still of the stored bytes."""
+    leaves = keyed(tree)
     want = None
-    if entry is None:
+    stored_dtypes = stored_dtypes or {}
+    first_part = all_keys is None or (leaves and all_keys and leaves[0][0] == next(iter(all_keys), None))
+    if entry is None and not first_part:
+        pass  # a later group of a part-by-part restore: the first one gave the note
+    elif entry is None:
         log.warning(f"note: {where} has no checksums (written by an older sjd-jax): checked for NaN/inf "
                     f"only; convert or save it again to add them")
     else:
@@ -96,17 +107,21 @@ def verify(tree, entry: dict | None, where) -> None:
             raise ValueError(f"{where}: checksums of algorithm {entry.get('algorithm')!r} (this sjd-jax knows "
                              f"{ALGORITHM}): written by a newer sjd-jax?")
         want = entry["leaves"]
-        odd = sorted(set(want) ^ {k for k, _ in leaves})
+        odd = sorted(set(want) ^ ({k for k, _ in leaves} if all_keys is None else set(all_keys)))
         if odd:
             raise ValueError(f"{where}: the checksum list and the parameter tree disagree at {odd[0]}"
                              + (f" and {len(odd) - 1} more" if len(odd) > 1 else ""))
 
-    def check(leaf) -> tuple[str | None, bool | None]:  # (digest or None, finite; None: not here)
+    def check(item) -> tuple[str | None, bool | None]:  # (digest or None, finite; None: not here)
+        key, leaf = item
         if getattr(leaf, "is_fully_addressable", True):
-            return (digest(leaf) if want is not None else None), is_finite(leaf)
+            if want is None:
+                return None, is_finite(leaf)
+            stored = stored_dtypes.get(key)
+            return digest(leaf if stored is None else _host(leaf).astype(stored)), is_finite(leaf)
         return None, None
 
-    for (key, leaf), (got, ok) in zip(leaves, _parallel(check, [v for _, v in leaves])):
+    for (key, leaf), (got, ok) in zip(leaves, _parallel(check, leaves)):
         if ok is None:  # spread over processes: a global reduction, in the same order on every process
             import jax.numpy as jnp
 
