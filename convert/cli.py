@@ -20,7 +20,8 @@ Families and the files each accepts:
                 with ``--vq`` the ``BAAI/Emu3-VisionTokenizer`` snapshot; a ``tokenizer.json`` is needed
                 (the HF snapshot's, or ``--tokenizer``); 720 px default (--image-size).
 The image grid is not stored in GPT weights: it is read from a ``_256``/``_384``/``_512`` file-name
-suffix or given with ``--image-size``.
+suffix or given with ``--image-size``. ``--param-dtype bfloat16`` stores the transformer's params in
+bfloat16 (half the file; VQ and T5 weights stay float32).
 """
 
 from __future__ import annotations
@@ -286,6 +287,26 @@ def vq_config(tensors: dict, src: Path):
                     z_channels=shape_of(tensors, "quant_conv.weight", 4, src.name)[1])
 
 
+def param_dtype(args, family: str, transformer: bool = True) -> str:
+    """``--param-dtype`` (default float32, as stored before bfloat16 storage): the dtype the
+    transformer's params are stored in. Families without a transformer (VQ, T5 encoders) store
+    float32 and refuse bfloat16 (one ValueError)."""
+    from sjd_jax.core import precision
+
+    value = getattr(args, "param_dtype", None) or "float32"
+    precision.check_param_dtype(value, "--param-dtype", precision.STORED_DTYPES)
+    if value != "float32" and not transformer:
+        raise ValueError(f"--param-dtype {value}: --family {family} has no transformer; it stores float32")
+    return value
+
+
+def staged_dtype(dtype: str):
+    """The numpy dtype of ``param_dtype`` for staging memmaps (ml_dtypes' bfloat16, jax's own)."""
+    import ml_dtypes
+
+    return ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float32
+
+
 def read_json(path: Path) -> dict:
     """A JSON object file (one-line ValueError otherwise)."""
     import json
@@ -346,7 +367,9 @@ def convert_janus(srcs: list[Path], out: Path, args) -> dict:
     from sjd_jax.io import checkpoint
 
     from sjd_jax.convert.janus import janus_config, janus_params, skipped
+    from sjd_jax.convert.tree import host_place
 
+    dtype = param_dtype(args, "janus-pro")
     files = hf_files(srcs)
     vocab = None
     if files["tokenizer"] is not None:  # special tokens live in "added_tokens", the rest in the model vocab
@@ -361,13 +384,13 @@ def convert_janus(srcs: list[Path], out: Path, args) -> dict:
     n_skipped = sum(map(skipped, tensors))
     with tqdm(total=len(tensors) - n_skipped, desc="converting janus-pro", unit="tensor",
               file=sys.stderr, disable=args.quiet) as bar:
-        params = janus_params(tensors, config, to_numpy, bar)
+        params = janus_params(tensors, config, to_numpy, bar, place=host_place(dtype))
     del tensors
     extra = {"tokenizer.json": files["tokenizer"]} if files["tokenizer"] else {}
     checkpoint.save(out, "janus", config, params, force=args.force, extra_files=extra)
     leaves = jax.tree.leaves(params)
     return {"family": "janus-pro", "out": str(out), "kind": "janus", "params": int(sum(x.size for x in leaves)),
-            "dtype": "float32", "bytes": int(sum(x.nbytes for x in leaves)), "config": config,
+            "dtype": dtype, "bytes": int(sum(x.nbytes for x in leaves)), "config": config,
             "note": f"skipped {n_skipped} image-understanding / text-head tensors"}
 
 
@@ -379,6 +402,7 @@ def convert_t5(srcs: list[Path], out: Path, args) -> dict:
 
     from sjd_jax.convert.t5 import skipped, t5_config, t5_params
 
+    param_dtype(args, "t5-encoder", transformer=False)
     files = hf_files(srcs)
     config = t5_config(read_json(files["config"]))
     tensors = read_all(files["weights"], args.trust_pickle)
@@ -417,6 +441,7 @@ def convert_lumina(srcs: list[Path], out: Path, args, layout: str, family: str,
     from sjd_jax.convert.staging import Staging, save_bounded
     from sjd_jax.convert.vq import vq_params_from_state_dict
 
+    dtype = param_dtype(args, family)
     if args.vqgan is None:
         raise ValueError(f"--family {family} needs --vqgan PATH (Chameleon's vqgan.ckpt, e.g. "
                          "GAIR/Anole-7b-v0.1/tokenizer/vqgan.ckpt)")
@@ -440,7 +465,7 @@ def convert_lumina(srcs: list[Path], out: Path, args, layout: str, family: str,
     # to a disk-backed memmap next to --out and the save reads those pages (sjd_jax.convert.staging).
     with Staging(out=out) as st:
         with tqdm(total=2, desc=f"converting {family}", unit="model", file=sys.stderr, disable=args.quiet) as bar:
-            llm = chameleon_params(tensors, config.gpt, to_numpy, place=lambda p, a: st.put(("gpt",) + p, a))
+            llm = chameleon_params(tensors, config.gpt, to_numpy, place=lambda p, a: st.put(("gpt",) + p, a, staged_dtype(dtype)))
             bar.update()
             del tensors
             vq_params = vq_params_from_state_dict(((k, to_numpy(vq_tensors.pop(k))) for k in list(vq_tensors)),
@@ -454,7 +479,7 @@ def convert_lumina(srcs: list[Path], out: Path, args, layout: str, family: str,
         del params, leaves, llm, vq_params
     H, W = config.image_size
     return {"family": family, "out": str(out), "kind": "lumina", "params": n,
-            "dtype": "float32", "bytes": nbytes,
+            "dtype": dtype, "bytes": nbytes,
             "config": f"{layout} {H}x{W} px, grid {config.gpt.grid_size}, LLM {config.gpt.n_layer}x{config.gpt.dim}, "
                       f"vocab {config.gpt.vocab_size}, VQGAN {vq.codebook_size} codes",
             "note": f"skipped {n_skipped} HF VQ-encoder / rotary tensors"
@@ -482,6 +507,7 @@ def convert_emu3(srcs: list[Path], out: Path, args) -> dict:
     from sjd_jax.convert.lumina import vocabulary
     from sjd_jax.convert.staging import Staging, save_bounded
 
+    dtype = param_dtype(args, "emu3")
     files = hf_files(srcs)
     tok_file = args.tokenizer or files["tokenizer"]
     if tok_file is None:
@@ -516,7 +542,8 @@ def convert_emu3(srcs: list[Path], out: Path, args) -> dict:
     # memmap next to --out, and the save reads those pages (sjd_jax.convert.staging; about 2x the largest
     # tensor of anonymous memory).
     with Staging(out=out) as st:
-        params = {"gpt": emu3_params(tensors, config.gpt, to_numpy, place=lambda p, a: st.put(("gpt",) + p, a)),
+        params = {"gpt": emu3_params(tensors, config.gpt, to_numpy,
+                                     place=lambda p, a: st.put(("gpt",) + p, a, staged_dtype(dtype))),
                   "vq": emu3_vq_params(vq_tensors, vq, to_numpy, place=lambda p, a: st.put(("vq",) + p, a))}
         del tensors, vq_tensors
         save_bounded(out, "emu3", config, params, force=args.force, extra_files={"tokenizer.json": tok_file})
@@ -524,7 +551,7 @@ def convert_emu3(srcs: list[Path], out: Path, args) -> dict:
         n, nbytes = int(sum(x.size for x in leaves)), int(sum(x.nbytes for x in leaves))
         del params, leaves
     H, W = config.image_size
-    return {"family": "emu3", "out": str(out), "kind": "emu3", "params": n, "dtype": "float32", "bytes": nbytes,
+    return {"family": "emu3", "out": str(out), "kind": "emu3", "params": n, "dtype": dtype, "bytes": nbytes,
             "config": f"{H}x{W} px, grid {config.gpt.grid_size}, LLM {config.gpt.n_layer}x{config.gpt.dim} "
                       f"({config.gpt.kv_heads} KV heads), vocab {config.gpt.vocab_size}, {vq.codebook_size} codes"}
 
@@ -532,25 +559,30 @@ def convert_emu3(srcs: list[Path], out: Path, args) -> dict:
 def convert_llamagen_c2i(srcs: list[Path], out: Path, args) -> dict:
     """LlamaGen class-to-image GPT file -> kind "gpt"."""
     from sjd_jax.convert.llamagen import gpt_params_from_state_dict
+    from sjd_jax.convert.tree import host_place
 
+    place = host_place(param_dtype(args, "llamagen-c2i"))
     return _convert_file(srcs, out, args, "llamagen-c2i", "gpt",
                          lambda tensors, src: gpt_config(tensors, "llamagen-c2i", args, src),
-                         gpt_params_from_state_dict)
+                         lambda stream, config: gpt_params_from_state_dict(stream, config, place))
 
 
 def convert_llamagen_t2i(srcs: list[Path], out: Path, args) -> dict:
     """LlamaGen text-to-image GPT file -> kind "gpt" (with ``caption_dim``)."""
     from sjd_jax.convert.llamagen import gpt_params_from_state_dict
+    from sjd_jax.convert.tree import host_place
 
+    place = host_place(param_dtype(args, "llamagen-t2i"))
     return _convert_file(srcs, out, args, "llamagen-t2i", "gpt",
                          lambda tensors, src: gpt_config(tensors, "llamagen-t2i", args, src),
-                         gpt_params_from_state_dict)
+                         lambda stream, config: gpt_params_from_state_dict(stream, config, place))
 
 
 def convert_llamagen_vq(srcs: list[Path], out: Path, args) -> dict:
     """LlamaGen VQ file -> kind "vq"."""
     from sjd_jax.convert.vq import vq_params_from_state_dict
 
+    param_dtype(args, "llamagen-vq", transformer=False)
     return _convert_file(srcs, out, args, "llamagen-vq", "vq", vq_config, vq_params_from_state_dict)
 
 
@@ -560,6 +592,7 @@ def _convert_file(srcs: list[Path], out: Path, args, family: str, kind: str, mak
     import jax
     from tqdm import tqdm
 
+    from sjd_jax.core import precision
     from sjd_jax.io import checkpoint
 
     if len(srcs) != 1:
@@ -577,7 +610,7 @@ def _convert_file(srcs: list[Path], out: Path, args, family: str, kind: str, mak
     checkpoint.save(out, kind, config, params, force=args.force)
     leaves = jax.tree.leaves(params)
     return {"family": family, "out": str(out), "kind": kind, "params": int(sum(x.size for x in leaves)),
-            "dtype": "float32", "bytes": int(sum(x.nbytes for x in leaves)), "config": config}
+            "dtype": precision.dtype_of(params), "bytes": int(sum(x.nbytes for x in leaves)), "config": config}
 
 
 def convert(family: str, srcs, out: Path, args) -> dict:
@@ -630,6 +663,9 @@ def _parser():
     ap.add_argument("--vq", type=Path, default=None, help="emu3: the BAAI/Emu3-VisionTokenizer snapshot dir")
     ap.add_argument("--n-head", type=_bounded_int(1, 1 << 16), default=None,
                     help="GPT only: heads, for non-released sizes (must divide the model dim)")
+    ap.add_argument("--param-dtype", default="float32", choices=("float32", "bfloat16"),
+                    help="dtype the transformer's params are stored in (default float32; bfloat16 halves the "
+                         "file and loads as bf16 on GPU/TPU; VQ and T5 stay float32)")
     ap.add_argument("--force", action="store_true", help="overwrite --out")
     ap.add_argument("--trust-pickle", action="store_true",
                     help=".pt/.ckpt files: load with weights_only=False (runs the pickle's code; trusted files only)")

@@ -180,9 +180,10 @@ def _gpt_items(items: Iterable[tuple[str, np.ndarray]]):
     yield "<image embeddings>", ("tok_embeddings/embedding", fold_image_embeddings(align))
 
 
-def janus_params(tensors: dict, config: JanusConfig, to_numpy, progress=None) -> dict:
+def janus_params(tensors: dict, config: JanusConfig, to_numpy, progress=None, place=None) -> dict:
     """Lazy ``{HF name: tensor}`` -> ``{"gpt": {"params": ...}, "vq": {"params": ...}}``, one tensor
-    resident at a time (plus the small q/k/v and aligner groups being assembled)."""
+    resident at a time (plus the small q/k/v and aligner groups being assembled); ``place`` (the
+    LLM's tensors) as in ``sjd_jax.convert.tree.assign``."""
     names = [n for n in tensors if not skipped(n)]
     vq_names = [n for n in names if n.startswith("model.vqmodel.")]
     gpt_names = [n for n in names if not n.startswith("model.vqmodel.")]
@@ -197,7 +198,7 @@ def janus_params(tensors: dict, config: JanusConfig, to_numpy, progress=None) ->
     gpt = {"params": assign(_gpt_items(stream(gpt_names)), target,
                             lambda name, pair: (tuple(pair[0].split("/")), pair[1]) if pair[0] != "<unknown>"
                             else (("<unknown>", name), pair[1]),
-                            "Janus-Pro LLM/generation")}
+                            "Janus-Pro LLM/generation", place)}
     vq = vq_params_from_state_dict(((n[len("model.vqmodel."):], a) for n, a in stream(vq_names)),
                                    config.vq, janus_names=True)
     return {"gpt": gpt, "vq": vq}

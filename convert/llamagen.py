@@ -47,8 +47,9 @@ def gpt_path(name: str, arr: np.ndarray):
     return ("<unknown>", name), arr
 
 
-def gpt_params_from_state_dict(state_dict: dict, config: GPTConfig):
-    """``{name: array}`` (or an iterable of pairs) in LlamaGen's names -> ``{"params": ...}``."""
+def gpt_params_from_state_dict(state_dict: dict, config: GPTConfig, place=None):
+    """``{name: array}`` (or an iterable of pairs) in LlamaGen's names -> ``{"params": ...}``
+    (``place`` as in ``sjd_jax.convert.tree.assign``, e.g. ``host_place("bfloat16")``)."""
     target = abstract_params(config)["params"]
     items = state_dict.items() if isinstance(state_dict, dict) else state_dict
-    return {"params": assign(items, target, gpt_path, "LlamaGen GPT")}
+    return {"params": assign(items, target, gpt_path, "LlamaGen GPT", place)}

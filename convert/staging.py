@@ -37,7 +37,8 @@ Key = tuple[str, ...]
 class Staging:
     """Context manager: a temp dir of ``.npy`` memmaps, removed on exit (on error too).
 
-    ``put(path, array)`` copies ``array`` (as float32 unless ``dtype`` given) into a new memmap and
+    ``put(path, array)`` copies ``array`` (as float32 unless ``dtype`` given, e.g. ml_dtypes.bfloat16
+    for ``--param-dtype bfloat16``: half the staging disk) into a new memmap and
     returns it read-only; ``alloc(path, shape)`` returns a writable memmap to fill chunk-wise, then
     ``seal(path)`` swaps it for the read-only one. ``tree()`` is the nested dict of all leaves.
     Put ``dir`` on the output's filesystem (default: next to ``out``): staging needs the params'
@@ -91,9 +92,11 @@ class Staging:
         if isinstance(m, np.memmap) and m.mode == "r":
             return m
         m.flush()
-        fname = m.filename
+        fname, dtype = m.filename, m.dtype
         del m
         ro = np.load(fname, mmap_mode="r")  # clean, reclaimable pages from here on
+        if ro.dtype != dtype:  # .npy headers cannot name ml_dtypes' bfloat16 (read back as raw |V2)
+            ro = ro.view(dtype)
         self.leaves[path] = ro
         return ro
 

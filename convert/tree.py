@@ -84,6 +84,16 @@ def nest(leaves: dict[Path, object]) -> dict:
     return tree
 
 
+def host_place(dtype: str = "float32") -> Callable:
+    """An ``assign`` ``place``: each tensor becomes a CPU jax array in ``dtype`` ("float32" /
+    "bfloat16": ``--param-dtype``), cast one tensor at a time (never a float32 copy of the model)."""
+    import ml_dtypes
+
+    cpu = jax.devices("cpu")[0]
+    np_dtype = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.dtype(dtype)
+    return lambda path, arr: jax.device_put(np.asarray(arr, np_dtype), cpu)
+
+
 def assign(items: Iterable[tuple[str, np.ndarray]], abstract, to_path: Callable, what: str,
            place: Callable | None = None):
     """Place ``(checkpoint_name, array)`` pairs at ``to_path(name, array) -> (path | None, array)``.

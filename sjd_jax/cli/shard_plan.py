@@ -4,9 +4,13 @@ Pure shape arithmetic over the shardings ``sharding.RULES`` gives (``jax.eval_sh
 no devices), so a TPU pod slice can be planned from a laptop. XLA's temporaries (activations of one
 window forward, attention scores) come on top; ``sjd-jax bench`` reports those for real runs.
 
+Params are planned in ``--param-dtype`` (default auto: bfloat16 for the 7-8B configs, float32 for
+the smaller ones, as ``sjd_jax.core.precision`` picks on the GPU/TPU meshes these plans are for).
+
 examples:
   sjd-jax shard-plan --model llamagen-xl --mesh data=4,model=4
   sjd-jax shard-plan --model lumina-mgpt-7b-768 --mesh data=4,model=4 --batch-per-device 2 --window 64
+  sjd-jax shard-plan --model emu3-gen --mesh data=2,model=8 --batch-per-device 1 --param-dtype float32
 """
 
 from __future__ import annotations
@@ -20,7 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from sjd_jax.parallel import sharding as shd
+from sjd_jax.core import precision
 from sjd_jax.core.config import GPTConfig
+
+PLANNED_BACKEND = "tpu"  # plans are for accelerator meshes: "auto" resolves as on GPU/TPU
 
 
 def _lumina_7b(px: int) -> GPTConfig:
@@ -34,6 +41,18 @@ def _lumina_7b(px: int) -> GPTConfig:
                      rope_interleaved=False, qk_norm=True, dtype="bfloat16")
 
 
+def _emu3_gen(px: int = 720) -> GPTConfig:
+    """Size-equivalent of Emu3-Gen (8.5B: dim 4096, 32 layers, 32 heads with 8 KV heads, SwiGLU
+    14336, RoPE theta 1e6, vocabulary 184622 shared by text and image, untied head). One image row =
+    w codes + an end-of-line token, so the grid is (h, w + 1) = (90, 91) at 720 px (8x downsampling);
+    the condition is a 128-token prompt, with a 4-entry text table standing in for the shared one as
+    in ``_lumina_7b`` (the real model's CFG runs a negative prompt of the same length: same rows)."""
+    g = px // 8
+    return GPTConfig(vocab_size=184622, grid_size=(g, g + 1), dim=4096, n_layer=32, n_head=32, n_kv_head=8,
+                     intermediate_size=14336, text_vocab_size=4, cls_token_num=128, rope_type="1d",
+                     rope_interleaved=False, rope_theta=1e6, dtype="bfloat16")
+
+
 CONFIGS = {
     "llamagen-xl": lambda: GPTConfig.llamagen("XL", dtype="bfloat16"),  # c2i, 256 px: 16x16 tokens
     "llamagen-xl-384": lambda: GPTConfig.llamagen("XL", grid_size=24, dtype="bfloat16"),
@@ -42,6 +61,7 @@ CONFIGS = {
     "lumina-mgpt-7b-512": lambda: _lumina_7b(512),
     "lumina-mgpt-7b-768": lambda: _lumina_7b(768),
     "lumina-mgpt-7b-1024": lambda: _lumina_7b(1024),
+    "emu3-gen": _emu3_gen,
 }
 
 
@@ -54,15 +74,21 @@ def _bytes(tree, specs, mesh) -> tuple[int, int]:
 
 
 def plan(config: GPTConfig, mesh: dict, batch_per_device: int, window: int, method: str = "sjd",
-         cfg: bool = True, param_dtype: str = "float32") -> dict:
+         cfg: bool = True, param_dtype: str = "auto") -> dict:
     """Per-device bytes of params, KV cache and the rest of the sampler state on ``mesh``
-    (``{"data": D, "model": M}``), global batch ``batch_per_device * D``."""
+    (``{"data": D, "model": M}``), global batch ``batch_per_device * D``. ``param_dtype``: one of
+    ``precision.PARAM_DTYPES``, "auto" resolved for ``PLANNED_BACKEND``; float leaves take it (the
+    model has no others); bfloat16 params make the compute dtype bfloat16 too."""
     from sjd_jax.core.model import abstract_params
     from sjd_jax.sampling import SamplerOptions, compile as compile_sampler, resolve
 
     mesh = shd.mesh_shape(mesh)
     B = batch_per_device * mesh["data"]
-    params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.dtype(param_dtype)), abstract_params(config))
+    abstract = abstract_params(config)
+    param_dtype = precision.resolve_param_dtype(param_dtype, n_params=sum(x.size for x in jax.tree.leaves(abstract)),
+                                                backend=PLANNED_BACKEND)
+    config = precision.with_param_dtype(config, param_dtype)
+    params = precision.with_dtype(abstract, param_dtype)
     spec = resolve(config, SamplerOptions(method=method, window=window, cfg=cfg),
                    dict(cfg_scale=1.0, temperature=1.0, top_k=0, top_p=1.0))
     cond = jax.ShapeDtypeStruct((B, config.cls_token_num) if config.cond_kind != "class" else (B,), jnp.int32)
@@ -121,8 +147,9 @@ def parser():
     ap.add_argument("--batch-per-device", type=int, default=8, help="rows per data shard (default 8)")
     ap.add_argument("--window", type=int, default=64, help="Jacobi window (default 64)")
     ap.add_argument("--method", default="sjd", choices=("ar", "sjd"), help="ar or sjd (default sjd)")
-    ap.add_argument("--param-dtype", default="float32", choices=("float32", "bfloat16"),
-                    help="dtype the params are held in (sjd-jax checkpoints store float32)")
+    ap.add_argument("--param-dtype", default="auto", choices=precision.PARAM_DTYPES,
+                    help="dtype the params are held in (default auto: bfloat16 for models of >= 4e9 params, "
+                         "float32 for smaller ones, as loads on GPU/TPU pick)")
     ap.add_argument("--no-cfg", action="store_true", help="no unconditional CFG rows")
     ap.add_argument("--out", default=None, help="also write the JSON plan here")
     add_output_flags(ap)

@@ -169,7 +169,8 @@ class GPTConfig:
     # Token ids [lo, hi) allowed at the free image positions (e.g. Chameleon's image codes); the rest
     # of the vocabulary gets probability 0 there (applied after CFG, before temperature/top-k/top-p).
     image_token_range: tuple[int, int] | None = None
-    dtype: str = "float32"  # compute dtype; params stay float32
+    # compute dtype; checkpoint.load makes it bfloat16 when it restores bfloat16 params (core.precision)
+    dtype: str = "float32"
 
     def __post_init__(self):
         if isinstance(self.grid_size, int):

@@ -167,21 +167,24 @@ def abstract_emu3_params(config: Emu3Config):
 
 # ---- the family entry: checkpoint kind "emu3", generate --model emu3-gen --------------------------
 
-def load_model(family, model: str, ckpt, *, mesh=None):
+def load_model(family, model: str, ckpt, *, mesh=None, param_dtype: str = "auto"):
     """``pipelines.TextModel`` of a converted Emu3-Gen checkpoint directory."""
     from sjd_jax.io import checkpoint
+    from sjd_jax.core import precision
     from sjd_jax.families.pipelines import TextModel
 
     checkpoint.require_kind(ckpt, "emu3", family.name)
-    config, params = checkpoint.load(ckpt, mesh=mesh)
+    config, params = checkpoint.load(ckpt, mesh=mesh, param_dtype=param_dtype)
     tok = load_tokenizer(ckpt)
 
     def run(texts, key, **sampling):
         return text_to_image(params, config, tok, texts, key, mesh=mesh, **sampling)
 
-    return TextModel(model, family.name, defaults(config), config.gpt, config.image_size, None, run)
+    return TextModel(model, family.name, defaults(config), config.gpt, config.image_size, None, run,
+                     precision.dtype_of(params["gpt"]))
 
 
 register(Family("emu3", "text", kinds=(Kind("emu3", Emu3Config, abstract_emu3_params),),
                 models={"emu3-gen": {}}, defaults=DEFAULTS, load=load_model,
+                load_options=("param_dtype",),
                 converters={"emu3": "sjd_jax.convert.cli:convert_emu3"}))

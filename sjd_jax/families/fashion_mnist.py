@@ -20,4 +20,5 @@ def preset(model: str) -> presets.Preset:
 
 
 register(Family("fashion-mnist", "class", models={"fashion-mnist": {}}, defaults=DEFAULTS, bundled=True,
-                preset=preset, load=presets.load_bundled))
+                preset=preset, load=presets.load_bundled,
+                load_options=("param_dtype",)))

@@ -93,25 +93,27 @@ def abstract_janus_params(config: JanusConfig):
 DEFAULTS = dict(cfg_scale=5.0, temperature=1.0, top_k=0, top_p=1.0)
 
 
-def load_model(family, model: str, ckpt, *, mesh=None):
+def load_model(family, model: str, ckpt, *, mesh=None, param_dtype: str = "auto"):
     """``pipelines.TextModel`` of a converted Janus-Pro checkpoint directory."""
     from sjd_jax.io import checkpoint
+    from sjd_jax.core import precision
     from sjd_jax.families.pipelines import TextModel
     from sjd_jax.core.vq import codebook_vectors
 
     checkpoint.require_kind(ckpt, "janus", family.name)
-    config, params = checkpoint.load(ckpt, mesh=mesh)
+    config, params = checkpoint.load(ckpt, mesh=mesh, param_dtype=param_dtype)
     tok = load_tokenizer(ckpt)
 
     def run(texts, key, **sampling):
         return text_to_image(params, config, tok, texts, key, mesh=mesh, **sampling)
 
     return TextModel(model, family.name, dict(family.defaults), config.gpt, (config.image_size, config.image_size),
-                     codebook_vectors(params["vq"], config.vq), run)
+                     codebook_vectors(params["vq"], config.vq), run, precision.dtype_of(params["gpt"]))
 
 
 register(Family("janus-pro", "text", kinds=(Kind("janus", JanusConfig, abstract_janus_params),),
                 models={"janus-pro-1b": {}, "janus-pro-7b": {}}, defaults=DEFAULTS, load=load_model,
+                load_options=("param_dtype",),
                 converters={"janus-pro": "sjd_jax.convert.cli:convert_janus"}))
 
 __all__ = ["DEFAULTS", "JanusConfig", "PROMPT_TEMPLATE", "abstract_janus_params", "decode_images",

@@ -20,26 +20,31 @@ from sjd_jax.families import Family, Kind, register
 DEFAULTS = dict(cfg_scale=4.0, top_k=2000)
 
 
-def load_model(family, model: str, ckpt, *, mesh=None) -> presets.Bundle:
-    """GPT and VQ of a converted checkpoint directory; class names are the ids."""
+def load_model(family, model: str, ckpt, *, mesh=None, param_dtype: str = "auto") -> presets.Bundle:
+    """GPT (in ``param_dtype``, ``checkpoint.load``) and VQ of a converted checkpoint directory; class
+    names are the ids."""
     ckpt = Path(ckpt)
     checkpoint.require_kind(ckpt / "gpt", "gpt", "llamagen-c2i")
     checkpoint.require_kind(ckpt / "vq", "vq", "llamagen-vq")
-    gc, gp = checkpoint.load(ckpt / "gpt", mesh=mesh)
-    if not gc.num_classes:
+    gpt = checkpoint.config_from_dict("gpt", checkpoint.read_meta(ckpt / "gpt")["config"])
+    if not gpt.num_classes:  # checked before any weights are read
         raise ValueError(f"{ckpt / 'gpt'} is a text-conditional GPT; use --model llamagen-t2i-xl")
-    vc, vp = checkpoint.load(ckpt / "vq")
-    if vc.codebook_size != gc.vocab_size:
-        raise ValueError(f"{ckpt / 'vq'} has {vc.codebook_size} codes but the GPT's vocabulary is {gc.vocab_size}")
-    d = dict(family.defaults)
-    d["top_k"] = min(d["top_k"], gc.vocab_size)  # (a smaller vocabulary than the released models')
-    preset = presets.Preset(model, ckpt, tuple(str(i) for i in range(gc.num_classes)), **d)
-    return presets.Bundle(preset, gc, gp, vc, vp)
+
+    def preset(gc):
+        d = dict(family.defaults)
+        d["top_k"] = min(d["top_k"], gc.vocab_size)  # (a smaller vocabulary than the released models')
+        return presets.Preset(model, ckpt, tuple(str(i) for i in range(gc.num_classes)), **d)
+
+    b = presets.load_pair(ckpt, ckpt / "gpt", ckpt / "vq", preset, mesh=mesh, param_dtype=param_dtype)
+    if b.vq_config.codebook_size != b.gpt_config.vocab_size:
+        raise ValueError(f"{ckpt / 'vq'} has {b.vq_config.codebook_size} codes but the GPT's vocabulary is "
+                         f"{b.gpt_config.vocab_size}")
+    return b
 
 
 register(Family("llamagen-c2i", "class",
                 kinds=(Kind("gpt", GPTConfig, abstract_params),
                        Kind("vq", VQConfig, abstract_vq_params, replicated=True)),  # decodes once per image
-                models={"llamagen-c2i": {}}, defaults=DEFAULTS, load=load_model,
+                models={"llamagen-c2i": {}}, defaults=DEFAULTS, load=load_model, load_options=("param_dtype",),
                 converters={"llamagen-c2i": "sjd_jax.convert.cli:convert_llamagen_c2i",
                             "llamagen-vq": "sjd_jax.convert.cli:convert_llamagen_vq"}))

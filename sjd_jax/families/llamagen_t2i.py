@@ -55,6 +55,13 @@ class T2IBundle:
     tokenizer: object  # tokenizers.Tokenizer
 
     @property
+    def param_dtype(self) -> str:
+        """The GPT params' dtype as loaded ("float32" / "bfloat16"; VQ and T5 stay float32)."""
+        from sjd_jax.core import precision
+
+        return precision.dtype_of(self.gpt_params)
+
+    @property
     def image_size(self) -> int:
         """Image side in pixels: grid rows * the VQ's downsampling factor."""
         return self.gpt_config.grid_size[0] * self.vq_config.downsample
@@ -88,12 +95,13 @@ def _read_config(path: Path, kind: str, what: str):
         raise ValueError(f"{meta_file}: {e}") from None
 
 
-def load(ckpt_dir, t5_dir=None, mesh=None) -> T2IBundle:
+def load(ckpt_dir, t5_dir=None, mesh=None, param_dtype: str = "auto") -> T2IBundle:
     """Load ``ckpt_dir/gpt``, ``ckpt_dir/vq`` and the T5 encoder (``t5_dir``, default ``ckpt_dir/t5``).
 
     All configs are read and checked against each other before any params are loaded; each problem
     is one ValueError naming the directory and the ``sjd-jax convert`` command that makes it.
     ``mesh``: restore the GPT sharded on it (``checkpoint.load``); VQ and T5 land on device 0.
+    ``param_dtype``: the GPT params' dtype (``checkpoint.load``; VQ and T5 stay float32).
     """
     from sjd_jax.io import checkpoint
     from sjd_jax.core.text import load_tokenizer
@@ -121,7 +129,7 @@ def load(ckpt_dir, t5_dir=None, mesh=None) -> T2IBundle:
     if gpt.vocab_size != vq.codebook_size:
         raise ValueError(f"{gpt_dir}: vocab_size {gpt.vocab_size} != codebook_size {vq.codebook_size} of the "
                          f"VQ in {vq_dir}; use LlamaGen's t2i VQ: `{_MAKE['vq'].format(dir=vq_dir)}`")
-    _, gpt_params = checkpoint.load(gpt_dir, mesh=mesh)
+    gpt, gpt_params = checkpoint.load(gpt_dir, mesh=mesh, param_dtype=param_dtype)
     _, vq_params = checkpoint.load(vq_dir)
     _, t5_params = checkpoint.load(t5_dir)
     return T2IBundle(gpt, gpt_params, vq, vq_params, t5, t5_params, load_tokenizer(t5_dir / "tokenizer.json"))
@@ -214,24 +222,24 @@ def text_to_image(bundle: T2IBundle, texts: list[str], key, *, clean: bool = Tru
 # ---- the family entry: checkpoint kind "t5" (its GPT and VQ are kinds "gpt" and "vq"), --------------
 # generate --model llamagen-t2i-xl
 
-def load_model(family, model: str, ckpt, *, mesh=None, t5=None):
+def load_model(family, model: str, ckpt, *, mesh=None, t5=None, param_dtype: str = "auto"):
     """``pipelines.TextModel`` of a LlamaGen-T2I directory (``ckpt/gpt``, ``ckpt/vq``, the T5
     encoder in ``t5`` or ``ckpt/t5``)."""
     from sjd_jax.families.pipelines import TextModel
     from sjd_jax.core.vq import codebook_vectors
 
-    b = load(ckpt, t5_dir=t5, mesh=mesh)
+    b = load(ckpt, t5_dir=t5, mesh=mesh, param_dtype=param_dtype)
 
     def run(texts, key, **sampling):
         return text_to_image(b, texts, key, mesh=mesh, **sampling)
 
     knobs = {k: v for k, v in sampling_options(b).items() if k in family.defaults}
     return TextModel(model, family.name, knobs, b.gpt_config, (b.image_size, b.image_size),
-                     codebook_vectors(b.vq_params, b.vq_config), run)
+                     codebook_vectors(b.vq_params, b.vq_config), run, b.param_dtype)
 
 
 register(Family("llamagen-t2i", "text", kinds=(Kind("t5", T5Config, abstract_t5_params, replicated=True),),
-                models={"llamagen-t2i-xl": {}}, defaults=DEFAULTS, load=load_model, load_options=("t5",),
+                models={"llamagen-t2i-xl": {}}, defaults=DEFAULTS, load=load_model, load_options=("t5", "param_dtype"),
                 converters={"llamagen-t2i": "sjd_jax.convert.cli:convert_llamagen_t2i",
                             "t5-encoder": "sjd_jax.convert.cli:convert_t5"}))
 

@@ -254,15 +254,16 @@ def abstract_lumina_params(config: LuminaConfig):
 
 # ---- the family entries: checkpoint kind "lumina" (both layouts), generate --model ---------------
 
-def load_model(family, model: str, ckpt, *, mesh=None):
+def load_model(family, model: str, ckpt, *, mesh=None, param_dtype: str = "auto"):
     """``pipelines.TextModel`` of a converted Lumina-mGPT / Anole checkpoint directory; the model's
     ``layout`` and ``size`` (pixels, or None: any) must be the checkpoint's."""
     from sjd_jax.io import checkpoint
+    from sjd_jax.core import precision
     from sjd_jax.families.pipelines import TextModel
 
     spec = family.models[model]
     checkpoint.require_kind(ckpt, "lumina", family.name)
-    config, params = checkpoint.load(ckpt, mesh=mesh)
+    config, params = checkpoint.load(ckpt, mesh=mesh, param_dtype=param_dtype)
     if config.layout != spec["layout"]:
         raise ValueError(f"{ckpt} is a {config.layout} checkpoint; --model {model} needs "
                          f"sjd-jax convert --family {family.name}")
@@ -275,12 +276,15 @@ def load_model(family, model: str, ckpt, *, mesh=None):
     def run(texts, key, **sampling):
         return text_to_image(params, config, tok, texts, key, mesh=mesh, **sampling)
 
-    return TextModel(model, family.name, defaults(config), config.gpt, config.image_size, None, run)
+    return TextModel(model, family.name, defaults(config), config.gpt, config.image_size, None, run,
+                     precision.dtype_of(params["gpt"]))
 
 
 register(Family("lumina-mgpt", "text", kinds=(Kind("lumina", LuminaConfig, abstract_lumina_params),),
                 models={f"lumina-mgpt-7b-{px}": dict(layout="lumina", size=px) for px in (512, 768, 1024)},
-                defaults=DEFAULTS, load=load_model, converters={"lumina-mgpt": "sjd_jax.convert.cli:convert_lumina_mgpt"}))
+                defaults=DEFAULTS, load=load_model, load_options=("param_dtype",),
+                converters={"lumina-mgpt": "sjd_jax.convert.cli:convert_lumina_mgpt"}))
 # Anole: Chameleon's own image span, the same checkpoint kind (written with layout "anole")
 register(Family("anole", "text", models={"anole-7b": dict(layout="anole", size=None)}, defaults=DEFAULTS,
-                load=load_model, converters={"anole": "sjd_jax.convert.cli:convert_anole"}))
+                load=load_model, load_options=("param_dtype",),
+                converters={"anole": "sjd_jax.convert.cli:convert_anole"}))

@@ -28,6 +28,7 @@ class TextModel:
     codebook: np.ndarray | None  # code vectors indexed like the GPT's vocabulary (lantern), or None
     # (texts, key, **sampling) -> (uint8 images [B, H, W, 3], GenerateOutput with host arrays)
     generate: Callable
+    param_dtype: str = "float32"  # the transformer params' dtype as loaded (precision.STORED_DTYPES)
 
 
 def __getattr__(name: str):
@@ -38,9 +39,13 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def load(name: str, ckpt, t5=None, mesh=None) -> TextModel:
+def load(name: str, ckpt, t5=None, mesh=None, param_dtype: str = "auto") -> TextModel:
     """The named text-to-image model from its converted checkpoint directory ``ckpt`` (LlamaGen-T2I:
-    ``t5`` overrides ``ckpt/t5``)."""
+    ``t5`` overrides ``ckpt/t5``). ``param_dtype``: the transformer params' dtype, one of
+    ``precision.PARAM_DTYPES`` ("auto": ``precision.resolve_param_dtype``; VQ decoders and T5 stay
+    float32); ``TextModel.param_dtype`` says which it became."""
+    from sjd_jax.families.presets import dtype_option
+
     names = families.model_names("text")
     if name not in names:
         raise ValueError(f"unknown text-to-image model {name!r}; choose one of {', '.join(names)}")
@@ -53,4 +58,4 @@ def load(name: str, ckpt, t5=None, mesh=None) -> TextModel:
         if k not in family.load_options:
             takers = [f.name for f in families.entries() if k in f.load_options]
             raise ValueError(f"--{k} is for {', '.join(takers)} models, not {name}")
-    return family.load(family, name, ckpt, mesh=mesh, **options)
+    return family.load(family, name, ckpt, mesh=mesh, **options, **dtype_option(family, param_dtype))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from sjd_jax import families
 from sjd_jax.io import checkpoint
+from sjd_jax.core import precision
 from sjd_jax.core.config import GPTConfig
 from sjd_jax.core.vq import VQConfig
 
@@ -57,9 +58,11 @@ def get(name: str) -> Preset:
     return families.for_model(name).preset(name)
 
 
-def from_checkpoint(name: str, ckpt, mesh=None) -> Bundle:
+def from_checkpoint(name: str, ckpt, mesh=None, param_dtype: str = "auto") -> Bundle:
     """A class-conditional model of ``CKPT_MODELS`` from its converted checkpoint directory ``ckpt``
-    (LlamaGen: ``ckpt/gpt`` and ``ckpt/vq``)."""
+    (LlamaGen: ``ckpt/gpt`` and ``ckpt/vq``). ``param_dtype``: the GPT params' dtype, one of
+    ``precision.PARAM_DTYPES`` ("auto": ``precision.resolve_param_dtype``); ``Bundle.param_dtype``
+    says which it became."""
     names = families.model_names("class", bundled=False)
     if name not in names:
         raise ValueError(f"unknown model {name!r}; class-conditional checkpoint models: {', '.join(names)}")
@@ -67,7 +70,20 @@ def from_checkpoint(name: str, ckpt, mesh=None) -> Bundle:
     if not ckpt.is_dir():
         raise ValueError(f"--ckpt {ckpt}: no such directory")
     family = families.for_model(name)
-    return family.load(family, name, ckpt, mesh=mesh)
+    return family.load(family, name, ckpt, mesh=mesh, **dtype_option(family, param_dtype))
+
+
+def dtype_option(family, param_dtype: str) -> dict:
+    """``{"param_dtype": param_dtype}`` for a family whose loader takes it (``"param_dtype"`` in its
+    ``load_options``: every built-in family); ``{}`` for "auto" otherwise (its loader loads the
+    params as stored). ``ValueError`` for an unknown value, or another one such a family cannot honour."""
+    precision.check_param_dtype(param_dtype)
+    if "param_dtype" in family.load_options:
+        return {"param_dtype": param_dtype}
+    if param_dtype != "auto":
+        raise ValueError(f"param_dtype {param_dtype!r}: family {family.name!r} loads its params as stored "
+                         "(its loader takes no param_dtype)")
+    return {}
 
 
 @dataclasses.dataclass
@@ -77,21 +93,30 @@ class Bundle:
     gpt_params: dict
     vq_config: VQConfig
     vq_params: dict
+    param_dtype: str = "float32"  # the GPT params' dtype as loaded (precision.STORED_DTYPES)
 
 
-def load(name: str, mesh=None) -> Bundle:
+def load(name: str, mesh=None, param_dtype: str = "auto") -> Bundle:
     """The bundled model; with ``mesh`` the GPT params are restored onto their shardings (the VQ
-    decoder stays on this process's first device: it decodes on the writing process only)."""
+    decoder stays on this process's first device: it decodes on the writing process only).
+    ``param_dtype`` as in ``from_checkpoint``."""
     get(name)  # a bundled model (ValueError otherwise)
     family = families.for_model(name)
-    return family.load(family, name, None, mesh=mesh)
+    return family.load(family, name, None, mesh=mesh, **dtype_option(family, param_dtype))
 
 
-def load_bundled(family, model: str, ckpt=None, *, mesh=None) -> Bundle:
+def load_pair(ckpt, gpt_dir, vq_dir, preset_of, *, mesh=None, param_dtype: str = "auto") -> Bundle:
+    """A ``Bundle`` from a GPT and a VQ checkpoint directory: the GPT in ``param_dtype`` (on
+    ``mesh``), the VQ decoder float32 on the first device; ``preset_of(gpt_config) -> Preset``."""
+    gc, gp = checkpoint.load(gpt_dir, mesh=mesh, param_dtype=param_dtype)
+    vc, vp = checkpoint.load(vq_dir)
+    return Bundle(preset_of(gc), gc, gp, vc, vp, precision.dtype_of(gp))
+
+
+def load_bundled(family, model: str, ckpt=None, *, mesh=None, param_dtype: str = "auto") -> Bundle:
     """The loader of bundled families: the GPT and VQ checkpoints under the preset's directory."""
     p = family.preset(model)
     if not (p.directory / "gpt").is_dir():
         raise ValueError(f"model {model!r}: weights missing under {p.directory} (broken install?)")
-    gc, gp = checkpoint.load(p.directory / "gpt", mesh=mesh)
-    vc, vp = checkpoint.load(p.directory / "vq")
-    return Bundle(p, gc, gp, vc, vp)
+    return load_pair(p.directory, p.directory / "gpt", p.directory / "vq", lambda _: p, mesh=mesh,
+                     param_dtype=param_dtype)
