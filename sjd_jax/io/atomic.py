@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import errno
@@ -296,9 +297,21 @@ def _remove_settled(tmp: Path, seconds: float = 3.0) -> None:
     remove until it stays gone for a moment (at most ``seconds``)."""
     import time
 
+    _FAILED.add(tmp)
     deadline = time.monotonic() + seconds
     while True:
         shutil.rmtree(tmp, ignore_errors=True)
         time.sleep(0.05)
         if not os.path.lexists(tmp) or time.monotonic() > deadline:
             return
+
+
+# Failed writes' temp directories, removed once more at exit: on a loaded machine a writer thread
+# may outlive the settle time above, and the interpreter joins such threads before atexit runs.
+_FAILED: set[Path] = set()
+
+
+@atexit.register
+def _remove_failed_again() -> None:
+    for tmp in _FAILED:
+        shutil.rmtree(tmp, ignore_errors=True)
