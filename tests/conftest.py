@@ -1,5 +1,8 @@
+import atexit
 import gc
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # 8 CPU devices for the mesh tests (tests/test_sharding.py); everything else runs on device 0.
@@ -9,6 +12,12 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", int(os.environ["JAX_NUM_CPU_DEVICES"]))
+
+# The automatic sampler choice caches timings and acceptance statistics (sjd_jax.tuning.cache):
+# each test process (and the CLIs it starts) gets its own empty cache, never the user's.
+_CACHE = tempfile.mkdtemp(prefix="sjd-jax-test-cache-")
+os.environ["SJD_JAX_CACHE"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, True)
 
 
 @pytest.fixture(autouse=True, scope="module")

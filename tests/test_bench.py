@@ -51,7 +51,8 @@ def test_forward_cost_and_report_outputs(tmp_path):
     markdown table and the PNG plot."""
     out = tmp_path / "b.json"
     argv = ["--model", "random:GPT-B", "--vocab", "512", "--grid", "2", "--methods", "sjd-ac", "--windows", "3",
-            "--inits", "uniform", "--q-storage", "dense,compact", "--top-k", "8", "--images", "2", "--out", str(out)]
+            "--inits", "uniform", "--q-storage", "dense,compact", "--top-k", "8", "--images", "2", "--no-auto",
+            "--out", str(out)]
     assert bench.main(argv) == 0
     report = json.loads(out.read_text())
     cost = report["forward_cost"]["1"]
@@ -75,7 +76,7 @@ def test_schedule_comparison(tmp_path):
     out = tmp_path / "s.json"
     argv = ["--model", "random:GPT-B", "--vocab", "64", "--grid", "3", "--methods", "sjd", "--windows", "4",
             "--inits", "uniform", "--batch", "4", "--images", "10", "--schedule", "static,continuous",
-            "--refill-rows", "1", "--out", str(out)]
+            "--refill-rows", "1", "--no-auto", "--out", str(out)]
     assert bench.main(argv) == 0
     report = json.loads(out.read_text())
     rows = {(r["method"], r["schedule"]): r for r in report["results"]}

@@ -39,7 +39,7 @@ def test_generate_cli_writes_png_and_stats(tmp_path, capsys):
     img = Image.open(out)
     assert img.size == (2 * (56 + 2) + 2, 2 * (56 + 2) + 2)  # 2 columns x 2 rows of 2x-scaled 28x28
     st = json.loads(stats.read_text())
-    assert st["images"] == 4 and st["image_tokens"] == 256 and st["method"] == "sjd"
+    assert st["images"] == 4 and st["image_tokens"] == 256 and st["method"] == st["auto"]["method"]  # auto
     assert st["step_compression"] == pytest.approx(256 / st["nfe_mean"])
     assert st["nfe_mean"] < 256 and sum(st["accepted_histogram"]) > 0
     cap = capsys.readouterr()
@@ -55,9 +55,10 @@ def test_generate_cli_writes_png_and_stats(tmp_path, capsys):
     (["--top-k", "999"], "top_k must be"),
     (["--method", "medusa"], "unknown method 'medusa'"),
     (["--method", "sjd-pac", "--window", "8", "--tree", "4x3"], "needs window >= 13"),
-    (["--tree", "4by3"], "--tree must look like"),
+    (["--method", "sjd", "--tree", "4by3"], "--tree must look like"),
     (["--init", "diagonal"], "unknown init 'diagonal'"),
-    (["--coupling", "optimal"], "unknown coupling 'optimal'"),
+    (["--method", "sjd", "--coupling", "optimal"], "unknown coupling 'optimal'"),
+    (["--coupling", "gumbel"], "give --method with them"),  # auto chooses among the recipes as they are
     (["--method", "ar", "--init", "vertical-repeat"], "ar drafts nothing"),
     (["--method", "lantern", "--lantern-delta", "-1"], "lantern_delta must be"),
     (["--q-storage", "compact"], "compact q storage needs top-k"),

@@ -16,7 +16,9 @@ def _peak_mib() -> float:
 
 
 ABSURD = [
-    (["generate", "--n", "100000"], "sampling 1000000 rows (sjd, window 16) needs about"),
+    (["generate", "--n", "100000"], "sampling 1000000 rows (ar, window 1) needs about"),  # auto's smallest
+    (["generate", "--n", "100000", "--method", "sjd", "--window", "16"],
+     "sampling 1000000 rows (sjd, window 16) needs about"),
     (["generate", "--n", "1", "--cpu-devices", "100000"], "--cpu-devices must be an integer in 1..512"),
     (["generate", "--seed", "100000000000000000000000"], "--seed must be an integer in 0..4294967295"),
     (["generate", "--seed", "-1"], "--seed must be an integer in 0..4294967295"),

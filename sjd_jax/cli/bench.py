@@ -30,7 +30,6 @@ from sjd_jax.io import atomic
 from sjd_jax.parallel import memory
 from sjd_jax.core import model as gpt
 from sjd_jax import sampling
-from sjd_jax.core.cache import init_cache
 from sjd_jax.core.config import GPTConfig
 from sjd_jax.core.model import init_params, param_count, split_cond
 from sjd_jax.sampling import keys as K
@@ -38,6 +37,7 @@ from sjd_jax.sampling.options import INITS, Knobs, check_chunk_elements, resolve
 from sjd_jax.sampling.qstore import Q_STORAGE
 from sjd_jax.sampling.recipes import LOSSLESS, RECIPES, options
 from sjd_jax.core.validate import check_int, check_seed
+from sjd_jax.tuning.costs import forward_seconds
 
 DEFAULT_METHODS = "sjd,sjd-gumbel,sjd-ac,sjd-pac"
 
@@ -179,40 +179,18 @@ def run_continuous(params, config: GPTConfig, method: str, window: int, batch: i
 
 
 def forward_cost(params, config: GPTConfig, batch: int, windows, reps: int = 32) -> dict:
-    """Seconds per cached forward of W tokens (CFG-doubled batch), by W.
-
-    Measured as the sampler runs it: ``reps`` forwards inside one jitted loop that carries the
-    cache (no per-call dispatch, cache updated in place), each at a cache length in the middle of
-    the image; the best of 3 timed calls."""
-    rows = 2 * batch
-    mid = config.cls_token_num + config.num_image_tokens // 2
-
-    def f(params, tokens, cache):
-        def body(i, carry):
-            cache, acc = carry
-            logits, cache = gpt.forward(params, config, gpt.embed_tokens(params, config, tokens),
-                                        cache.with_length(jnp.full((rows,), mid, jnp.int32)))
-            return cache, acc + logits[:, -1, 0].sum()
-        return jax.lax.fori_loop(0, reps, body, (cache, jnp.float32(0)))[1]
-
-    f = jax.jit(f)
-    cache = init_cache(config, rows, jnp.ones((rows, config.cls_token_num), bool))
-    out = {}
-    for W in sorted(set([1, *windows])):
-        tokens = jnp.zeros((rows, W), jnp.int32)
-        jax.block_until_ready(f(params, tokens, cache))
-        ts = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            jax.block_until_ready(f(params, tokens, cache))
-            ts.append((time.perf_counter() - t0) / reps)
-        out[W] = float(min(ts))
+    """Seconds per cached forward of W tokens (CFG-doubled batch), by W, and the ratio to W = 1
+    (``tuning.costs.forward_seconds``: in one jitted loop at a mid-image cache length, timed
+    differentially so per-call costs are not counted)."""
+    out = forward_seconds(params, config, 2 * batch, windows, reps=reps)
     return {str(W): {"seconds": s, "ratio": s / out[1]} for W, s in out.items()}
 
 
 def summarize(results: list[dict]) -> dict:
     """Best configuration per method (by step compression, and by latency ratio) and overall."""
     out = {}
+    auto = [r for r in results if "auto" in r]
+    results = [r for r in results if "auto" not in r]
     for m in sorted({r["method"] for r in results if r["method"] != "ar"}):
         rs = [r for r in results if r["method"] == m]
         by_c = max(rs, key=lambda r: r["step_compression"])
@@ -227,6 +205,15 @@ def summarize(results: list[dict]) -> dict:
         best = max(lossless, key=lambda r: r["step_compression"])
         out["best_lossless"] = {k: best[k] for k in ("method", "window", "init", "batch", "step_compression",
                                                      "latency_ratio_vs_ar", "efficiency", "accepted_histogram")}
+    for a in auto:  # the automatic choice against the fastest grid cell at its batch
+        grid = [r for r in results if r["batch"] == a["batch"] and r["schedule"] == "static"]
+        fastest = min(grid, key=lambda r: r["wall_s"])
+        out.setdefault("auto", []).append({
+            "batch": a["batch"], "chosen": {k: a["auto"][k] for k in ("method", "window", "init")},
+            "predicted_speedup": a["auto"]["speedup"], "latency_ratio_vs_ar": a["latency_ratio_vs_ar"],
+            "tuning_s": a["auto"]["tuning_s"],
+            "fastest_cell": {k: fastest[k] for k in ("method", "window", "init", "latency_ratio_vs_ar")},
+            "vs_fastest_cell": fastest["wall_s"] / a["wall_s"]})
     return out
 
 
@@ -234,6 +221,7 @@ def schedule_summary(results: list[dict]) -> list[dict]:
     """Per configuration run with both schedules: images/s and useful fraction of each, and the
     continuous / static throughput ratio (one run, so the ratio shares the machine state)."""
     out = []
+    results = [r for r in results if "auto" not in r]
     for c in (r for r in results if r["schedule"] == "continuous"):
         s = next((r for r in results if r["schedule"] == "static" and all(
             r[k] == c[k] for k in ("method", "window", "init", "batch", "q_storage"))), None)
@@ -284,7 +272,7 @@ def plot(report: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    results = [r for r in report["results"] if r["method"] != "ar" and r["schedule"] == "static"]
+    results = [r for r in report["results"] if r["method"] != "ar" and r["schedule"] == "static" and "auto" not in r]
     batch = min(r["batch"] for r in results)
     results = [r for r in results if r["batch"] == batch]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -317,7 +305,7 @@ def plot(report: dict, path: str) -> None:
 
 def markdown_table(report: dict) -> str:
     """README table: per method and window, the best init's compression and latency ratio."""
-    results = [r for r in report["results"] if r["method"] != "ar" and r["schedule"] == "static"]
+    results = [r for r in report["results"] if r["method"] != "ar" and r["schedule"] == "static" and "auto" not in r]
     windows = sorted({r["window"] for r in results})
     lines = ["| method | lossless | " + " | ".join(f"W={w}" for w in windows) + " |",
              "|---|---|" + "---|" * len(windows)]
@@ -336,7 +324,8 @@ def markdown_table(report: dict) -> str:
 
 def _report(args, config, params, knobs, lantern, costs, results) -> dict:
     for r in results:  # latency ratio against AR at the same batch size
-        ar = next(a for a in results if a["method"] == "ar" and a["batch"] == r["batch"] and a["schedule"] == "static")
+        ar = next(a for a in results if a["method"] == "ar" and a["batch"] == r["batch"] and a["schedule"] == "static"
+                  and "auto" not in a)
         r["latency_ratio_vs_ar"] = ar["wall_s"] / r["wall_s"]
         ratio = costs[str(r["batch"])][str(r["window"])]["ratio"]
         r["forward_cost_ratio"] = ratio
@@ -389,6 +378,9 @@ def parser():
                          "configuration both ways and compares images/s and useful fraction (and plots it)")
     ap.add_argument("--refill-rows", type=int, default=None,
                     help="continuous: rows refilled per prefill (default about batch/16)")
+    ap.add_argument("--no-auto", action="store_true",
+                    help="no auto row (by default each batch adds the automatic choice among the grid, run "
+                         "like a cell: method/window=auto as sjd-jax generate picks)")
     ap.add_argument("--out", default="bench.json", help="JSON report path (default bench.json)")
     ap.add_argument("--plot", default=None, help="PNG plot path (default: the JSON path with .png)")
     ap.add_argument("--no-plot", action="store_true", help="no PNG plot (no matplotlib needed)")
@@ -546,8 +538,39 @@ def _run_all(args, config, params, knobs, lantern, lists, report_to) -> dict:
                            f"(x{r['step_compression']:.2f}), {r['mean_accepted_per_iteration']:.2f} tok/it, "
                            f"{r['wall_s_per_image'] * 1e3:.0f} ms/image, useful {r['useful_fraction']:.2f}, "
                            f"q {q} (S={r['q_slots']}), XLA temp {r.get('xla_temp_mb', float('nan')):.0f} MiB")
+        if not args.no_auto:
+            r = auto_row(args, config, params, knobs, lists, b)
+            if r is not None:
+                results.append(r)
+                report = _report(args, config, params, knobs, lantern, costs, results)
+                atomic.write_json(args.out, report)
+                a = r["auto"]
+                report_to.info(f"  auto B={b}: {a['method']} W={a['window']} {a['init']} (predicted "
+                               f"{a['speedup']:.2f}x vs AR, {a['tuning_s']:.1f}s to choose): measured "
+                               f"{r['latency_ratio_vs_ar']:.2f}x, {r['wall_s_per_image'] * 1e3:.0f} ms/image")
     bar.close()
     return report
+
+
+def auto_row(args, config, params, knobs, lists, batch: int) -> dict | None:
+    """The automatic choice among this bench's grid (its methods, windows and inits) at ``batch``,
+    chosen as ``sjd-jax generate`` chooses (fresh timings, no cache) and run like a grid cell: a
+    row with its choice under ``"auto"``; None when no grid recipe is one auto can choose."""
+    from sjd_jax.tuning import choose
+    from sjd_jax.tuning.acceptance import choosable
+
+    methods = [m for m in lists["methods"] if choosable(m)]
+    if not methods:
+        return None
+    try:
+        choice = choose(params, config, batch, knobs, methods=methods + ["ar"], windows=lists["windows"],
+                        inits=lists["inits"], use_cache=False)
+    except ValueError:
+        return None
+    r = run_one(params, config, choice.method, choice.window, batch, knobs, args.seed, args.repeat, args.images,
+                choice.init, None, "auto", args.chunk_elements)
+    jax.clear_caches()
+    return {**r, "auto": choice.as_dict()}
 
 
 if __name__ == "__main__":

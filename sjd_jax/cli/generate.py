@@ -33,12 +33,14 @@ from pathlib import Path
 import numpy as np
 
 from sjd_jax.io import atomic
+from sjd_jax.cli import auto as cliauto
 from sjd_jax.cli import util as cliutil
 from sjd_jax.sampling import recipes
 
 
 def parser():
     from sjd_jax import families
+    from sjd_jax.core.precision import PARAM_DTYPES
 
     ap = cliutil.Parser("sjd-jax generate", __doc__)
     ap.add_argument("--model", default="fashion-mnist",
@@ -57,8 +59,13 @@ def parser():
                     help="samples per class (text-to-image: per prompt; default 4)")
     ap.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     ap.add_argument("--method", default=None,
-                    help=f"{' | '.join(recipes.RECIPES)} (default: the model's, sjd); lantern is lossy")
-    ap.add_argument("--window", type=int, default=None, help="Jacobi window (default 16)")
+                    help=f"auto | {' | '.join(recipes.RECIPES)} (default auto: the lossless recipe, window and "
+                         f"init predicted fastest here, see sjd_jax.tuning); lantern is lossy")
+    ap.add_argument("--window", default=None,
+                    help="Jacobi window, or auto (default: auto; 16 for recipes auto has no statistics for)")
+    ap.add_argument("--param-dtype", default="auto", choices=PARAM_DTYPES,
+                    help="transformer weights' dtype (default auto: bfloat16 on GPU/TPU for 7-8B models, "
+                         "else float32)")
     recipes.add_arguments(ap)
     ap.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance scale")
     ap.add_argument("--top-k", type=int, default=None, help="top-k filter (default: the model's)")
@@ -149,7 +156,8 @@ def _main(args) -> int:
     ckpt_model = _check_class_flags(args)
     preset = None if ckpt_model else presets.get(args.model)
     mesh = _devices(args)
-    bundle = presets.from_checkpoint(args.model, args.ckpt, mesh=mesh) if ckpt_model else None
+    bundle = presets.from_checkpoint(args.model, args.ckpt, mesh=mesh, param_dtype=args.param_dtype) \
+        if ckpt_model else None
     if bundle is not None:  # its classes and defaults come with the checkpoint
         preset = bundle.preset
     n_cls = len(preset.class_names)
@@ -160,17 +168,35 @@ def _main(args) -> int:
     out_path = args.out or Path(f"{args.model}.png")
     _check_outputs(args, out_path, grid=args.out_dir is None)
     if bundle is None:
-        bundle = presets.load(args.model, mesh=mesh)
+        bundle = presets.load(args.model, mesh=mesh, param_dtype=args.param_dtype)
     from sjd_jax.core.vq import codebook_vectors
 
     knobs = preset.knobs(cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k,
                          top_p=args.top_p)
-    sampler = cliutil.sampler_choice(args, args.method or preset.method,
-                                     preset.window if args.window is None else args.window, bundle.gpt_config,
-                                     knobs, codebook_vectors(bundle.vq_params, bundle.vq_config))
+    batch, schedule = _batch_shape(args, len(classes), mesh)
+    labels = np.repeat(np.asarray(classes, np.int32)[None], min(args.n, batch), axis=0).reshape(-1)[:batch]
+    name, window, choice = cliauto.pick(args, bundle.gpt_params, bundle.gpt_config, knobs,
+                                        default_window=preset.window, batch=batch, schedule=schedule,
+                                        cond=labels, images=args.n * len(classes), mesh=mesh)
+    sampler = cliutil.sampler_choice(args, name, window, bundle.gpt_config, knobs,
+                                     codebook_vectors(bundle.vq_params, bundle.vq_config))
     if args.out_dir is not None:
-        return _batch(args, bundle, sampler, classes, mesh)
-    return _grid(args, bundle, sampler, classes, mesh, out_path)
+        return _batch(args, bundle, sampler, classes, mesh, choice)
+    return _grid(args, bundle, sampler, classes, mesh, out_path, choice)
+
+
+def _batch_shape(args, n_classes: int, mesh) -> tuple[int, str]:
+    """The rows one sampler call runs and how batches are scheduled: the grid is one static batch;
+    batch mode runs ``--batch-per-device`` rows per data shard, continuously refilled unless
+    ``--schedule static``."""
+    from sjd_jax.parallel.sharding import mesh_shape
+
+    if args.out_dir is None:
+        return args.n * n_classes, "static"
+    bpd = 8 if args.batch_per_device is None else args.batch_per_device
+    data = mesh_shape(mesh)["data"]
+    work = -(-args.n * n_classes // data) * data  # (padding shrinks to the work, as streaming does)
+    return min(bpd * data, work), "static" if args.schedule == "static" else "continuous"
 
 
 def _check_class_flags(args) -> bool:
@@ -201,12 +227,11 @@ def _check_class_flags(args) -> bool:
         raise ValueError(f"unknown model {args.model!r}; choose a bundled model ({', '.join(presets.PRESETS)}), "
                          f"a converted class-conditional one ({', '.join(presets.CKPT_MODELS)}) or a "
                          f"text-to-image one ({', '.join(pipelines.TEXT_MODELS)})")
-    if args.method is not None:
-        recipes.options(args.method)  # a known recipe (ValueError otherwise), before any weights are read
+    cliauto.check(args)
     return ckpt_model
 
 
-def _grid(args, bundle, sampler, classes, mesh, out_path: Path) -> int:
+def _grid(args, bundle, sampler, classes, mesh, out_path: Path, choice=None) -> int:
     """One grid PNG: a column per class, ``--n`` rows."""
     import jax.numpy as jnp
 
@@ -235,8 +260,11 @@ def _grid(args, bundle, sampler, classes, mesh, out_path: Path) -> int:
         p = (images.shape[1] - crop) // 2
         images = images[:, p:p + crop, p:p + crop]
     save_png(grid(images, ncols=len(classes), scale=2 if images.shape[1] < 128 else 1), out_path)
+    cliauto.observe(args, choice, sampler.name, sampler.window, bundle.gpt_params, c, sampler.knobs, out.nfe)
     st = stats_of(out, N, sampler.window)
     st.update(branch_hits_per_image=float(np.asarray(out.branch_hits).mean()))
+    if choice is not None:
+        st.update(auto=choice.as_dict())
     st.update(model=args.model, method=sampler.name, lossless=sampler.lossless, window=sampler.window,
               drafting=sampler.drafting, seed=args.seed, classes=classes, n_per_class=args.n, wall_s=round(wall, 2),
               **sampler.knobs, png=str(out_path))
@@ -249,7 +277,7 @@ def _grid(args, bundle, sampler, classes, mesh, out_path: Path) -> int:
     return 0
 
 
-def _batch(args, bundle, sampler, classes, mesh) -> int:
+def _batch(args, bundle, sampler, classes, mesh, choice=None) -> int:
     from sjd_jax.parallel import distributed
     from sjd_jax.parallel.sharding import mesh_shape
     from sjd_jax.io import streaming
@@ -260,6 +288,8 @@ def _batch(args, bundle, sampler, classes, mesh) -> int:
     st = streaming.run(bundle, args.out_dir, sampler, classes=classes, n_per_class=args.n, seed=args.seed,
                        batch_per_device=bpd, mesh=mesh, settings_extra={"model": args.model}, png=not args.no_png,
                        quiet=args.quiet, schedule=args.schedule, refill_rows=args.refill_rows)
+    if choice is not None:
+        st.update(auto=choice.as_dict())
     if distributed.is_writer():
         if args.stats_json is not None:
             atomic.write_json(args.stats_json, st)
@@ -294,8 +324,7 @@ def _check_text_flags(args) -> Path:
         raise ValueError("empty --prompt")
     out_path = args.out or Path(f"{args.model}.png")
     _check_outputs(args, out_path, grid=True)
-    if args.method is not None:
-        recipes.options(args.method)  # a known recipe, before the checkpoint is read
+    cliauto.check(args)
     return out_path
 
 
@@ -305,16 +334,19 @@ def _text(args) -> int:
 
     out_path = _check_text_flags(args)  # ValueError -> one line, exit 2, in cliutil.run
     mesh = _devices(args)
-    tm = pipelines.load(args.model, args.ckpt, t5=args.t5, mesh=mesh)
+    tm = pipelines.load(args.model, args.ckpt, t5=args.t5, mesh=mesh, param_dtype=args.param_dtype)
     knobs = dict(tm.defaults)
     knobs.update({k: v for k, v in dict(cfg_scale=args.cfg_scale, temperature=args.temperature,
                                         top_k=args.top_k, top_p=args.top_p).items() if v is not None})
-    sampler = cliutil.sampler_choice(args, args.method or "sjd", 16 if args.window is None else args.window,
-                                     tm.gpt_config, knobs, tm.codebook)
-    return _text_grid(args, tm, sampler, out_path)
+    # (the choice times the transformer at its default prompt length; no calibration run: prompts
+    # are encoded per call, and the model learns from this run's rows instead)
+    name, window, choice = cliauto.pick(args, tm.gpt_params, tm.gpt_config, knobs, default_window=16,
+                                        batch=len(args.prompt) * args.n)
+    sampler = cliutil.sampler_choice(args, name, window, tm.gpt_config, knobs, tm.codebook)
+    return _text_grid(args, tm, sampler, out_path, choice)
 
 
-def _text_grid(args, tm, sampler, out_path: Path) -> int:
+def _text_grid(args, tm, sampler, out_path: Path, choice=None) -> int:
     from sjd_jax.parallel import distributed
     from sjd_jax.io.imaging import grid, save_png
 
@@ -332,7 +364,11 @@ def _text_grid(args, tm, sampler, out_path: Path) -> int:
     if not distributed.is_writer():
         return 0
     save_png(grid(images, ncols=P, scale=1), out_path)
+    cliauto.observe(args, choice, sampler.name, sampler.window, tm.gpt_params, tm.gpt_config, sampler.knobs,
+                    out.nfe)
     st = stats_of(out, N, sampler.window)
+    if choice is not None:
+        st.update(auto=choice.as_dict())
     st.update(model=args.model, ckpt=str(args.ckpt), prompts=list(args.prompt), n_per_prompt=args.n,
               method=sampler.name, lossless=sampler.lossless, window=sampler.window, drafting=sampler.drafting,
               seed=args.seed, image_size=list(tm.image_size), wall_s=round(wall, 2), **sampler.knobs,

@@ -108,7 +108,8 @@ def load_model(family, model: str, ckpt, *, mesh=None, param_dtype: str = "auto"
         return text_to_image(params, config, tok, texts, key, mesh=mesh, **sampling)
 
     return TextModel(model, family.name, dict(family.defaults), config.gpt, (config.image_size, config.image_size),
-                     codebook_vectors(params["vq"], config.vq), run, precision.dtype_of(params["gpt"]))
+                     codebook_vectors(params["vq"], config.vq), run, precision.dtype_of(params["gpt"]),
+                     params["gpt"])
 
 
 register(Family("janus-pro", "text", kinds=(Kind("janus", JanusConfig, abstract_janus_params),),

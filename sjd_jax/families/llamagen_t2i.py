@@ -235,7 +235,7 @@ def load_model(family, model: str, ckpt, *, mesh=None, t5=None, param_dtype: str
 
     knobs = {k: v for k, v in sampling_options(b).items() if k in family.defaults}
     return TextModel(model, family.name, knobs, b.gpt_config, (b.image_size, b.image_size),
-                     codebook_vectors(b.vq_params, b.vq_config), run, b.param_dtype)
+                     codebook_vectors(b.vq_params, b.vq_config), run, b.param_dtype, b.gpt_params)
 
 
 register(Family("llamagen-t2i", "text", kinds=(Kind("t5", T5Config, abstract_t5_params, replicated=True),),

@@ -277,7 +277,7 @@ def load_model(family, model: str, ckpt, *, mesh=None, param_dtype: str = "auto"
         return text_to_image(params, config, tok, texts, key, mesh=mesh, **sampling)
 
     return TextModel(model, family.name, defaults(config), config.gpt, config.image_size, None, run,
-                     precision.dtype_of(params["gpt"]))
+                     precision.dtype_of(params["gpt"]), params["gpt"])
 
 
 register(Family("lumina-mgpt", "text", kinds=(Kind("lumina", LuminaConfig, abstract_lumina_params),),

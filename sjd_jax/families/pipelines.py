@@ -29,6 +29,7 @@ class TextModel:
     # (texts, key, **sampling) -> (uint8 images [B, H, W, 3], GenerateOutput with host arrays)
     generate: Callable
     param_dtype: str = "float32"  # the transformer params' dtype as loaded (precision.STORED_DTYPES)
+    gpt_params: dict | None = None  # the transformer's params (what the automatic sampler choice times)
 
 
 def __getattr__(name: str):
@@ -58,4 +59,17 @@ def load(name: str, ckpt, t5=None, mesh=None, param_dtype: str = "auto") -> Text
         if k not in family.load_options:
             takers = [f.name for f in families.entries() if k in f.load_options]
             raise ValueError(f"--{k} is for {', '.join(takers)} models, not {name}")
-    return family.load(family, name, ckpt, mesh=mesh, **options, **dtype_option(family, param_dtype))
+    tm = family.load(family, name, ckpt, mesh=mesh, **options, **dtype_option(family, param_dtype))
+    return dataclasses.replace(tm, generate=auto_by_default(tm.generate))
+
+
+def auto_by_default(run: Callable) -> Callable:
+    """``run`` with the automatic sampler choice (``method="auto"``, ``window="auto"``;
+    ``sjd_jax.tuning``) where the caller names no sampler (no ``options``, ``method`` or ``window``)."""
+    def generate(texts, key, **sampling):
+        if not {"options", "method", "window"} & set(sampling):
+            sampling = dict(sampling, method="auto", window="auto")
+        return run(texts, key, **sampling)
+
+    generate.__doc__ = run.__doc__
+    return generate

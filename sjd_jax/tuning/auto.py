@@ -1,0 +1,253 @@
+"""``method="auto"`` / ``window="auto"``: the lossless recipe, window and draft init with the least
+predicted time per image, for this model, device, batch and dtype.
+
+Predicted seconds per image of a cell = its expected loop iterations for the batch
+(``acceptance.Table.iterations``) x the seconds of one iteration / batch, where an iteration is a
+W-token forward timed on this device (``costs``) plus the loop's own work (the prior's overhead
+fraction of the forward). AR is always a candidate, so the choice is never predicted slower than
+AR. Forward costs are cached per (device, model fingerprint, rows, dtype); acceptance statistics
+per (model, sampling knobs); both in ``cache.directory()``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+
+import numpy as np
+
+from sjd_jax.tuning import acceptance, cache, costs
+from sjd_jax.tuning.acceptance import Cell
+
+log = logging.getLogger("sjd_jax")
+CALIBRATION_SHARE = 0.10  # a converted model's calibration run is made when predicted under this share of the run
+CALIBRATION_CELL = Cell("sjd", 16, "uniform")
+CALIBRATION_ROWS = 4
+ANCHORS = (16,)  # windows timed besides 1 and the largest candidate (others are interpolated)
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    method: str  # a recipe name
+    window: int
+    init: str
+    seconds_per_image: float  # predicted
+    ar_seconds_per_image: float  # predicted, same batch
+    acceptance: str  # where the acceptance statistics came from (acceptance.Table.source)
+    costs: str  # "measured" (timed now) or "cached"
+    tuning_s: float  # seconds this choice took (timing forwards, calibration)
+    batch: int
+    ranking: tuple = ()  # ((cell name, predicted s/image), ...) best first, a few
+
+    @property
+    def speedup(self) -> float:
+        return self.ar_seconds_per_image / self.seconds_per_image
+
+    @property
+    def cell(self) -> Cell:
+        return Cell(self.method, self.window, self.init)
+
+    def keywords(self) -> dict:
+        """``generate`` keywords of the choice (recipe fields, window, init)."""
+        from sjd_jax.sampling import recipes
+
+        kw = recipes.recipe(self.method, self.window)
+        kw.pop("lantern", None)
+        return dict(kw, window=self.window, init=self.init) if self.method != "ar" else dict(kw, window=1)
+
+    def line(self) -> str:
+        what = "ar" if self.method == "ar" else f"{self.method} W={self.window} init {self.init}"
+        return (f"auto: {what} (predicted {self.speedup:.2f}x vs AR at batch {self.batch}, "
+                f"{self.seconds_per_image * 1e3:.1f} ms/image; acceptance {self.acceptance}, forward costs "
+                f"{self.costs}; {self.tuning_s:.1f}s to choose)")
+
+    def as_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.update(speedup=round(self.speedup, 3), ranking=[list(r) for r in self.ranking])
+        return d
+
+
+def _candidates(table, N: int, methods, windows, inits) -> list[Cell]:
+    """AR (unless a drafting window or init was asked for) and the table's cells the restrictions
+    allow; an asked-for window without statistics borrows the nearest window's (``Table``)."""
+    ar_ok = (methods is None or "ar" in methods) and (windows is None or 1 in windows) and inits is None
+    out = [Cell("ar", 1, "uniform")] if ar_ok else []
+    cells = table.cells()
+    if windows is not None:
+        kinds = sorted({(c.method, c.init) for c in cells})
+        cells = [Cell(m, w, i) for w in windows if w > 1 for m, i in kinds]
+    for c in cells:
+        if c.method == "ar" or c.window > N:
+            continue
+        if (methods is None or c.method in methods) and (inits is None or c.init in inits):
+            out.append(c)
+    return out
+
+
+def choose(params, config, batch: int, knobs: dict, *, methods=None, windows=None, inits=None,
+           schedule: str = "static", cfg: bool | None = None, use_cache: bool = True, calibrate_cond=None,
+           images: int | None = None, mesh=None) -> Choice:
+    """The fastest predicted cell for ``batch`` rows of ``config``'s model.
+
+    ``methods`` / ``windows`` / ``inits``: restrict the candidates (an explicit ``--method``,
+    ``--window`` or ``--init``). ``schedule``: "static" (a batch runs until its slowest row) or
+    "continuous" (rows are refilled).
+    ``calibrate_cond``: conditions a converted model's calibration run may sample (the first few);
+    it runs only when no statistics were observed yet and it is predicted to cost under
+    ``CALIBRATION_SHARE`` of ``images`` images. ``mesh``: the rows are split over its ``data`` axis.
+    Raises ValueError when no candidate is left, or when even AR's ``batch`` rows cannot fit."""
+    t0 = time.perf_counter()
+    N = config.num_image_tokens
+    cfg = float(knobs.get("cfg_scale", 1.0)) != 1.0 if cfg is None else cfg
+    _require_fits(config, batch, knobs, cfg, mesh)
+    data = 1 if mesh is None else mesh.shape.get("data", 1)
+    rows = -(-batch // data) * (2 if cfg else 1)  # one data shard's rows, CFG's doubled
+    fp = cache.fingerprint(params, config)
+    table = acceptance.Table.for_model(fp, knobs)
+    cands = _candidates(table, N, methods, windows, inits)
+    if not cands:
+        raise ValueError(f"no automatic choice: no acceptance statistics for method {methods}, window {windows}, "
+                         f"init {inits}")
+    seconds, how = _forward_costs(params, config, rows, fp, table, cands, batch, schedule, use_cache)
+    if calibrate_cond is not None and not table.observed and not table.bundled:
+        ranked = _rank(table, cands, seconds, N, batch, schedule)
+        run_s = ranked[0][1] * (images or batch)
+        cal_s = _per_image(table, CALIBRATION_CELL, seconds, N, CALIBRATION_ROWS, "static") * CALIBRATION_ROWS
+        if cal_s <= CALIBRATION_SHARE * run_s and CALIBRATION_CELL.window <= N:
+            table = _calibrate(params, config, calibrate_cond, knobs, fp, table, cfg)
+    ranked = _rank(table, cands, seconds, N, batch, schedule)
+    (best, s), ar = ranked[0], _per_image(table, Cell("ar", 1, "uniform"), seconds, N, batch, schedule)
+    return Choice(best.method, best.window, best.init, s, ar, table.source, how, time.perf_counter() - t0, batch,
+                  tuple((c.name(), round(v, 6)) for c, v in ranked[:5]))
+
+
+def _require_fits(config, batch: int, knobs: dict, cfg: bool, mesh) -> None:
+    """Sizes before work: the smallest sampler (AR) must fit before anything is timed."""
+    from sjd_jax.parallel.memory import require_sampler
+    from sjd_jax.sampling.options import SamplerOptions, resolve
+
+    full = dict(cfg_scale=1.0, temperature=1.0, top_k=0, top_p=1.0, lantern_delta=0.0)
+    full.update({k: v for k, v in knobs.items() if k in full})
+    require_sampler(resolve(config, SamplerOptions(method="ar", window=1, cfg=cfg), full), batch, mesh)
+
+
+def _per_image(table, cell: Cell, seconds: dict, N: int, batch: int, schedule: str) -> float:
+    if cell.window not in seconds and cell.window > max(seconds):
+        return float("inf")  # not timed: a smaller window already wins (see _forward_costs)
+    t = costs.interpolate(seconds, cell.window) * (1.0 + table.overhead(cell.window))
+    return table.iterations(cell, N, batch, schedule) * t / batch
+
+
+def _rank(table, cands, seconds, N, batch, schedule) -> list[tuple[Cell, float]]:
+    scored = [(c, _per_image(table, c, seconds, N, batch, schedule)) for c in cands]
+    return sorted(scored, key=lambda cv: (cv[1], cv[0].window, cv[0]))
+
+
+def _forward_costs(params, config, rows: int, fp: str, table, cands, batch, schedule, use_cache):
+    """Seconds per forward by window: cached, or timed now (windows in ascending order, stopping
+    once no larger window can beat the best cell so far even at the smaller window's cost)."""
+    from sjd_jax.core import precision
+
+    import jax
+
+    key = {"device": cache.device_kind(), "model": fp, "rows": rows, "prefix": config.cls_token_num,
+           "dtype": precision.dtype_of(params), "jax": jax.__version__}
+    top = max(c.window for c in cands)
+    want = sorted({1, *(w for w in ANCHORS if w < top), top})  # timed; the windows between are interpolated
+    hit = cache.load("costs", key) if use_cache else None
+    if hit is not None:
+        seconds = {int(w): float(v) for w, v in hit.get("seconds", {}).items()}
+        if seconds and all(w in seconds or w > max(seconds) for w in want):
+            return seconds, "cached"
+    N = config.num_image_tokens
+
+    def stop(W, seconds):
+        done = [c for c in cands if c.window <= W]
+        later = [c for c in cands if c.window > W]
+        if not done or not later:
+            return False
+        best = min(_per_image(table, c, seconds, N, batch, schedule) for c in done)
+        # a larger window's best case: its forward grows from this one's at no less than half the
+        # slope measured below (forwards are near linear in W on CPUs, flat then steeper on accelerators)
+        lower = [w for w in seconds if w < W]
+        slope = max(0.0, (seconds[W] - seconds[max(lower)]) / (W - max(lower))) if lower else 0.0
+        bound = min(table.iterations(c, N, batch, schedule) * (seconds[W] + 0.5 * slope * (c.window - W))
+                    * (1 + table.overhead(c.window)) / batch for c in later)
+        return bound >= best
+
+    seconds = costs.forward_seconds(params, config, rows, want, reps=16, repeats=3, min_seconds=0.02, stop=stop)
+    if use_cache:
+        cache.store("costs", key, {"seconds": {str(w): s for w, s in seconds.items()}})
+    return seconds, "measured"
+
+
+def _calibrate(params, config, cond, knobs, fp, table, cfg):
+    """A short run of the calibration cell on the first rows of ``cond``; its rows become the
+    model's first observations (and so scale the prior)."""
+    import jax
+
+    from sjd_jax.sampling import recipes
+    from sjd_jax.sampling.generate import generate
+
+    try:
+        part = jax.tree.map(lambda x: x[:CALIBRATION_ROWS], cond)
+    except (TypeError, IndexError):
+        return table
+    kw = {k: v for k, v in knobs.items() if k in ("cfg_scale", "temperature", "top_k", "top_p")}
+    c = CALIBRATION_CELL
+    out = generate(params, config, part, 2**31 - 1, **recipes.recipe(c.method, c.window), window=c.window,
+                   init=c.init, cfg=cfg, **kw)
+    acceptance.observe(fp, knobs, c, np.asarray(out.nfe), config.num_image_tokens)
+    return acceptance.Table.for_model(fp, knobs, table.prior)
+
+
+def observe(params, config, knobs: dict, method: str, window: int, init: str, nfe) -> None:
+    """Record a real run's per-row NFE for ``(method, window, init)`` (what the next automatic
+    choice for this model and knobs learns from)."""
+    acceptance.observe(cache.fingerprint(params, config), knobs, Cell(method, window, init), nfe,
+                       config.num_image_tokens)
+
+
+RECIPE_FIELDS = ("method", "coupling", "tree")
+
+
+def matching_recipes(given: dict) -> list[str] | None:
+    """The recipes consistent with the recipe fields a caller set (``method`` other than "auto",
+    ``coupling``, ``tree``); None when none was set (every recipe)."""
+    from sjd_jax.sampling import recipes
+
+    fixed = {k: given[k] for k in RECIPE_FIELDS if k in given and given[k] != "auto"}
+    if not fixed:
+        return None
+    fixed = {k: None if k == "tree" and v in ((1, 0), None) else v for k, v in fixed.items()}
+    out = []
+    for name, fields in recipes.RECIPES.items():
+        if fields.get("lantern"):
+            continue
+        own = {"method": fields["method"], "coupling": fields.get("coupling", "none"), "tree": fields.get("tree")}
+        if all(own[k] == v or (k == "tree" and own[k] is not None and v is not None) for k, v in fixed.items()):
+            out.append(name)
+    return out
+
+
+def resolve_keywords(params, config, cond, keywords: dict, batch: int, mesh=None) -> tuple[dict, Choice]:
+    """``generate``'s keywords with ``method="auto"`` and/or ``window="auto"`` replaced by the
+    choice for ``batch`` rows of ``cond`` (other keywords kept; an explicit init, coupling or tree
+    restricts the candidates)."""
+    kw = dict(keywords)
+    auto_method = kw.pop("method", "sjd") == "auto"
+    auto_window = kw.get("window", None) == "auto"
+    kw.pop("window", None)
+    given = {k: kw[k] for k in ("coupling", "tree") if k in kw}
+    if not auto_method:  # a named method keeps SamplerOptions' defaults for what it leaves out
+        given = {"method": keywords.get("method", "sjd"), "coupling": kw.get("coupling", "none"),
+                 "tree": kw.get("tree")}
+    methods = matching_recipes(given)
+    windows = None if auto_window else [int(keywords.get("window", 16))]
+    inits = [kw["init"]] if "init" in kw else None
+    knobs = {k: kw[k] for k in ("cfg_scale", "temperature", "top_k", "top_p") if k in kw}
+    choice = choose(params, config, batch, knobs, methods=methods, windows=windows, inits=inits,
+                    cfg=kw.get("cfg", True) and knobs.get("cfg_scale", 1.0) != 1.0, calibrate_cond=cond, mesh=mesh)
+    explicit = {k: kw.pop(k) for k in ("coupling", "tree", "init") if k in kw}
+    return {**kw, **choice.keywords(), **(explicit if choice.method != "ar" else {})}, choice
