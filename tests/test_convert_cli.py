@@ -156,7 +156,7 @@ def test_generate_cli_from_converted_llamagen_c2i(tmp_path, capsys):
     png = tmp_path / "g.png"
     capsys.readouterr()
     assert generate_main(["--model", "llamagen-c2i", "--ckpt", str(d), "--class", "3", "5", "--n", "1",
-                          "--window", "4", "--out", str(png), "--json", "--quiet"]) == 0
+                          "--method", "sjd", "--window", "4", "--out", str(png), "--json", "--quiet"]) == 0
     st = json.loads(capsys.readouterr().out)
     assert (st["cfg_scale"], st["top_k"], st["method"], st["images"]) == (4.0, 64, "sjd", 2)
     config, params = S.load(d / "gpt")

@@ -247,7 +247,7 @@ def test_convert_and_cli_generate(pipeline, tmp_path, capsys):
     assert c == pipeline["config"]  # max_positions 512 from the text config, ids by name
     png, stats = tmp_path / "e.png", tmp_path / "s.json"
     rc = cli_main(["generate", "--model", "emu3-gen", "--ckpt", str(out), "--prompt", "a red fox", "cat",
-                   "--window", "6", "--seed", "4", "--out", str(png), "--stats-json", str(stats), "--quiet"])
+                   "--method", "sjd", "--window", "6", "--seed", "4", "--out", str(png), "--stats-json", str(stats), "--quiet"])
     assert rc == 0, capsys.readouterr().err
     want, _ = emu3.text_to_image(params, c, tok, ["a red fox", "cat"], 4, window=6)
     got = np.asarray(Image.open(png).convert("RGB"))

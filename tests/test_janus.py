@@ -184,7 +184,7 @@ def test_cli_generate(converted, tmp_path, capsys):
     _, config, params, d = converted
     out = tmp_path / "j.png"
     rc = cli_main(["generate", "--model", "janus-pro-1b", "--ckpt", str(d / "sjd"), "--prompt", "a red cat",
-                   "big blue house", "--window", "4", "--seed", "2", "--out", str(out), "--quiet"])
+                   "big blue house", "--method", "sjd", "--window", "4", "--seed", "2", "--out", str(out), "--quiet"])
     assert rc == 0, capsys.readouterr().err
     want, _ = J.text_to_image(params, config, J.load_tokenizer(d / "sjd"), ["a red cat", "big blue house"], 2,
                               window=4)

@@ -247,7 +247,7 @@ def test_cli_generate(setup, tmp_path, capsys):
     t5 = tmp_path / "t5"
     shutil.copytree(ck / "t5", t5)
     rc = cli_main(["generate", "--model", "llamagen-t2i-xl", "--ckpt", str(ck), "--t5", str(t5), "--prompt",
-                   *PROMPTS[:2], "--n", "2", "--window", "4", "--seed", "3", "--out", str(out),
+                   *PROMPTS[:2], "--n", "2", "--method", "sjd", "--window", "4", "--seed", "3", "--out", str(out),
                    "--stats-json", str(stats), "--quiet"])
     assert rc == 0, capsys.readouterr().err
     texts = [PROMPTS[0], PROMPTS[1]] * 2

@@ -97,6 +97,9 @@ def test_fingerprint_names_the_weights_not_their_dtype_or_place(bundled):
     assert cache.fingerprint(changed, c) != fp
     import dataclasses
     assert cache.fingerprint(p, dataclasses.replace(c, norm_eps=1e-6)) != fp
+    text = tiny_config(caption_dim=16, cls_token_num=8, num_classes=0)  # a prompt's length is not the model
+    tp = S.init_params(text, jax.random.key(0))
+    assert cache.fingerprint(tp, dataclasses.replace(text, cls_token_num=5)) == cache.fingerprint(tp, text)
     assert fp == acceptance.load_prior()["fingerprint"]  # the shipped statistics are this model's
 
 
@@ -269,9 +272,10 @@ def test_converted_model_is_calibrated_by_a_short_run(monkeypatch):
     stated_costs(monkeypatch, lambda W, rows: 1e-3 * (1 + 0.1 * W))
     knobs = {"cfg_scale": 2.0}
     fp = cache.fingerprint(p, c)
-    no_cal = auto.choose(p, c, 2, knobs, calibrate_cond=class_cond(0, 1, 2), images=1)  # not worth it for 1 image
+    run = auto.calibration_run(S.generate, p, c, class_cond(0, 1, 2), knobs)
+    no_cal = auto.choose(p, c, 2, knobs, calibrate=run, images=1)  # not worth it for 1 image
     assert no_cal.acceptance == "prior (uncalibrated)"
-    choice = auto.choose(p, c, 2, knobs, calibrate_cond=class_cond(0, 1, 2), images=10**6)
+    choice = auto.choose(p, c, 2, knobs, calibrate=run, images=10**6)
     (cell, rows), = acceptance.Table.for_model(fp, knobs).observed.items()
     assert cell == auto.CALIBRATION_CELL and len(rows) == 3  # the 3 conditions given (up to 4 rows)
     assert choice.acceptance.startswith("calibrated (k=")

@@ -33,6 +33,10 @@ def check(args) -> None:
         check_int("--window", args.window, 1, 1 << 16)
     if args.method not in (None, "auto"):
         recipes.options(args.method)  # a known recipe (ValueError otherwise), before any weights are read
+    from sjd_jax.sampling.options import DRAFT_INITS
+
+    if args.init is not None and args.init not in DRAFT_INITS:
+        raise ValueError(f"unknown init {args.init!r}; choose one of {', '.join(DRAFT_INITS)}")
     if (args.method in (None, "auto")) and (args.coupling is not None or args.tree is not None):
         raise ValueError("--coupling/--tree change a recipe's drafting: give --method with them "
                          "(auto chooses among the recipes as they are)")
@@ -55,9 +59,15 @@ def pick(args, params, config, knobs: dict, *, default_window: int, batch: int, 
     if method != "auto" and method not in known:
         log.info(f"note: no acceptance statistics for {method}: window {default_window}")
         return method, default_window, None
+    calibrate = None
+    if cond is not None:
+        from sjd_jax.sampling import generate
+        from sjd_jax.tuning.auto import calibration_run
+
+        calibrate = calibration_run(generate, params, config, cond, knobs, float(knobs.get("cfg_scale", 1)) != 1)
     choice = choose(params, config, batch, knobs, methods=None if method == "auto" else [method],
                     windows=None if window == "auto" else [window],
-                    inits=None if args.init is None else [args.init], schedule=schedule, calibrate_cond=cond,
+                    inits=None if args.init is None else [args.init], schedule=schedule, calibrate=calibrate,
                     images=images, mesh=mesh)
     log.info(choice.line())
     if choice.method != "ar" and args.init is None:

@@ -125,7 +125,7 @@ def generate(params, config: GPTConfig, cond, key, options: SamplerOptions | Non
     if keywords.get("method") == "auto" or keywords.get("window") == "auto":
         from sjd_jax.tuning import auto
 
-        keywords, choice = auto.resolve_keywords(params, config, cond, keywords, _rows(config, cond), mesh)
+        keywords, choice = auto.resolve_keywords(params, config, cond, keywords, _rows(config, cond), mesh, generate)
         log.info(choice.line())
     options, knob_values, neighbours, delta = options_from_keywords(options, keywords)
     spec = resolve(config, options, dict(knob_values, lantern_delta=delta), neighbours=neighbours, mesh=mesh,

@@ -86,16 +86,17 @@ def _candidates(table, N: int, methods, windows, inits) -> list[Cell]:
 
 
 def choose(params, config, batch: int, knobs: dict, *, methods=None, windows=None, inits=None,
-           schedule: str = "static", cfg: bool | None = None, use_cache: bool = True, calibrate_cond=None,
+           schedule: str = "static", cfg: bool | None = None, use_cache: bool = True, calibrate=None,
            images: int | None = None, mesh=None) -> Choice:
     """The fastest predicted cell for ``batch`` rows of ``config``'s model.
 
     ``methods`` / ``windows`` / ``inits``: restrict the candidates (an explicit ``--method``,
     ``--window`` or ``--init``). ``schedule``: "static" (a batch runs until its slowest row) or
     "continuous" (rows are refilled).
-    ``calibrate_cond``: conditions a converted model's calibration run may sample (the first few);
-    it runs only when no statistics were observed yet and it is predicted to cost under
-    ``CALIBRATION_SHARE`` of ``images`` images. ``mesh``: the rows are split over its ``data`` axis.
+    ``calibrate(keywords) -> nfe [rows]``: runs ``generate`` with those sampler keywords on a few
+    (up to ``CALIBRATION_ROWS``) of the caller's conditions (``calibration_run`` makes one); a
+    model's calibration run is made only when no statistics were observed for it yet and it is
+    predicted to cost under ``CALIBRATION_SHARE`` of ``images`` images. ``mesh``: the rows are split over its ``data`` axis.
     Raises ValueError when no candidate is left, or when even AR's ``batch`` rows cannot fit."""
     t0 = time.perf_counter()
     N = config.num_image_tokens
@@ -110,12 +111,15 @@ def choose(params, config, batch: int, knobs: dict, *, methods=None, windows=Non
         raise ValueError(f"no automatic choice: no acceptance statistics for method {methods}, window {windows}, "
                          f"init {inits}")
     seconds, how = _forward_costs(params, config, rows, fp, table, cands, batch, schedule, use_cache)
-    if calibrate_cond is not None and not table.observed and not table.bundled:
+    if calibrate is not None and not table.observed and not table.bundled:
         ranked = _rank(table, cands, seconds, N, batch, schedule)
         run_s = ranked[0][1] * (images or batch)
         cal_s = _per_image(table, CALIBRATION_CELL, seconds, N, CALIBRATION_ROWS, "static") * CALIBRATION_ROWS
         if cal_s <= CALIBRATION_SHARE * run_s and CALIBRATION_CELL.window <= N:
-            table = _calibrate(params, config, calibrate_cond, knobs, fp, table, cfg)
+            c = CALIBRATION_CELL
+            nfe = calibrate(dict(recipes_of(c.method, c.window), window=c.window, init=c.init))
+            acceptance.observe(fp, knobs, c, np.asarray(nfe), N)
+            table = acceptance.Table.for_model(fp, knobs, table.prior)
     ranked = _rank(table, cands, seconds, N, batch, schedule)
     (best, s), ar = ranked[0], _per_image(table, Cell("ar", 1, "uniform"), seconds, N, batch, schedule)
     return Choice(best.method, best.window, best.init, s, ar, table.source, how, time.perf_counter() - t0, batch,
@@ -151,8 +155,9 @@ def _forward_costs(params, config, rows: int, fp: str, table, cands, batch, sche
 
     import jax
 
-    key = {"device": cache.device_kind(), "model": fp, "rows": rows, "prefix": config.cls_token_num,
-           "dtype": precision.dtype_of(params), "jax": jax.__version__}
+    # (not keyed by the prompt length: text prompts vary per call, and the forward's cost barely does)
+    key = {"device": cache.device_kind(), "model": fp, "rows": rows, "dtype": precision.dtype_of(params),
+           "jax": jax.__version__}
     top = max(c.window for c in cands)
     want = sorted({1, *(w for w in ANCHORS if w < top), top})  # timed; the windows between are interpolated
     hit = cache.load("costs", key) if use_cache else None
@@ -182,24 +187,23 @@ def _forward_costs(params, config, rows: int, fp: str, table, cands, batch, sche
     return seconds, "measured"
 
 
-def _calibrate(params, config, cond, knobs, fp, table, cfg):
-    """A short run of the calibration cell on the first rows of ``cond``; its rows become the
-    model's first observations (and so scale the prior)."""
+def recipes_of(method: str, window: int) -> dict:
+    from sjd_jax.sampling import recipes
+
+    return recipes.recipe(method, window)
+
+
+def calibration_run(generate, params, config, cond, knobs: dict, cfg: bool = True):
+    """``choose``'s ``calibrate`` for ``generate(params, config, cond, key, **keywords)``: the first
+    ``CALIBRATION_ROWS`` rows of ``cond`` (any pytree of ``[B, ...]`` arrays), a fixed seed."""
     import jax
 
-    from sjd_jax.sampling import recipes
-    from sjd_jax.sampling.generate import generate
-
-    try:
-        part = jax.tree.map(lambda x: x[:CALIBRATION_ROWS], cond)
-    except (TypeError, IndexError):
-        return table
+    part = jax.tree.map(lambda x: x[:CALIBRATION_ROWS], cond)
     kw = {k: v for k, v in knobs.items() if k in ("cfg_scale", "temperature", "top_k", "top_p")}
-    c = CALIBRATION_CELL
-    out = generate(params, config, part, 2**31 - 1, **recipes.recipe(c.method, c.window), window=c.window,
-                   init=c.init, cfg=cfg, **kw)
-    acceptance.observe(fp, knobs, c, np.asarray(out.nfe), config.num_image_tokens)
-    return acceptance.Table.for_model(fp, knobs, table.prior)
+
+    def run(keywords: dict):
+        return np.asarray(generate(params, config, part, 2**31 - 1, cfg=cfg, **kw, **keywords).nfe)
+    return run
 
 
 def observe(params, config, knobs: dict, method: str, window: int, init: str, nfe) -> None:
@@ -231,10 +235,11 @@ def matching_recipes(given: dict) -> list[str] | None:
     return out
 
 
-def resolve_keywords(params, config, cond, keywords: dict, batch: int, mesh=None) -> tuple[dict, Choice]:
+def resolve_keywords(params, config, cond, keywords: dict, batch: int, mesh=None,
+                     generate=None) -> tuple[dict, Choice]:
     """``generate``'s keywords with ``method="auto"`` and/or ``window="auto"`` replaced by the
     choice for ``batch`` rows of ``cond`` (other keywords kept; an explicit init, coupling or tree
-    restricts the candidates)."""
+    restricts the candidates). ``generate``: the sampler, for a calibration run."""
     kw = dict(keywords)
     auto_method = kw.pop("method", "sjd") == "auto"
     auto_window = kw.get("window", None) == "auto"
@@ -247,7 +252,9 @@ def resolve_keywords(params, config, cond, keywords: dict, batch: int, mesh=None
     windows = None if auto_window else [int(keywords.get("window", 16))]
     inits = [kw["init"]] if "init" in kw else None
     knobs = {k: kw[k] for k in ("cfg_scale", "temperature", "top_k", "top_p") if k in kw}
-    choice = choose(params, config, batch, knobs, methods=methods, windows=windows, inits=inits,
-                    cfg=kw.get("cfg", True) and knobs.get("cfg_scale", 1.0) != 1.0, calibrate_cond=cond, mesh=mesh)
+    cfg = kw.get("cfg", True) and knobs.get("cfg_scale", 1.0) != 1.0
+    choice = choose(params, config, batch, knobs, methods=methods, windows=windows, inits=inits, cfg=cfg,
+                    calibrate=None if generate is None else calibration_run(generate, params, config, cond, knobs, cfg),
+                    mesh=mesh)
     explicit = {k: kw.pop(k) for k in ("coupling", "tree", "init") if k in kw}
     return {**kw, **choice.keywords(), **(explicit if choice.method != "ar" else {})}, choice

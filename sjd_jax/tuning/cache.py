@@ -63,14 +63,17 @@ def store(kind: str, key: dict, value: dict) -> bool:
 
 
 def fingerprint(params, config) -> str:
-    """A short id of a model: its config and a sample of its weights (the first 64 values of up to
-    16 leaves, in tree order), so a converted checkpoint and its retrained twin differ while the
-    same weights in another directory, on another mesh or in another dtype agree."""
+    """A short id of a model: its config (but the prompt length) and a sample of its weights (the
+    first 64 values of up to 16 leaves, in tree order), so a converted checkpoint and its retrained
+    twin differ while the same weights in another directory, on another mesh or in another dtype
+    agree."""
     import dataclasses
 
     import jax
 
-    h = hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True, default=str).encode())
+    fields = dataclasses.asdict(config)
+    fields.pop("cls_token_num", None)  # a text model's prompt length changes per call, the model does not
+    h = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode())
     leaves = jax.tree_util.tree_leaves_with_path(params)
     for path, leaf in leaves:
         h.update(f"{jax.tree_util.keystr(path)}{list(leaf.shape)}".encode())
