@@ -342,3 +342,22 @@ def test_bench_reports_the_auto_choice_next_to_its_grid(tmp_path):
     assert s["vs_fastest_cell"] == pytest.approx(fastest["wall_s"] / row["wall_s"])
     assert s["fastest_cell"]["method"] == fastest["method"] and len(report["summary"]) >= 3
     assert "auto" not in bench.markdown_table(report)
+
+
+def test_batch_mode_resume_keeps_the_runs_choice(tmp_path, capsys, monkeypatch):
+    """A rerun of ``--out-dir`` with nothing pinned continues the run's recipe (from run.json) even
+    where a fresh choice would now differ (here: costs that make AR the winner)."""
+    d = tmp_path / "d"
+    argv = ["generate", "--class", "0", "--n", "2", "--out-dir", str(d), "--no-png", "--json",
+            "--batch-per-device", "2"]
+    stated_costs(monkeypatch, lambda W, rows: 1e-3 * (1 + 0.05 * W))
+    assert main(argv) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["auto"]["method"] != "ar" and first["generated_this_run"] == 2
+    monkeypatch.setenv("SJD_JAX_CACHE", str(tmp_path / "other-cache"))
+    stated_costs(monkeypatch, lambda W, rows: 1e-3 * W)
+    assert main(argv) == 0
+    cap = capsys.readouterr()
+    second = json.loads(cap.out)
+    assert second["skipped_done"] == 2 and second["generated_this_run"] == 0 and "auto" not in second
+    assert "resuming" in cap.err

@@ -42,11 +42,33 @@ def check(args) -> None:
                          "(auto chooses among the recipes as they are)")
 
 
+def resumed(args) -> bool:
+    """Batch mode resuming a run with nothing pinned: take the run's recipe, window and init from its
+    ``run.json`` (a fresh choice could differ, and a run with other settings is refused)."""
+    import json
+
+    run = None if getattr(args, "out_dir", None) is None else args.out_dir / "run.json"
+    if run is None or args.method not in (None, "auto") or args.window not in (None, "auto") or not run.is_file():
+        return False
+    try:
+        old = json.loads(run.read_text())
+        method, window, init = old["method"], int(old["window"]), old.get("drafting", {}).get("init")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False  # (streaming reports a damaged run.json)
+    args.method, args.window = method, window
+    if args.init is None and init is not None and method != "ar":
+        args.init = init
+    log.info(f"auto: resuming {args.out_dir}'s run: {method} W={window}" + (f" init {init}" if init else ""))
+    return True
+
+
 def pick(args, params, config, knobs: dict, *, default_window: int, batch: int, schedule: str = "static",
          cond=None, images: int | None = None, mesh=None):
     """-> (recipe name, window, ``tuning.Choice`` or None); sets ``args.init`` to the chosen init."""
     from sjd_jax.tuning import acceptance, choose
 
+    if resumed(args):
+        return args.method, args.window, None
     method = args.method or "auto"
     window = args.window
     known = {c.method for c in acceptance.load_prior()["cells"]} | {"ar"}
