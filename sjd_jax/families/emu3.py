@@ -112,7 +112,7 @@ def pad_prompts(config: Emu3Config, rows: list[list[int]], negatives: list[list[
 
 def generate_tokens(params, config: Emu3Config, prompts: Prompt, key, mesh=None, **sampling):
     """Image tokens ``[B, h * (w + 1)]`` (end-of-line columns included); defaults ``defaults(config)``."""
-    from sjd_jax.sampling import generate
+    from sjd_jax.tuning.auto import generate  # (method/window "auto": the pipelines' default)
 
     for k, v in defaults(config).items():
         sampling.setdefault(k, v)

@@ -55,7 +55,7 @@ def prompt_ids(tokenizer, config: JanusConfig, text: str, template: bool = True)
 def generate_tokens(params, config: JanusConfig, prompts: Prompt, key, **sampling):
     """Image tokens for padded prompts; ``sampling`` as in ``sjd_jax.generate`` (method, window,
     cfg_scale (Janus default 5), temperature, top_k, top_p)."""
-    from sjd_jax.sampling import generate
+    from sjd_jax.tuning.auto import generate  # (method/window "auto": the pipelines' default)
 
     sampling.setdefault("cfg_scale", 5.0)
     gpt = config.with_prompt_length(prompts.ids.shape[1])

@@ -209,7 +209,7 @@ def text_to_image(bundle: T2IBundle, texts: list[str], key, *, clean: bool = Tru
     prompt's image does not depend on what else is in the batch. ``sampling``: any ``generate``
     option (method, window, cfg_scale, temperature, top_k, top_p, coupling, init, tree, lantern,
     example_ids, ...) over ``DEFAULTS`` (see ``sampling_options``). ``mesh``: run the GPT on it."""
-    from sjd_jax.sampling import generate
+    from sjd_jax.tuning.auto import generate  # (method/window "auto": the pipelines' default)
 
     cond = captions(bundle, texts, clean=clean)
     from sjd_jax.parallel.distributed import gather_output

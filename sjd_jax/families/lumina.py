@@ -206,7 +206,7 @@ def defaults(config: LuminaConfig) -> dict:
 def generate_tokens(params, config: LuminaConfig, prompts: Prompt, key, mesh=None, **sampling):
     """Image-span tokens ``[B, rows * (w + 1)]`` (Lumina: newline columns included) for padded
     prompts; ``sampling`` as in ``sjd_jax.generate``, defaults ``defaults(config)``."""
-    from sjd_jax.sampling import generate
+    from sjd_jax.tuning.auto import generate  # (method/window "auto": the pipelines' default)
 
     for k, v in defaults(config).items():
         sampling.setdefault(k, v)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +23,6 @@ from sjd_jax.sampling.verify import Rules
 KNOBS = ("cfg_scale", "temperature", "top_k", "top_p")
 OPTION_FIELDS = ("method", "window", "coupling", "init", "tree", "q_storage", "chunk_elements", "cfg", "rules")
 RULE_KEYWORDS = {"accept_rule": "accept", "draft_rule": "draft"}
-log = logging.getLogger("sjd_jax")
 
 
 def options_from_keywords(options: SamplerOptions | None, keywords: dict):
@@ -121,12 +119,6 @@ def generate(params, config: GPTConfig, cond, key, options: SamplerOptions | Non
     (``checkpoint.load(path, mesh=mesh)`` restores them there directly). Outputs are global arrays
     sharded over rows. Tokens do not depend on the mesh: keys are per example.
     """
-    choice = None
-    if keywords.get("method") == "auto" or keywords.get("window") == "auto":
-        from sjd_jax.tuning import auto
-
-        keywords, choice = auto.resolve_keywords(params, config, cond, keywords, _rows(config, cond), mesh, generate)
-        log.info(choice.line())
     options, knob_values, neighbours, delta = options_from_keywords(options, keywords)
     spec = resolve(config, options, dict(knob_values, lantern_delta=delta), neighbours=neighbours, mesh=mesh,
                    progress=progress is not None)
@@ -144,13 +136,4 @@ def generate(params, config: GPTConfig, cond, key, options: SamplerOptions | Non
                 mesh, params, cond_arr, prefix_mask, rows, knobs, neighbours)
         out = compiled.run(spec, params, cond_arr, prefix_mask, rows, knobs, neighbours)
         # with a callback, wait inside: its reports must reach it before it is unregistered
-        out = out if progress is None else jax.block_until_ready(out)
-    if choice is not None and out.nfe.is_fully_addressable:  # the next automatic choice learns from this run
-        from sjd_jax.tuning import auto
-
-        auto.observe(params, config, knob_values, choice.method, choice.window, choice.init, np.asarray(out.nfe))
-    return out
-
-
-def _rows(config: GPTConfig, cond) -> int:
-    return split_cond(config, cond)[0].shape[0]
+        return out if progress is None else jax.block_until_ready(out)

@@ -258,3 +258,24 @@ def resolve_keywords(params, config, cond, keywords: dict, batch: int, mesh=None
                     mesh=mesh)
     explicit = {k: kw.pop(k) for k in ("coupling", "tree", "init") if k in kw}
     return {**kw, **choice.keywords(), **(explicit if choice.method != "ar" else {})}, choice
+
+
+def generate(params, config, cond, key, options=None, **keywords):
+    """``sampling.generate`` that also takes ``method="auto"`` and/or ``window="auto"`` (this is
+    ``sjd_jax.generate``): those are replaced by the choice for ``cond``'s rows (``choose``; one
+    ``auto: ...`` line on the ``sjd_jax`` logger), and the run's per-row NFE are recorded for the
+    next choice (which waits for the output). Anything else goes to ``sampling.generate`` as is."""
+    from sjd_jax.core.model import split_cond
+    from sjd_jax.sampling.generate import generate as run
+
+    if keywords.get("method") != "auto" and keywords.get("window") != "auto":
+        return run(params, config, cond, key, options, **keywords)
+    rows = split_cond(config, cond)[0].shape[0]
+    keywords, choice = resolve_keywords(params, config, cond, keywords, rows, keywords.get("mesh"), run)
+    log.info(choice.line())
+    out = run(params, config, cond, key, options, **keywords)
+    if out.nfe.is_fully_addressable:
+        knobs = {k: keywords[k] for k in ("cfg_scale", "temperature", "top_k", "top_p") if k in keywords}
+        observe(params, config, knobs, choice.method, choice.window, choice.init, np.asarray(out.nfe))
+    return out
+
