@@ -11,8 +11,8 @@ from sjd_jax.core.model import (Caption, Prompt, abstract_params, embed_cond, em
                                 param_count, teacher_forced_logits)
 from sjd_jax.io.checkpoint import load, save
 from sjd_jax.parallel import sharding  # sjd_jax.sharding.make_mesh, RULES
-from sjd_jax.sampling import GenerateOutput, SamplerOptions, SamplerSpec, generate_stream
-from sjd_jax.tuning.auto import generate  # sampling.generate, plus method/window "auto"
+from sjd_jax.sampling import GenerateOutput, SamplerOptions, SamplerSpec
+from sjd_jax.tuning.auto import generate, generate_stream  # the samplers, plus method/window "auto"
 
 __version__ = "0.1.0"
 

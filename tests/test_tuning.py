@@ -32,18 +32,18 @@ def bundled():
     return presets.load("fashion-mnist")
 
 
-def stated_costs(monkeypatch, seconds_of, timed=None):
-    """Replace the timing: ``seconds_of(W)`` per forward; records the windows "timed" and honours
-    ``stop`` as the real one does."""
+def stated_costs(monkeypatch, seconds_of, timed=None, compile_s=0.0):
+    """Replace the timing: ``seconds_of(W)`` per forward, ``compile_s`` per loop compile; records
+    the windows "timed" and honours ``stop`` as the real one does."""
     def fake(params, config, rows, windows, stop=None, **kw):
-        out = {}
+        out, compiles = {}, {}
         for W in sorted({1, *windows}):
-            out[W] = seconds_of(W, rows)
+            out[W], compiles[W] = seconds_of(W, rows), compile_s
             if timed is not None:
                 timed.append(W)
-            if stop is not None and stop(W, out):
+            if stop is not None and stop(W, out, compiles):
                 break
-        return out
+        return out, compiles
     monkeypatch.setattr(costs, "forward_seconds", fake)
 
 
@@ -105,8 +105,9 @@ def test_fingerprint_names_the_weights_not_their_dtype_or_place(bundled):
 
 # ---- acceptance statistics -----------------------------------------------------------------------
 
-def synthetic_prior(cells: dict, knobs=None, fingerprint="prior-model"):
-    return {"cells": {c: np.asarray(s, np.float64) for c, s in cells.items()}, "overhead": {1: 0.5, 8: 0.1},
+def synthetic_prior(cells: dict, knobs=None, fingerprint="prior-model", overhead=None, compile_ratio=None):
+    return {"cells": {c: np.asarray(s, np.float64) for c, s in cells.items()},
+            "overhead": overhead or {2: {"ar": {1: 0.5}, "sjd": {8: 0.1}}}, "compile": compile_ratio or {},
             "model": "x", "knobs": knobs or {"cfg_scale": 2.0}, "fingerprint": fingerprint}
 
 
@@ -163,6 +164,38 @@ def test_observations_keep_the_latest_rows(fresh_cache):
     assert len(rows) == acceptance.KEEP_ROWS and rows[-1] == pytest.approx(256 / 69, rel=1e-4)  # (kept to 4 decimals)
 
 
+def test_overhead_follows_recipe_and_rows():
+    """Per recipe (median over its windows, not below 0), interpolated in log rows between the
+    measured row counts, clamped beyond them; a recipe the prior lacks takes the drafting median."""
+    over = {2: {"ar": {1: -0.1}, "sjd": {4: 0.1, 8: 0.5, 16: 0.2}, "sjd-pac": {4: 0.2}},
+            80: {"ar": {1: 0.1}, "sjd": {4: 0.3}, "sjd-pac": {4: 0.9}}}
+    t = acceptance.Table(synthetic_prior({}, overhead=over), bundled=True)
+    ar, sjd, pac = Cell("ar", 1, "uniform"), Cell("sjd", 16, "x"), Cell("sjd-pac", 8, "x")
+    assert t.overhead(ar, 2) == 0.0 and t.overhead(ar, 80) == 0.1 and t.overhead(ar, 1000) == 0.1
+    assert t.overhead(sjd, 2) == 0.2 and t.overhead(Cell("sjd", 64, "x"), 2) == 0.2 and t.overhead(sjd, 80) == 0.3
+    assert t.overhead(pac, 1) == 0.2 and t.overhead(pac, 80) == 0.9
+    assert t.overhead(pac, 12) == pytest.approx(0.2 + 0.7 * np.log(12 / 2) / np.log(40))
+    assert t.overhead(Cell("sjd-gumbel", 4, "x"), 80) == pytest.approx(0.6)  # median of 0.3 and 0.9
+    assert acceptance.Table(synthetic_prior({}, overhead={2: {"ar": {1: 0.5}}})).overhead(sjd, 2) == 0.0
+
+
+def test_prior_from_bench_reads_overheads_and_compile_ratios():
+    def row(method, window, batch, wall, forwards, compile_s, init="uniform"):
+        return {"method": method, "window": window, "init": init, "batch": batch, "schedule": "static",
+                "nfe_per_row": [forwards / batch] * batch, "wall_s": wall, "forwards": forwards, "compile_s": compile_s}
+    rep = {"image_tokens": 256, "model": "m", "knobs": {"cfg_scale": 2.0},
+           "forward_cost": {"1": {"1": {"seconds": 1e-3, "compile_s": 0.5}, "4": {"seconds": 2e-3}},
+                            "40": {"1": {"seconds": 0.01}, "4": {"seconds": 0.02}}},
+           "results": [row("ar", 1, 1, 0.256 * 1.5, 256, 1.5), row("sjd", 4, 1, 100 * 2.2e-3, 100, 2.0),
+                       row("sjd", 4, 1, 100 * 2.6e-3, 100, 3.0, "vertical-sample"),
+                       row("ar", 1, 40, 256 * 11e-3, 256, 1.0), row("sjd", 4, 40, 200 * 30e-3, 200, 2.0),
+                       {**row("sjd", 4, 40, 1.0, 1, 9.0), "auto": {}}]}  # the auto row: not a cell
+    prior = acceptance.prior_from_bench([rep], "fp")
+    assert prior["overhead"] == {"2": {"ar": {"1": 0.5}, "sjd": {"4": 0.2}}, "80": {"ar": {"1": 0.1}, "sjd": {"4": 0.5}}}
+    assert prior["compile"] == {"ar": 3.0, "sjd": 5.0}  # batch 1's unit (0.5 s); batch 40 has none
+    assert len(prior["cells"]) == 3  # batch 1's cells only
+
+
 # ---- the choice ----------------------------------------------------------------------------------
 
 def predicted(table, cell, timed: dict, N, batch):
@@ -172,7 +205,7 @@ def predicted(table, cell, timed: dict, N, batch):
     lo = max(w for w in timed if w <= cell.window)
     hi = min(w for w in timed if w >= cell.window)
     t = timed[lo] if hi == lo else timed[lo] + (timed[hi] - timed[lo]) * (cell.window - lo) / (hi - lo)
-    return table.iterations(cell, N, batch) * t * (1 + table.overhead(cell.window)) / batch
+    return table.iterations(cell, N, batch) * t * (1 + table.overhead(cell, 2 * batch)) / batch
 
 
 @pytest.mark.parametrize("shape", ["cpu-like", "accelerator-like", "windows-expensive"])
@@ -238,9 +271,32 @@ def test_batch_and_schedule_move_the_choice(monkeypatch, bundled):
     assert cont.speedup > many.speedup
 
 
+def test_recipe_overheads_at_large_batches_and_compile_for_few_images_move_the_choice(monkeypatch, bundled):
+    """A recipe whose sampling work grows with the rows loses at a large batch to one that needs
+    more forwards; a one-image command does not pay a drafting sampler's longer compile."""
+    cheap, heavy = Cell("sjd", 8, "uniform"), Cell("sjd-pac", 8, "uniform")
+    prior = synthetic_prior({cheap: [3.0] * 20, heavy: [3.6] * 20}, knobs=bundled.preset.knobs(),
+                            fingerprint=cache.fingerprint(bundled.gpt_params, bundled.gpt_config),
+                            overhead={2: {"ar": {1: 0.1}, "sjd": {8: 0.1}, "sjd-pac": {8: 0.1}},
+                                      80: {"ar": {1: 0.1}, "sjd": {8: 0.2}, "sjd-pac": {8: 0.8}}},
+                            compile_ratio={"ar": 2.0, "sjd": 4.0, "sjd-pac": 6.0})
+    monkeypatch.setattr(acceptance, "load_prior", lambda path=None: prior)
+    stated_costs(monkeypatch, lambda W, rows: 1e-3 * (1 + 0.1 * W), compile_s=1.0)
+    p, c, knobs = bundled.gpt_params, bundled.gpt_config, bundled.preset.knobs()
+    assert auto.choose(p, c, 1, knobs).cell == heavy  # 3.6x fewer forwards at the same cost per iteration
+    many = auto.choose(p, c, 40, knobs)
+    assert many.cell == cheap, many.ranking  # at 80 rows pac's iteration costs 1.8/1.2 of plain SJD's
+    assert many.seconds_per_image == pytest.approx(256 / 3.0 * 1.8e-3 * 1.2 / 40)
+    # one image: 256 x 1.1 ms of AR against 71 x 1.98 ms of pac plus 4 s more compile
+    one = auto.choose(p, c, 1, knobs, images=1)
+    assert one.method == "ar" and one.compile_s == pytest.approx(2.0) and "compile over 1 images" in one.line()
+    assert auto.choose(p, c, 1, knobs, images=10**5).cell == heavy  # spread over many images: steady state
+
+
 def test_real_timings_are_positive_and_interpolated(bundled):
-    s = costs.forward_seconds(bundled.gpt_params, bundled.gpt_config, 2, [8], reps=4, repeats=1)
-    assert sorted(s) == [1, 8] and all(v > 0 for v in s.values())
+    s, compiles = costs.forward_seconds(bundled.gpt_params, bundled.gpt_config, 2, [8], reps=4, repeats=1)
+    assert sorted(s) == sorted(compiles) == [1, 8] and all(v > 0 for v in s.values())
+    assert all(v > 0 for v in compiles.values())
     assert costs.interpolate({1: 1.0, 9: 5.0}, 5) == 3.0
     assert costs.interpolate({1: 1.0, 8: 4.0}, 16) == 8.0  # past the largest: proportional
 
@@ -264,6 +320,22 @@ def test_generate_auto_runs_the_choice_and_learns_from_it(bundled, caplog):
     with caplog.at_level(logging.INFO, "sjd_jax"):
         S.generate(p, c, labels, 7, method="sjd", window="auto", cfg_scale=2.0)
     assert "auto: sjd W=" in caplog.text or "auto: ar " in caplog.text
+
+
+def test_generate_stream_auto_chooses_for_the_stream_and_learns(monkeypatch, bundled, caplog):
+    stated_costs(monkeypatch, lambda W, rows: 1e-3 * (1 + 0.15 * W))
+    p, c = bundled.gpt_params, bundled.gpt_config
+    with caplog.at_level(logging.INFO, "sjd_jax"):
+        stream = S.generate_stream(p, c, [0, 1, 2, 3, 4], 7, batch=2, method="auto", window="auto", cfg_scale=2.0)
+        items = sorted(stream, key=lambda it: it.index)
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("auto: "))
+    (cell, rows), = acceptance.Table.for_model(cache.fingerprint(p, c), {"cfg_scale": 2.0}).observed.items()
+    assert line.startswith(f"auto: {cell.method} W={cell.window} init {cell.init} ") and "over 5 images" in line
+    assert sorted(rows) == pytest.approx(sorted(256 / it.nfe for it in items), rel=1e-4)  # every item's, at the end
+    kw = auto.Choice(cell.method, cell.window, cell.init, 1, 1, "", "", 0, 2).keywords()
+    same = sorted(S.generate_stream(p, c, [0, 1, 2, 3, 4], 7, batch=2, cfg_scale=2.0, **kw), key=lambda it: it.index)
+    for a, b in zip(items, same):
+        np.testing.assert_array_equal(a.tokens, b.tokens)
 
 
 def test_converted_model_is_calibrated_by_a_short_run(monkeypatch):

@@ -1,11 +1,16 @@
 """Rebuild the bundled model's acceptance prior (``sjd_jax/assets/fashion_mnist/acceptance.json``)
-from ``sjd-jax bench`` reports of it at batch 1, CFG 2.0 (the default grid, plus windows it lacks):
+from ``sjd-jax bench`` reports of it at CFG 2.0 (``acceptance.prior_from_bench``):
 
-    sjd-jax bench --out docs/bench-cpu.json
-    sjd-jax bench --methods sjd,sjd-gumbel,sjd-ac --windows 4 --cfg-scale 2.0 --out docs/bench-cpu-w4.json --no-plot
-    python docs/scripts/make_acceptance_prior.py docs/bench-cpu.json docs/bench-cpu-w4.json
+    sjd-jax bench --methods sjd,sjd-gumbel,sjd-ac,sjd-pac --windows 4,8,16 --inits vertical-sample \
+        --batches 1 --images 20 --repeat 2 --cfg-scale 2.0 --no-plot --out docs/bench-prior-cpu-b1.json
+    sjd-jax bench (the same) --batches 40 --images 40 --out docs/bench-prior-cpu-b40.json
+    python docs/scripts/make_acceptance_prior.py docs/bench-prior-cpu-b1.json docs/bench-prior-cpu-b40.json \
+        docs/bench-cpu.json docs/bench-cpu-w4.json
 
-The first report also gives the loop's overhead per iteration (one consistent set of timings)."""
+The per-row NFE of every batch-1 cell come from all reports (a later report's cell replaces an
+earlier one: ``bench-cpu.json`` holds the full grid, 20 rows per cell); the loop's overhead per
+(rows, recipe, window) and the compile ratios come from the first report that measured them, each
+against its own forward timings (so list the reports that timed forwards and compiles first)."""
 
 import json
 import sys

@@ -178,12 +178,13 @@ def run_continuous(params, config: GPTConfig, method: str, window: int, batch: i
             "images_per_s": images / min(times)}
 
 
-def forward_cost(params, config: GPTConfig, batch: int, windows, reps: int = 32) -> dict:
-    """Seconds per cached forward of W tokens (CFG-doubled batch), by W, and the ratio to W = 1
-    (``tuning.costs.forward_seconds``: in one jitted loop at a mid-image cache length, timed
+def forward_cost(params, config: GPTConfig, batch: int, windows, reps: int = 512) -> dict:
+    """Seconds per cached forward of W tokens (CFG-doubled batch), by W, the ratio to W = 1, and the
+    seconds its loop took to compile (``tuning.costs.forward_seconds``: in one jitted loop at a mid-image cache length, timed
     differentially so per-call costs are not counted)."""
-    out = forward_seconds(params, config, 2 * batch, windows, reps=reps)
-    return {str(W): {"seconds": s, "ratio": s / out[1]} for W, s in out.items()}
+    # (at least 0.25 s of forwards per window: a few short loops are noise on a shared machine)
+    out, compiles = forward_seconds(params, config, 2 * batch, windows, reps=reps, min_seconds=0.25)
+    return {str(W): {"seconds": s, "ratio": s / out[1], "compile_s": compiles[W]} for W, s in out.items()}
 
 
 def summarize(results: list[dict]) -> dict:
@@ -563,7 +564,7 @@ def auto_row(args, config, params, knobs, lists, batch: int) -> dict | None:
     if not methods:
         return None
     try:
-        choice = choose(params, config, batch, knobs, methods=methods + ["ar"], windows=lists["windows"],
+        choice = choose(params, config, batch, knobs, methods=methods + ["ar"], windows=[1, *lists["windows"]],
                         inits=lists["inits"], use_cache=False)
     except ValueError:
         return None

@@ -46,33 +46,54 @@ def _cell_key(c: Cell) -> str:
 
 
 def load_prior(path: Path = PRIOR) -> dict:
-    """The shipped prior: ``{"cells": {Cell: step compressions [rows]}, "overhead": {W: fraction},
-    "model", "knobs", "fingerprint"}`` (the model and knobs it was measured with)."""
+    """The shipped prior: ``{"cells": {Cell: step compressions [rows]}, "overhead": {rows: {method:
+    {W: fraction}}}, "compile": {method: ratio}, "model", "knobs", "fingerprint"}`` (the model and
+    knobs it was measured with; ``overhead``: per forward rows, ``compile``: a sampler's compile time
+    over the one-token forward loop's)."""
     raw = json.loads(Path(path).read_text())
     N = raw["image_tokens"]
     cells = {Cell(c["method"], c["window"], c["init"]): N / np.asarray(c["nfe_per_row"], np.float64)
              for c in raw["cells"]}
-    return {"cells": cells, "overhead": {int(w): float(v) for w, v in raw["overhead"].items()},
+    over = {int(r): {m: {int(w): float(v) for w, v in by_w.items()} for m, by_w in by_m.items()}
+            for r, by_m in raw["overhead"].items()}
+    return {"cells": cells, "overhead": over, "compile": {m: float(v) for m, v in raw.get("compile", {}).items()},
             "model": raw["model"], "knobs": raw["knobs"], "fingerprint": raw.get("fingerprint")}
 
 
 def prior_from_bench(reports: list[dict], fingerprint: str) -> dict:
-    """The prior file's content from ``sjd-jax bench`` JSON reports of one model at batch 1: every
-    cell's per-row NFE (a later report's cell replaces an earlier one), and the loop's overhead
-    per iteration as a fraction of the forward (median over the cells of a window; from the first
-    report only, one consistent set of forward timings)."""
-    cells, over, N, model, knobs = {}, {}, None, None, None
-    for n, rep in enumerate(reports):
+    """The prior file's content from ``sjd-jax bench`` JSON reports of one model: every cell's
+    per-row NFE at batch 1 (a later report's cell replaces an earlier one); the loop's overhead per
+    iteration as a fraction of the forward, per (forward rows, recipe, window), median over inits,
+    from every static batch a report timed forwards for (the first report that has one; each
+    against its own report's forward timings); and each recipe's compile time over the one-token
+    forward loop's (median over its cells, from the first report that timed that compile)."""
+    cells, over, comp, N, model, knobs = {}, {}, {}, None, None, None
+    for rep in reports:
         N, model, knobs = rep["image_tokens"], rep["model"], rep["knobs"]
-        fwd = {int(w): v["seconds"] for w, v in rep["forward_cost"]["1"].items()}
+        own_over, own_comp = {}, {}
+        for b, by_w in rep["forward_cost"].items():
+            fwd = {int(w): v["seconds"] for w, v in by_w.items()}
+            unit = by_w.get("1", {}).get("compile_s")
+            for r in rep["results"]:
+                if r["batch"] != int(b) or r.get("schedule", "static") != "static" or "auto" in r:
+                    continue
+                if r["window"] in fwd and r.get("forwards"):
+                    per_iteration = r["wall_s"] / r["forwards"]
+                    own_over.setdefault(2 * int(b), {}).setdefault(r["method"], {}).setdefault(
+                        r["window"], []).append(per_iteration / fwd[r["window"]] - 1)
+                if unit and r.get("compile_s"):
+                    own_comp.setdefault(r["method"], []).append(r["compile_s"] / unit)
         for r in rep["results"]:
-            if r["batch"] != 1 or r.get("schedule", "static") != "static":
-                continue
-            cells[(r["method"], r["window"], r["init"])] = r["nfe_per_row"]
-            if r["window"] in fwd and n == 0:
-                over.setdefault(r["window"], []).append(r["wall_s_per_image"] / r["nfe_mean"] / fwd[r["window"]] - 1)
-    return {"model": model, "fingerprint": fingerprint, "image_tokens": N, "knobs": knobs,
-            "overhead": {str(w): round(float(np.median(v)), 3) for w, v in sorted(over.items())},
+            if r["batch"] == 1 and r.get("schedule", "static") == "static" and "auto" not in r:
+                cells[(r["method"], r["window"], r["init"])] = r["nfe_per_row"]
+        for rows, by_m in own_over.items():
+            for m, by_w in by_m.items():
+                for w, v in by_w.items():
+                    over.setdefault(str(rows), {}).setdefault(m, {}).setdefault(str(w), round(float(np.median(v)), 3))
+        for m, v in own_comp.items():
+            comp.setdefault(m, round(float(np.median(v)), 3))
+    return {"model": model, "fingerprint": fingerprint, "image_tokens": N, "knobs": knobs, "overhead": over,
+            "compile": comp,
             "cells": [{"method": m, "window": w, "init": i, "nfe_per_row": nfe} for (m, w, i), nfe in sorted(cells.items())]}
 
 
@@ -160,12 +181,42 @@ class Table:
         weights = q[1:] ** batch - q[:-1] ** batch  # P(max of `batch` draws is the i-th smallest)
         return float((weights * nfe).sum())
 
-    def overhead(self, W: int) -> float:
-        """The loop's work per iteration beyond the forward, as a fraction of the forward."""
-        over = self.prior["overhead"]
-        # AR's loop (window 1) does no verification: Jacobi windows take the nearest Jacobi window's
-        pool = [w for w in over if (w == 1) == (W == 1)] or list(over)
-        return over[min(pool, key=lambda w: (abs(np.log(w) - np.log(W)), w))]
+    def overhead(self, cell: Cell, rows: int) -> float:
+        """The loop's work per iteration beyond the forward, as a fraction of the forward, for a
+        forward of ``rows`` rows: the recipe's median over the windows the prior measured (else the
+        drafting recipes' median; one bench cell's timing is too noisy to tell windows apart), not
+        below 0, interpolated in log rows between the row counts the prior measured and clamped
+        beyond them (the sampling work grows with the rows faster than the forward's does)."""
+        by_rows = {r: v for r in self.prior["overhead"] if (v := self._overhead_at(r, cell.method)) is not None}
+        if not by_rows:
+            return 0.0
+        known = sorted(by_rows)
+        if rows <= known[0] or rows >= known[-1]:
+            return by_rows[known[0] if rows <= known[0] else known[-1]]
+        lo = max(r for r in known if r <= rows)
+        hi = min(r for r in known if r >= rows)
+        if lo == hi:
+            return by_rows[lo]
+        t = (np.log(rows) - np.log(lo)) / (np.log(hi) - np.log(lo))
+        return float(by_rows[lo] + t * (by_rows[hi] - by_rows[lo]))
+
+    def _overhead_at(self, rows: int, method: str) -> float | None:
+        by_m = self.prior["overhead"][rows]
+        if method in by_m:
+            values = list(by_m[method].values())
+        elif method != "ar":  # a recipe the prior lacks at these rows
+            values = [float(np.median(list(v.values()))) for m, v in by_m.items() if m != "ar" and v]
+        else:
+            values = []
+        return max(float(np.median(values)), 0.0) if values else None
+
+    def compile_ratio(self, method: str) -> float | None:
+        """A sampler's compile time over the one-token forward loop's (None: the prior has none)."""
+        comp = self.prior.get("compile") or {}
+        if method in comp:
+            return comp[method]
+        drafting = [v for m, v in comp.items() if m != "ar"]
+        return float(np.median(drafting)) if drafting and method != "ar" else None
 
 
 def choosable(method: str) -> bool:

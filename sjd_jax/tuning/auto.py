@@ -4,9 +4,12 @@ predicted time per image, for this model, device, batch and dtype.
 Predicted seconds per image of a cell = its expected loop iterations for the batch
 (``acceptance.Table.iterations``) x the seconds of one iteration / batch, where an iteration is a
 W-token forward timed on this device (``costs``) plus the loop's own work (the prior's overhead
-fraction of the forward). AR is always a candidate, so the choice is never predicted slower than
-AR. Forward costs are cached per (device, model fingerprint, rows, dtype); acceptance statistics
-per (model, sampling knobs); both in ``cache.directory()``.
+fraction of the forward for that recipe, window and number of rows). When the number of images a
+command makes is known (the CLI), the sampler's compile time is spread over them: the one-token
+forward loop's compile, timed here, x the recipe's compile ratio from the prior; a one-image
+command does not pay seconds of compile to save milliseconds. AR is always a candidate, so the
+choice is never predicted slower than AR. Forward costs are cached per (device, model fingerprint,
+rows, dtype); acceptance statistics per (model, sampling knobs); both in ``cache.directory()``.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ class Choice:
     tuning_s: float  # seconds this choice took (timing forwards, calibration)
     batch: int
     ranking: tuple = ()  # ((cell name, predicted s/image), ...) best first, a few
+    compile_s: float | None = None  # predicted seconds to compile the chosen sampler (None: not modelled)
+    images: int | None = None  # the images its compile was spread over (None: steady state only)
 
     @property
     def speedup(self) -> float:
@@ -59,8 +64,10 @@ class Choice:
     def line(self) -> str:
         what = "ar" if self.method == "ar" else f"{self.method} W={self.window} init {self.init}"
         return (f"auto: {what} (predicted {self.speedup:.2f}x vs AR at batch {self.batch}, "
-                f"{self.seconds_per_image * 1e3:.1f} ms/image; acceptance {self.acceptance}, forward costs "
-                f"{self.costs}; {self.tuning_s:.1f}s to choose)")
+                f"{self.seconds_per_image * 1e3:.1f} ms/image" + (
+                    f" + {self.compile_s:.1f}s compile over {self.images} images"
+                    if self.images and self.compile_s is not None else "")
+                + f"; acceptance {self.acceptance}, forward costs {self.costs}; {self.tuning_s:.1f}s to choose)")
 
     def as_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -96,8 +103,12 @@ def choose(params, config, batch: int, knobs: dict, *, methods=None, windows=Non
     ``calibrate(keywords) -> nfe [rows]``: runs ``generate`` with those sampler keywords on a few
     (up to ``CALIBRATION_ROWS``) of the caller's conditions (``calibration_run`` makes one); a
     model's calibration run is made only when no statistics were observed for it yet and it is
-    predicted to cost under ``CALIBRATION_SHARE`` of ``images`` images. ``mesh``: the rows are split over its ``data`` axis.
+    predicted (its compile included) to cost under ``CALIBRATION_SHARE`` of ``images`` images.
+    ``images``: how many images the command makes (its sampler's compile is spread over them; None:
+    steady state, the compile not counted). ``mesh``: the rows are split over its ``data`` axis.
     Raises ValueError when no candidate is left, or when even AR's ``batch`` rows cannot fit."""
+    from sjd_jax.sampling import recipes
+
     t0 = time.perf_counter()
     N = config.num_image_tokens
     cfg = float(knobs.get("cfg_scale", 1.0)) != 1.0 if cfg is None else cfg
@@ -110,20 +121,23 @@ def choose(params, config, batch: int, knobs: dict, *, methods=None, windows=Non
     if not cands:
         raise ValueError(f"no automatic choice: no acceptance statistics for method {methods}, window {windows}, "
                          f"init {inits}")
-    seconds, how = _forward_costs(params, config, rows, fp, table, cands, batch, schedule, use_cache)
+    model = _Model(table, N, batch, schedule, images)
+    timing = _forward_costs(params, config, rows, fp, model, cands, use_cache)
     if calibrate is not None and not table.observed and not table.bundled:
-        ranked = _rank(table, cands, seconds, N, batch, schedule)
+        ranked = model.rank(cands, timing)
         run_s = ranked[0][1] * (images or batch)
-        cal_s = _per_image(table, CALIBRATION_CELL, seconds, N, CALIBRATION_ROWS, "static") * CALIBRATION_ROWS
-        if cal_s <= CALIBRATION_SHARE * run_s and CALIBRATION_CELL.window <= N:
-            c = CALIBRATION_CELL
-            nfe = calibrate(dict(recipes_of(c.method, c.window), window=c.window, init=c.init))
+        c = CALIBRATION_CELL
+        cal = _Model(table, N, CALIBRATION_ROWS, "static", CALIBRATION_ROWS)
+        if cal.score(c, timing) * CALIBRATION_ROWS <= CALIBRATION_SHARE * run_s and c.window <= N:
+            nfe = calibrate(dict(recipes.recipe(c.method, c.window), window=c.window, init=c.init))
             acceptance.observe(fp, knobs, c, np.asarray(nfe), N)
-            table = acceptance.Table.for_model(fp, knobs, table.prior)
-    ranked = _rank(table, cands, seconds, N, batch, schedule)
-    (best, s), ar = ranked[0], _per_image(table, Cell("ar", 1, "uniform"), seconds, N, batch, schedule)
-    return Choice(best.method, best.window, best.init, s, ar, table.source, how, time.perf_counter() - t0, batch,
-                  tuple((c.name(), round(v, 6)) for c, v in ranked[:5]))
+            model = _Model(acceptance.Table.for_model(fp, knobs, table.prior), N, batch, schedule, images)
+    ranked = model.rank(cands, timing)
+    best = ranked[0][0]
+    return Choice(best.method, best.window, best.init, model.per_image(best, timing),
+                  model.per_image(Cell("ar", 1, "uniform"), timing), model.table.source, timing.how,
+                  time.perf_counter() - t0, batch, tuple((c.name(), round(v, 6)) for c, v in ranked[:5]),
+                  model.compile_s(best, timing), images)
 
 
 def _require_fits(config, batch: int, knobs: dict, cfg: bool, mesh) -> None:
@@ -136,19 +150,46 @@ def _require_fits(config, batch: int, knobs: dict, cfg: bool, mesh) -> None:
     require_sampler(resolve(config, SamplerOptions(method="ar", window=1, cfg=cfg), full), batch, mesh)
 
 
-def _per_image(table, cell: Cell, seconds: dict, N: int, batch: int, schedule: str) -> float:
-    if cell.window not in seconds and cell.window > max(seconds):
-        return float("inf")  # not timed: a smaller window already wins (see _forward_costs)
-    t = costs.interpolate(seconds, cell.window) * (1.0 + table.overhead(cell.window))
-    return table.iterations(cell, N, batch, schedule) * t / batch
+@dataclasses.dataclass(frozen=True)
+class _Timing:
+    seconds: dict  # {W: seconds per forward of rows x W tokens}
+    compile_s: float | None  # the one-token forward loop's compile (None: not timed)
+    rows: int
+    how: str  # "measured" or "cached"
 
 
-def _rank(table, cands, seconds, N, batch, schedule) -> list[tuple[Cell, float]]:
-    scored = [(c, _per_image(table, c, seconds, N, batch, schedule)) for c in cands]
-    return sorted(scored, key=lambda cv: (cv[1], cv[0].window, cv[0]))
+@dataclasses.dataclass(frozen=True)
+class _Model:
+    """The cost model for ``batch`` rows (of ``images`` in all, when known)."""
+    table: acceptance.Table
+    N: int
+    batch: int
+    schedule: str
+    images: int | None
+
+    def per_image(self, cell: Cell, t: _Timing) -> float:
+        """Steady-state seconds per image."""
+        if cell.window not in t.seconds and cell.window > max(t.seconds):
+            return float("inf")  # not timed: a smaller window already wins (see _forward_costs)
+        it = costs.interpolate(t.seconds, cell.window) * (1.0 + self.table.overhead(cell, t.rows))
+        return self.table.iterations(cell, self.N, self.batch, self.schedule) * it / self.batch
+
+    def compile_s(self, cell: Cell, t: _Timing) -> float | None:
+        ratio = self.table.compile_ratio(cell.method)
+        return None if ratio is None or t.compile_s is None else ratio * t.compile_s
+
+    def score(self, cell: Cell, t: _Timing, per_image: float | None = None) -> float:
+        """Seconds per image, the compile spread over the images when their number is known."""
+        s = self.per_image(cell, t) if per_image is None else per_image
+        c = self.compile_s(cell, t) if self.images else None
+        return s + (c / self.images if c is not None else 0.0)
+
+    def rank(self, cands, t: _Timing) -> list[tuple[Cell, float]]:
+        scored = [(c, self.score(c, t)) for c in cands]
+        return sorted(scored, key=lambda cv: (cv[1], cv[0].window, cv[0]))
 
 
-def _forward_costs(params, config, rows: int, fp: str, table, cands, batch, schedule, use_cache):
+def _forward_costs(params, config, rows: int, fp: str, model: _Model, cands, use_cache) -> _Timing:
     """Seconds per forward by window: cached, or timed now (windows in ascending order, stopping
     once no larger window can beat the best cell so far even at the smaller window's cost)."""
     from sjd_jax.core import precision
@@ -157,40 +198,36 @@ def _forward_costs(params, config, rows: int, fp: str, table, cands, batch, sche
 
     # (not keyed by the prompt length: text prompts vary per call, and the forward's cost barely does)
     key = {"device": cache.device_kind(), "model": fp, "rows": rows, "dtype": precision.dtype_of(params),
-           "jax": jax.__version__}
+           "jax": jax.__version__, "v": 2}
     top = max(c.window for c in cands)
     want = sorted({1, *(w for w in ANCHORS if w < top), top})  # timed; the windows between are interpolated
     hit = cache.load("costs", key) if use_cache else None
     if hit is not None:
         seconds = {int(w): float(v) for w, v in hit.get("seconds", {}).items()}
         if seconds and all(w in seconds or w > max(seconds) for w in want):
-            return seconds, "cached"
-    N = config.num_image_tokens
-
-    def stop(W, seconds):
+            return _Timing(seconds, hit.get("compile_s"), rows, "cached")
+    def stop(W, seconds, compiles):
         done = [c for c in cands if c.window <= W]
         later = [c for c in cands if c.window > W]
         if not done or not later:
             return False
-        best = min(_per_image(table, c, seconds, N, batch, schedule) for c in done)
+        t = _Timing(seconds, compiles.get(1), rows, "measured")
+        best = min(model.score(c, t) for c in done)
         # a larger window's best case: its forward grows from this one's at no less than half the
         # slope measured below (forwards are near linear in W on CPUs, flat then steeper on accelerators)
         lower = [w for w in seconds if w < W]
         slope = max(0.0, (seconds[W] - seconds[max(lower)]) / (W - max(lower))) if lower else 0.0
-        bound = min(table.iterations(c, N, batch, schedule) * (seconds[W] + 0.5 * slope * (c.window - W))
-                    * (1 + table.overhead(c.window)) / batch for c in later)
+        bound = min(model.score(c, t, model.table.iterations(c, model.N, model.batch, model.schedule)
+                                * (seconds[W] + 0.5 * slope * (c.window - W))
+                                * (1 + model.table.overhead(c, rows)) / model.batch) for c in later)
         return bound >= best
 
-    seconds = costs.forward_seconds(params, config, rows, want, reps=16, repeats=3, min_seconds=0.02, stop=stop)
+    seconds, compiles = costs.forward_seconds(params, config, rows, want, reps=16, repeats=3, min_seconds=0.02,
+                                              stop=stop)
+    timing = _Timing(seconds, compiles.get(1), rows, "measured")
     if use_cache:
-        cache.store("costs", key, {"seconds": {str(w): s for w, s in seconds.items()}})
-    return seconds, "measured"
-
-
-def recipes_of(method: str, window: int) -> dict:
-    from sjd_jax.sampling import recipes
-
-    return recipes.recipe(method, window)
+        cache.store("costs", key, {"seconds": {str(w): s for w, s in seconds.items()}, "compile_s": timing.compile_s})
+    return timing
 
 
 def calibration_run(generate, params, config, cond, knobs: dict, cfg: bool = True):
@@ -235,11 +272,11 @@ def matching_recipes(given: dict) -> list[str] | None:
     return out
 
 
-def resolve_keywords(params, config, cond, keywords: dict, batch: int, mesh=None,
-                     generate=None) -> tuple[dict, Choice]:
+def resolve_keywords(params, config, cond, keywords: dict, batch: int, mesh=None, generate=None,
+                     schedule: str = "static", images: int | None = None) -> tuple[dict, Choice]:
     """``generate``'s keywords with ``method="auto"`` and/or ``window="auto"`` replaced by the
     choice for ``batch`` rows of ``cond`` (other keywords kept; an explicit init, coupling or tree
-    restricts the candidates). ``generate``: the sampler, for a calibration run."""
+    restricts the candidates). ``generate``: the sampler, for a calibration run (None: none)."""
     kw = dict(keywords)
     auto_method = kw.pop("method", "sjd") == "auto"
     auto_window = kw.get("window", None) == "auto"
@@ -255,7 +292,7 @@ def resolve_keywords(params, config, cond, keywords: dict, batch: int, mesh=None
     cfg = kw.get("cfg", True) and knobs.get("cfg_scale", 1.0) != 1.0
     choice = choose(params, config, batch, knobs, methods=methods, windows=windows, inits=inits, cfg=cfg,
                     calibrate=None if generate is None else calibration_run(generate, params, config, cond, knobs, cfg),
-                    mesh=mesh)
+                    mesh=mesh, schedule=schedule, images=images)
     explicit = {k: kw.pop(k) for k in ("coupling", "tree", "init") if k in kw}
     return {**kw, **choice.keywords(), **(explicit if choice.method != "ar" else {})}, choice
 
@@ -279,3 +316,29 @@ def generate(params, config, cond, key, options=None, **keywords):
         observe(params, config, knobs, choice.method, choice.window, choice.init, np.asarray(out.nfe))
     return out
 
+
+
+def generate_stream(params, config, conds, key, options=None, *, batch: int, schedule: str = "auto", **keywords):
+    """``sampling.generate_stream`` that also takes ``method="auto"`` and/or ``window="auto"`` (this
+    is ``sjd_jax.generate_stream``): chosen for ``batch`` rows under the schedule the stream runs
+    (a drafting recipe's "auto" schedule is continuous), spread over ``len(conds)`` images when it has
+    a length; the items' NFE are recorded for the next choice once the stream is exhausted."""
+    from sjd_jax.sampling.batching import Stream, generate_stream as run
+
+    if keywords.get("method") != "auto" and keywords.get("window") != "auto":
+        return run(params, config, conds, key, options, batch=batch, schedule=schedule, **keywords)
+    images = len(conds) if hasattr(conds, "__len__") else None
+    as_run = "static" if schedule == "static" else "continuous"
+    keywords, choice = resolve_keywords(params, config, None, keywords, batch, keywords.get("mesh"), None,
+                                        as_run, images)
+    log.info(choice.line())
+    stream = run(params, config, conds, key, options, batch=batch, schedule=schedule, **keywords)
+    knobs = {k: keywords[k] for k in ("cfg_scale", "temperature", "top_k", "top_p") if k in keywords}
+
+    def items():
+        nfe = []
+        for item in stream:
+            nfe.append(item.nfe)
+            yield item
+        observe(params, config, knobs, choice.method, choice.window, choice.init, np.asarray(nfe))
+    return Stream(items(), stream.stats)

@@ -35,14 +35,16 @@ def _timed_forwards(params, config: GPTConfig, rows: int):
 
 
 def forward_seconds(params, config: GPTConfig, rows: int, windows, *, reps: int = 32, repeats: int = 3,
-                    min_seconds: float = 0.0, stop=None) -> dict[int, float]:
-    """Seconds per forward of W tokens for ``rows`` cache rows, by W (ascending; W = 1 always).
+                    min_seconds: float = 0.0, stop=None) -> tuple[dict[int, float], dict[int, float]]:
+    """Seconds per forward of W tokens for ``rows`` cache rows, by W (ascending; W = 1 always), and
+    the seconds to compile each W's loop (the first call less one call: the device's compile speed
+    for this model, the unit ``auto`` scales a sampler's compile time by).
 
     Differential timing: the best of ``repeats`` calls of 1 forward and of ``1 + m`` forwards,
     ``m = reps`` (or, with ``min_seconds``, just enough forwards for that long), and their difference
     over ``m``, so what a call costs besides its forwards (dispatch, the copy of the input cache
-    into the loop) is not counted. ``stop(W, seconds_by_window) -> bool``: after each window,
-    whether the larger ones are not worth timing."""
+    into the loop) is not counted. ``stop(W, seconds_by_window, compiles_by_window) -> bool``:
+    after each window, whether the larger ones are not worth timing."""
     f = _timed_forwards(params, config, rows)
     cache = init_cache(config, rows, jnp.ones((rows, config.cls_token_num), bool))
 
@@ -55,20 +57,20 @@ def forward_seconds(params, config: GPTConfig, rows: int, windows, *, reps: int 
         return min(ts)
 
     out: dict[int, float] = {}
+    compiles: dict[int, float] = {}
     for W in sorted({1, *windows}):
         tokens = np.zeros((rows, W), np.int32)  # (numpy: no compiled fill per shape)
+        t0 = time.perf_counter()
         jax.block_until_ready(f(params, tokens, cache, 1))  # compiles (reps is traced: one compile per W)
+        first = time.perf_counter() - t0
         one = best_of(tokens, 1)
-        m = reps
-        if min_seconds:
-            t0 = time.perf_counter()
-            jax.block_until_ready(f(params, tokens, cache, 3))
-            est = max((time.perf_counter() - t0 - one) / 2, 1e-6)
-            m = max(2, min(reps, int(min_seconds / est) + 1))
+        compiles[W] = max(first - one, 0.0)
+        # (one call's time, per-call costs included, bounds a forward's from above: m errs low)
+        m = max(2, min(reps, int(min_seconds / max(one, 1e-6)) + 1)) if min_seconds else reps
         out[W] = max((best_of(tokens, 1 + m) - one) / m, 1e-9)
-        if stop is not None and stop(W, out):
+        if stop is not None and stop(W, out, compiles):
             break
-    return out
+    return out, compiles
 
 
 def interpolate(seconds: dict[int, float], W: int) -> float:
