@@ -213,12 +213,13 @@ def _forward_costs(params, config, rows: int, fp: str, model: _Model, cands, use
             return False
         t = _Timing(seconds, compiles.get(1), rows, "measured")
         best = min(model.score(c, t) for c in done)
-        # a larger window's best case: its forward grows from this one's at no less than half the
-        # slope measured below (forwards are near linear in W on CPUs, flat then steeper on accelerators)
+        # a larger window's best case: its forward grows from this one's at no less than the slope
+        # measured below (forwards are near linear in W on CPUs, flat then steeper on accelerators:
+        # convex, so the slope below is a lower bound for the slope above)
         lower = [w for w in seconds if w < W]
         slope = max(0.0, (seconds[W] - seconds[max(lower)]) / (W - max(lower))) if lower else 0.0
         bound = min(model.score(c, t, model.table.iterations(c, model.N, model.batch, model.schedule)
-                                * (seconds[W] + 0.5 * slope * (c.window - W))
+                                * (seconds[W] + slope * (c.window - W))
                                 * (1 + model.table.overhead(c, rows)) / model.batch) for c in later)
         return bound >= best
 

@@ -48,7 +48,7 @@ def forward_seconds(params, config: GPTConfig, rows: int, windows, *, reps: int 
     f = _timed_forwards(params, config, rows)
     cache = init_cache(config, rows, jnp.ones((rows, config.cls_token_num), bool))
 
-    def best_of(tokens, n: int) -> float:
+    def best_of(tokens, n: int, repeats: int = repeats) -> float:
         ts = []
         for _ in range(repeats):
             t0 = time.perf_counter()
@@ -65,9 +65,14 @@ def forward_seconds(params, config: GPTConfig, rows: int, windows, *, reps: int 
         first = time.perf_counter() - t0
         one = best_of(tokens, 1)
         compiles[W] = max(first - one, 0.0)
-        # (one call's time, per-call costs included, bounds a forward's from above: m errs low)
-        m = max(2, min(reps, int(min_seconds / max(one, 1e-6)) + 1)) if min_seconds else reps
-        out[W] = max((best_of(tokens, 1 + m) - one) / m, 1e-9)
+        n = repeats
+        if min_seconds:  # a budget: forwards enough for min_seconds, and a long call is its own average
+            # (one call's time, per-call costs included, bounds a forward's from above: m errs low)
+            m = max(1, min(reps, int(min_seconds / max(one, 1e-6)) + 1))
+            n = repeats if one < min_seconds else min(repeats, 2)
+        else:
+            m = reps
+        out[W] = max((best_of(tokens, 1 + m, n) - one) / m, 1e-9)
         if stop is not None and stop(W, out, compiles):
             break
     return out, compiles
