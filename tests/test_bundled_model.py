@@ -41,7 +41,8 @@ def test_generate_cli_writes_png_and_stats(tmp_path, capsys):
     st = json.loads(stats.read_text())
     assert st["images"] == 4 and st["image_tokens"] == 256 and st["method"] == st["auto"]["method"]  # auto
     assert st["step_compression"] == pytest.approx(256 / st["nfe_mean"])
-    assert st["nfe_mean"] < 256 and sum(st["accepted_histogram"]) > 0
+    # (4 images: AR when a drafting sampler's longer compile outweighs what it saves, as timed here)
+    assert (st["nfe_mean"] < 256 and sum(st["accepted_histogram"]) > 0) or (st["method"], st["nfe_mean"]) == ("ar", 256)
     cap = capsys.readouterr()
     assert "step compression" in cap.out and "1024/1024" in cap.err  # bar reached 4 x 256 tokens
 

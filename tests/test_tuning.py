@@ -289,7 +289,7 @@ def test_recipe_overheads_at_large_batches_and_compile_for_few_images_move_the_c
     assert many.seconds_per_image == pytest.approx(256 / 3.0 * 1.8e-3 * 1.2 / 40)
     # one image: 256 x 1.1 ms of AR against 71 x 1.98 ms of pac plus 4 s more compile
     one = auto.choose(p, c, 1, knobs, images=1)
-    assert one.method == "ar" and one.compile_s == pytest.approx(2.0) and "compile over 1 images" in one.line()
+    assert one.method == "ar" and one.compile_s == pytest.approx(2.0) and "compile over 1 image;" in one.line()
     assert auto.choose(p, c, 1, knobs, images=10**5).cell == heavy  # spread over many images: steady state
 
 

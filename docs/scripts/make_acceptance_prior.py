@@ -4,7 +4,10 @@ from ``sjd-jax bench`` reports of it at CFG 2.0 (``acceptance.prior_from_bench``
     sjd-jax bench --methods sjd,sjd-gumbel,sjd-ac,sjd-pac --windows 4,8,16 --inits vertical-sample \
         --batches 1 --images 20 --repeat 2 --cfg-scale 2.0 --no-plot --out docs/bench-prior-cpu-b1.json
     sjd-jax bench (the same) --batches 40 --images 40 --out docs/bench-prior-cpu-b40.json
+    sjd-jax bench --methods sjd-gumbel-tree --windows 8,16 --inits vertical-sample,horizon-sample (the same) \
+        --batches 40 --images 40 --no-auto --out docs/bench-prior-cpu-b40-tree.json
     python docs/scripts/make_acceptance_prior.py docs/bench-prior-cpu-b1.json docs/bench-prior-cpu-b40.json \
+        docs/bench-prior-cpu-b40-tree.json \
         docs/bench-cpu.json docs/bench-cpu-w4.json
 
 The per-row NFE of every batch-1 cell come from all reports (a later report's cell replaces an

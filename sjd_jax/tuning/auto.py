@@ -65,7 +65,7 @@ class Choice:
         what = "ar" if self.method == "ar" else f"{self.method} W={self.window} init {self.init}"
         return (f"auto: {what} (predicted {self.speedup:.2f}x vs AR at batch {self.batch}, "
                 f"{self.seconds_per_image * 1e3:.1f} ms/image" + (
-                    f" + {self.compile_s:.1f}s compile over {self.images} images"
+                    f" + {self.compile_s:.1f}s compile over {self.images} image{'s' * (self.images != 1)}"
                     if self.images and self.compile_s is not None else "")
                 + f"; acceptance {self.acceptance}, forward costs {self.costs}; {self.tuning_s:.1f}s to choose)")
 
