@@ -3,7 +3,7 @@
 A forward is timed as the samplers run it: inside one jitted loop that carries the KV cache (no
 per-call dispatch), at a cache length in the middle of the image, with CFG's doubled rows. The
 same code serves ``sjd-jax bench`` (many repetitions, every window) and the automatic choice
-(``budget_s``: few repetitions, and larger windows are skipped once they cannot win).
+(``min_seconds``: few repetitions, and larger windows are skipped once they cannot win).
 """
 
 from __future__ import annotations
@@ -20,10 +20,12 @@ from sjd_jax.core.config import GPTConfig
 
 
 def _timed_forwards(params, config: GPTConfig, rows: int):
-    """A jitted ``f(params, tokens [rows, W], cache, reps) -> scalar`` running ``reps`` forwards."""
+    """A jitted ``f(params, tokens [rows, W], reps) -> scalar`` running ``reps`` forwards."""
     mid = config.cls_token_num + config.num_image_tokens // 2
 
-    def f(params, tokens, cache, reps):
+    def f(params, tokens, reps):
+        cache = init_cache(config, rows)  # (made inside: no compiles of its own, no copy in per call)
+
         def body(i, carry):
             cache, acc = carry
             logits, cache = gpt.forward(params, config, gpt.embed_tokens(params, config, tokens),
@@ -42,17 +44,16 @@ def forward_seconds(params, config: GPTConfig, rows: int, windows, *, reps: int 
 
     Differential timing: the best of ``repeats`` calls of 1 forward and of ``1 + m`` forwards,
     ``m = reps`` (or, with ``min_seconds``, just enough forwards for that long), and their difference
-    over ``m``, so what a call costs besides its forwards (dispatch, the copy of the input cache
-    into the loop) is not counted. ``stop(W, seconds_by_window, compiles_by_window) -> bool``:
+    over ``m``, so what a call costs besides its forwards (dispatch, the cache's zero fill) is not
+    counted. ``stop(W, seconds_by_window, compiles_by_window) -> bool``:
     after each window, whether the larger ones are not worth timing."""
     f = _timed_forwards(params, config, rows)
-    cache = init_cache(config, rows, jnp.ones((rows, config.cls_token_num), bool))
 
     def best_of(tokens, n: int, repeats: int = repeats) -> float:
         ts = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            jax.block_until_ready(f(params, tokens, cache, n))
+            jax.block_until_ready(f(params, tokens, n))
             ts.append(time.perf_counter() - t0)
         return min(ts)
 
@@ -61,7 +62,7 @@ def forward_seconds(params, config: GPTConfig, rows: int, windows, *, reps: int 
     for W in sorted({1, *windows}):
         tokens = np.zeros((rows, W), np.int32)  # (numpy: no compiled fill per shape)
         t0 = time.perf_counter()
-        jax.block_until_ready(f(params, tokens, cache, 1))  # compiles (reps is traced: one compile per W)
+        jax.block_until_ready(f(params, tokens, 1))  # compiles (reps is traced: one compile per W)
         first = time.perf_counter() - t0
         one = best_of(tokens, 1)
         compiles[W] = max(first - one, 0.0)
