@@ -191,7 +191,8 @@ def test_prior_from_bench_reads_overheads_and_compile_ratios():
                        row("ar", 1, 40, 256 * 11e-3, 256, 1.0), row("sjd", 4, 40, 200 * 30e-3, 200, 2.0),
                        {**row("sjd", 4, 40, 1.0, 1, 9.0), "auto": {}}]}  # the auto row: not a cell
     prior = acceptance.prior_from_bench([rep], "fp")
-    assert prior["overhead"] == {"2": {"ar": {"1": 0.5}, "sjd": {"4": 0.2}}, "80": {"ar": {"1": 0.1}, "sjd": {"4": 0.5}}}
+    assert prior["overhead"] == {"2": {"ar": {"1": 0.5}, "sjd": {"4": 0.2}},
+                                 "80": {"ar": {"1": 0.1}, "sjd": {"4": 0.5}}}
     assert prior["compile"] == {"ar": 3.0, "sjd": 5.0}  # batch 1's unit (0.5 s); batch 40 has none
     assert len(prior["cells"]) == 3  # batch 1's cells only
 

@@ -180,8 +180,8 @@ def run_continuous(params, config: GPTConfig, method: str, window: int, batch: i
 
 def forward_cost(params, config: GPTConfig, batch: int, windows, reps: int = 512) -> dict:
     """Seconds per cached forward of W tokens (CFG-doubled batch), by W, the ratio to W = 1, and the
-    seconds its loop took to compile (``tuning.costs.forward_seconds``: in one jitted loop at a mid-image cache length, timed
-    differentially so per-call costs are not counted)."""
+    seconds its loop took to compile (``tuning.costs.forward_seconds``: in one jitted loop at a
+    mid-image cache length, timed differentially so per-call costs are not counted)."""
     # (at least 0.25 s of forwards per window: a few short loops are noise on a shared machine)
     out, compiles = forward_seconds(params, config, 2 * batch, windows, reps=reps, min_seconds=0.25)
     return {str(W): {"seconds": s, "ratio": s / out[1], "compile_s": compiles[W]} for W, s in out.items()}

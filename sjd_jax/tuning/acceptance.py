@@ -93,8 +93,8 @@ def prior_from_bench(reports: list[dict], fingerprint: str) -> dict:
         for m, v in own_comp.items():
             comp.setdefault(m, round(float(np.median(v)), 3))
     return {"model": model, "fingerprint": fingerprint, "image_tokens": N, "knobs": knobs, "overhead": over,
-            "compile": comp,
-            "cells": [{"method": m, "window": w, "init": i, "nfe_per_row": nfe} for (m, w, i), nfe in sorted(cells.items())]}
+            "compile": comp, "cells": [{"method": m, "window": w, "init": i, "nfe_per_row": nfe}
+                                       for (m, w, i), nfe in sorted(cells.items())]}
 
 
 def knobs_key(knobs: dict) -> dict:

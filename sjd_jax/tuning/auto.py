@@ -205,7 +205,9 @@ def _forward_costs(params, config, rows: int, fp: str, model: _Model, cands, use
     if hit is not None:
         seconds = {int(w): float(v) for w, v in hit.get("seconds", {}).items()}
         if seconds and all(w in seconds or w > max(seconds) for w in want):
-            return _Timing(seconds, hit.get("compile_s"), rows, "cached")
+            unit = hit.get("compile_s")
+            return _Timing(seconds, float(unit) if isinstance(unit, (int, float)) else None, rows, "cached")
+
     def stop(W, seconds, compiles):
         done = [c for c in cands if c.window <= W]
         later = [c for c in cands if c.window > W]
