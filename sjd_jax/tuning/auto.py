@@ -167,11 +167,12 @@ class _Model:
     schedule: str
     images: int | None
 
-    def per_image(self, cell: Cell, t: _Timing) -> float:
-        """Steady-state seconds per image."""
-        if cell.window not in t.seconds and cell.window > max(t.seconds):
+    def per_image(self, cell: Cell, t: _Timing, forward: float | None = None) -> float:
+        """Steady-state seconds per image (``forward``: a W-token forward's seconds, else timed)."""
+        if forward is None and cell.window not in t.seconds and cell.window > max(t.seconds):
             return float("inf")  # not timed: a smaller window already wins (see _forward_costs)
-        it = costs.interpolate(t.seconds, cell.window) * (1.0 + self.table.overhead(cell, t.rows))
+        forward = costs.interpolate(t.seconds, cell.window) if forward is None else forward
+        it = forward * (1.0 + self.table.overhead(cell, t.rows))
         return self.table.iterations(cell, self.N, self.batch, self.schedule) * it / self.batch
 
     def compile_s(self, cell: Cell, t: _Timing) -> float | None:
@@ -220,9 +221,7 @@ def _forward_costs(params, config, rows: int, fp: str, model: _Model, cands, use
         # convex, so the slope below is a lower bound for the slope above)
         lower = [w for w in seconds if w < W]
         slope = max(0.0, (seconds[W] - seconds[max(lower)]) / (W - max(lower))) if lower else 0.0
-        bound = min(model.score(c, t, model.table.iterations(c, model.N, model.batch, model.schedule)
-                                * (seconds[W] + slope * (c.window - W))
-                                * (1 + model.table.overhead(c, rows)) / model.batch) for c in later)
+        bound = min(model.score(c, t, model.per_image(c, t, seconds[W] + slope * (c.window - W))) for c in later)
         return bound >= best
 
     seconds, compiles = costs.forward_seconds(params, config, rows, want, reps=16, repeats=3, min_seconds=0.02,
@@ -239,7 +238,7 @@ def calibration_run(generate, params, config, cond, knobs: dict, cfg: bool = Tru
     import jax
 
     part = jax.tree.map(lambda x: x[:CALIBRATION_ROWS], cond)
-    kw = {k: v for k, v in knobs.items() if k in ("cfg_scale", "temperature", "top_k", "top_p")}
+    kw = _knobs(knobs)
 
     def run(keywords: dict):
         return np.asarray(generate(params, config, part, 2**31 - 1, cfg=cfg, **kw, **keywords).nfe)
@@ -254,6 +253,11 @@ def observe(params, config, knobs: dict, method: str, window: int, init: str, nf
 
 
 RECIPE_FIELDS = ("method", "coupling", "tree")
+KNOBS = ("cfg_scale", "temperature", "top_k", "top_p")  # the sampling knobs acceptance statistics are kept per
+
+
+def _knobs(keywords: dict) -> dict:
+    return {k: keywords[k] for k in KNOBS if k in keywords}
 
 
 def matching_recipes(given: dict) -> list[str] | None:
@@ -291,7 +295,7 @@ def resolve_keywords(params, config, cond, keywords: dict, batch: int, mesh=None
     methods = matching_recipes(given)
     windows = None if auto_window else [int(keywords.get("window", 16))]
     inits = [kw["init"]] if "init" in kw else None
-    knobs = {k: kw[k] for k in ("cfg_scale", "temperature", "top_k", "top_p") if k in kw}
+    knobs = _knobs(kw)
     cfg = kw.get("cfg", True) and knobs.get("cfg_scale", 1.0) != 1.0
     choice = choose(params, config, batch, knobs, methods=methods, windows=windows, inits=inits, cfg=cfg,
                     calibrate=None if generate is None else calibration_run(generate, params, config, cond, knobs, cfg),
@@ -315,10 +319,8 @@ def generate(params, config, cond, key, options=None, **keywords):
     log.info(choice.line())
     out = run(params, config, cond, key, options, **keywords)
     if out.nfe.is_fully_addressable:
-        knobs = {k: keywords[k] for k in ("cfg_scale", "temperature", "top_k", "top_p") if k in keywords}
-        observe(params, config, knobs, choice.method, choice.window, choice.init, np.asarray(out.nfe))
+        observe(params, config, _knobs(keywords), choice.method, choice.window, choice.init, np.asarray(out.nfe))
     return out
-
 
 
 def generate_stream(params, config, conds, key, options=None, *, batch: int, schedule: str = "auto", **keywords):
@@ -336,7 +338,7 @@ def generate_stream(params, config, conds, key, options=None, *, batch: int, sch
                                         as_run, images)
     log.info(choice.line())
     stream = run(params, config, conds, key, options, batch=batch, schedule=schedule, **keywords)
-    knobs = {k: keywords[k] for k in ("cfg_scale", "temperature", "top_k", "top_p") if k in keywords}
+    knobs = _knobs(keywords)
 
     def items():
         nfe = []
