@@ -167,6 +167,43 @@ def janus_pro(directory, seed: int = 0) -> Path:
     return directory
 
 
+def hub_cache(root, seed: int = 0) -> Path:
+    """Fill ``root`` as a Hugging Face hub cache (``HF_HUB_CACHE``) holds the files ``sjd_jax.from_pretrained``
+    fetches for ``llamagen-c2i-b-256`` (``FoundationVision/LlamaGen``: ``c2i_B_256.pt``,
+    ``vq_ds16_c2i.pt``) and ``janus-pro-1b`` (the ``deepseek-community/Janus-Pro-1B`` snapshot), at the
+    toy sizes above: ``models--ORG--NAME/refs/main`` names a commit, ``snapshots/COMMIT/FILE`` links to
+    ``blobs/``, as huggingface_hub writes them. With ``HF_HUB_OFFLINE=1`` they load with no network.
+    (The GPT's grid comes from the file name: 16x16 tokens for ``_256``.)"""
+    import hashlib
+    import os
+    import shutil
+    import tempfile
+
+    root = Path(root)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        llamagen_c2i(tmp / "llamagen" / "c2i_B_256.pt", seed)
+        llamagen_vq(tmp / "llamagen" / "vq_ds16_c2i.pt", seed)
+        janus_pro(tmp / "janus", seed)
+        for repo, src in (("FoundationVision/LlamaGen", tmp / "llamagen"),
+                          ("deepseek-community/Janus-Pro-1B", tmp / "janus")):
+            store = root / ("models--" + repo.replace("/", "--"))
+            commit = hashlib.sha1(f"{repo}@{seed}".encode()).hexdigest()
+            snap = store / "snapshots" / commit
+            (store / "blobs").mkdir(parents=True, exist_ok=True)
+            snap.mkdir(parents=True, exist_ok=True)
+            for f in sorted(src.iterdir()):
+                blob = store / "blobs" / hashlib.sha256(f.read_bytes()).hexdigest()
+                shutil.copyfile(f, blob)
+                link = snap / f.name
+                if link.is_symlink() or link.exists():
+                    link.unlink()
+                os.symlink(os.path.relpath(blob, snap), link)
+            (store / "refs").mkdir(exist_ok=True)
+            (store / "refs" / "main").write_text(commit)
+    return root
+
+
 def describe(path) -> str:
     """``name  size`` of a file, or of each file of a directory (for the notebook's listing)."""
     path = Path(path)
@@ -174,7 +211,7 @@ def describe(path) -> str:
     return "\n".join(f"{p.relative_to(path.parent)}  {p.stat().st_size / 2**20:.2f} MiB" for p in files)
 
 
-__all__ = ["janus_pro", "llamagen_c2i", "llamagen_vq", "write_tokenizer", "describe"]
+__all__ = ["describe", "hub_cache", "janus_pro", "llamagen_c2i", "llamagen_vq", "write_tokenizer"]
 
 
 if __name__ == "__main__":  # python colab/tiny_checkpoints.py OUTDIR

@@ -651,13 +651,19 @@ def _parser():
 
     ap = Parser("sjd-jax convert", __doc__)
     ap.add_argument("--family", required=True, help=" | ".join(families.converter_names()))
-    ap.add_argument("src", type=Path, nargs="+",
+    ap.add_argument("src", type=Path, nargs="*",
                     help="checkpoint file (.pt/.pth/.bin/.safetensors); janus-pro, t5-encoder, lumina-mgpt, "
                          "anole: snapshot dir or files")
+    ap.add_argument("--from-hub", default=None, metavar="REPO[:FILE]",
+                    help="instead of SRC: fetch from the Hugging Face hub (pip install 'sjd-jax[hub]'): a file "
+                         "(FoundationVision/LlamaGen:c2i_B_256.pt) or an HF-format snapshot "
+                         "(deepseek-community/Janus-Pro-1B); HF_HUB_OFFLINE=1 reads the local hub cache only")
     ap.add_argument("--out", type=Path, required=True, help="output directory")
     ap.add_argument("--image-size", type=_bounded_int(1, MAX_IMAGE_SIZE), default=None, metavar="PX",
                     help="GPT / lumina-mgpt / anole / emu3: pixels (LlamaGen 256/384/512, Lumina 512/768/1024, Emu3 720)")
-    ap.add_argument("--vqgan", type=Path, default=None, help="lumina-mgpt / anole: Chameleon's vqgan.ckpt")
+    ap.add_argument("--vqgan", type=Path, default=None,
+                    help="lumina-mgpt / anole: Chameleon's vqgan.ckpt (a path, or hub:REPO:FILE, e.g. "
+                         "hub:GAIR/Anole-7b-v0.1:tokenizer/vqgan.ckpt)")
     ap.add_argument("--tokenizer", type=Path, default=None,
                     help="lumina-mgpt / anole / emu3: tokenizer.json to use instead of the snapshot's")
     ap.add_argument("--vq", type=Path, default=None, help="emu3: the BAAI/Emu3-VisionTokenizer snapshot dir")
@@ -673,6 +679,29 @@ def _parser():
     return ap
 
 
+def parse_args(argv) -> object:
+    """The flags of ``sjd-jax convert`` from ``argv`` (a usage error is a ValueError, not an exit)."""
+    try:
+        return _parser().parse_args(argv)
+    except SystemExit:  # the parser printed the one-line usage error
+        raise ValueError(f"bad sjd-jax convert arguments: {' '.join(argv)}") from None
+
+
+def resolve_sources(args) -> None:
+    """``--from-hub`` and ``hub:REPO:FILE`` flag values -> local paths (fetched now); one source only."""
+    from sjd_jax.convert import hub
+
+    if (args.from_hub is None) == (not args.src):
+        raise ValueError("give the checkpoint files (SRC ...) or --from-hub REPO[:FILE], not both or neither")
+    if args.from_hub is not None:
+        repo, file = hub.parse_spec(args.from_hub)
+        args.src = hub.fetch(repo, () if file is None else (file,))
+    for flag in ("vqgan", "tokenizer", "vq"):
+        value = getattr(args, flag)
+        if value is not None and str(value).startswith(hub.HUB_PREFIX):
+            setattr(args, flag, hub.resolve_flag(str(value)))
+
+
 def main(argv=None) -> int:
     from sjd_jax.cli.util import USER_ERRORS, run
 
@@ -683,6 +712,12 @@ def main(argv=None) -> int:
 def _main(args) -> int:
     from sjd_jax.cli.util import Output
 
+    from sjd_jax import families
+    from sjd_jax.io import atomic, checkpoint
+
+    families.converter(args.family)  # an unknown family, and a taken --out, fail before any download
+    atomic.check_dir_target(args.out, args.force, checkpoint.is_checkpoint, "sjd-jax checkpoint")
+    resolve_sources(args)
     s = convert(args.family, args.src, args.out, args)
     Output(args).result(s, f"wrote {s['out']}: {s['kind']} {s['params'] / 1e6:.2f}M params, {s['dtype']}, "
                            f"{s['bytes'] / 2**20:.1f} MiB\n  {s['config']}"

@@ -10,6 +10,7 @@ from sjd_jax.core.config import GPTConfig
 from sjd_jax.core.model import (Caption, Prompt, abstract_params, embed_cond, embed_tokens, forward, init_params,
                                 param_count, teacher_forced_logits)
 from sjd_jax.io.checkpoint import load, save
+from sjd_jax.families.loader import from_pretrained
 from sjd_jax.parallel import sharding  # sjd_jax.sharding.make_mesh, RULES
 from sjd_jax.sampling import GenerateOutput, SamplerOptions, SamplerSpec
 from sjd_jax.tuning.auto import generate, generate_stream  # the samplers, plus method/window "auto"
@@ -18,7 +19,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Caption", "GPTConfig", "Prompt", "GenerateOutput", "KVCache", "SamplerOptions", "SamplerSpec", "abstract_params",
-    "embed_cond", "embed_tokens", "forward", "generate", "generate_stream", "init_cache", "init_params",
+    "embed_cond", "embed_tokens", "forward", "from_pretrained", "generate", "generate_stream", "init_cache", "init_params",
     "load", "param_count", "save", "sharding", "teacher_forced_logits",
 ]
 

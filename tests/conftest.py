@@ -18,6 +18,10 @@ jax.config.update("jax_num_cpu_devices", int(os.environ["JAX_NUM_CPU_DEVICES"]))
 _CACHE = tempfile.mkdtemp(prefix="sjd-jax-test-cache-")
 os.environ["SJD_JAX_CACHE"] = _CACHE
 atexit.register(shutil.rmtree, _CACHE, True)
+# Hub loading (sjd_jax.convert.hub) never reaches the network in tests and never reads the user's hub
+# cache: offline, over an empty cache (tests/test_hub.py points HF_HUB_CACHE at its own tiny one).
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HUB_CACHE"] = os.path.join(_CACHE, "hf-hub")
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -47,10 +47,14 @@ def test_registry_refuses_taken_names():
     janus = families.get("janus-pro")
     with pytest.raises(ValueError, match="already registered"):
         families.register(janus)
+    hub_only = families.Pretrained("janus-pro-1b", "z", janus.pretrained[0].steps)  # a taken hub name
     for change in (dict(name="x", kinds=janus.kinds), dict(name="x", kinds=(), converters={}),
-                   dict(name="x", kinds=(), models={})):
+                   dict(name="x", kinds=(), models={}, pretrained=()),
+                   dict(name="x", kinds=(), models={"z": {}}, converters={}, pretrained=(hub_only,))):
         with pytest.raises(ValueError, match="already registered"):
             families.register(dataclasses.replace(janus, **change))
+    with pytest.raises(ValueError, match="loads as unknown model"):
+        dataclasses.replace(janus, models={})
     assert families.get("janus-pro") is janus and "x" not in families.names()
 
 

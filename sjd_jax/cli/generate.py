@@ -19,6 +19,7 @@ writes) as the only stdout output. Errors are one line on stderr with exit statu
 examples:
   sjd-jax generate --class 0 3 --n 8 --method sjd-pac --window 32
   sjd-jax generate --model llamagen-c2i --ckpt ckpt/c2i_B_256 --class 207 360 --n 2   # DIR/gpt + DIR/vq
+  sjd-jax generate --model janus-pro-1b --prompt "a red fox"   # fetched from the hub, converted once
   sjd-jax generate --model lumina-mgpt-7b-768 --ckpt ckpt/lumina_768 --prompt "a red fox in the snow"
   sjd-jax generate --model llamagen-t2i-xl --ckpt ckpt/llamagen_t2i --prompt "a cat" "a dog" --n 2
   sjd-jax generate --n 1024 --batch-per-device 8 --out-dir samples/
@@ -47,7 +48,10 @@ def parser():
                     help=f"a bundled model ({', '.join(families.model_names('class', bundled=True))}), a "
                          f"converted class-conditional checkpoint (--ckpt: "
                          f"{', '.join(families.model_names('class', bundled=False))}) or a text-to-image model "
-                         f"(--ckpt, --prompt: {', '.join(families.model_names('text'))}); default fashion-mnist")
+                         f"(--ckpt, --prompt: {', '.join(families.model_names('text'))}); default fashion-mnist. "
+                         f"Without --ckpt, a hub name ({', '.join(families.pretrained_names())}) is fetched from "
+                         f"the Hugging Face hub and converted once (pip install 'sjd-jax[hub]'; cached under "
+                         f"$SJD_JAX_CACHE, default ~/.cache/sjd-jax; HF_HUB_OFFLINE=1: the local hub cache only)")
     ap.add_argument("--ckpt", type=Path, default=None,
                     help="converted checkpoint dir (llamagen-c2i: DIR/gpt + DIR/vq; text-to-image models)")
     ap.add_argument("--prompt", nargs="+", default=None, help="text-to-image models: one or more prompts")
@@ -149,8 +153,11 @@ def _check_outputs(args, out_path: Path, grid: bool) -> None:
 def _main(args) -> int:
     from sjd_jax.families import pipelines
     from sjd_jax.families import presets
+    from sjd_jax.families.loader import cli_model
 
     _check_sizes(args)
+    # a hub name without --ckpt (janus-pro-1b, llamagen-c2i-b-256): fetched and converted the first time
+    args.model, args.ckpt = cli_model(args.model, args.ckpt, quiet=args.quiet)
     if args.model in pipelines.TEXT_MODELS:
         return _text(args)
     ckpt_model = _check_class_flags(args)
@@ -215,7 +222,7 @@ def _check_class_flags(args) -> bool:
     if ckpt_model and args.ckpt is None:
         raise ValueError(f"--model {args.model} needs --ckpt DIR with DIR/gpt (sjd-jax convert --family llamagen-c2i "
                          f"c2i_B_256.pt --out DIR/gpt) and DIR/vq (sjd-jax convert --family llamagen-vq "
-                         f"vq_ds16_c2i.pt --out DIR/vq)")
+                         f"vq_ds16_c2i.pt --out DIR/vq), or a hub name instead: {_hub_names(args.model)}")
     if ckpt_model and args.classes is None:
         raise ValueError(f"--model {args.model} needs --class ID [ID ...] (ImageNet class ids, e.g. 207)")
     if args.out_dir is None and (args.batch_per_device is not None or args.no_png or args.schedule != "auto"
@@ -303,6 +310,13 @@ def _batch(args, bundle, sampler, classes, mesh, choice=None) -> int:
     return 0
 
 
+def _hub_names(model: str) -> str:
+    """The hub names that load as ``model`` (``generate --model NAME`` without ``--ckpt``)."""
+    from sjd_jax import families
+
+    return ", ".join(p.name for f in families.entries() for p in f.pretrained if p.model == model) or "none"
+
+
 def _check_text_flags(args) -> Path:
     """Flags of a text-to-image model, before anything loads; returns the PNG path."""
     from sjd_jax.families import pipelines
@@ -310,7 +324,8 @@ def _check_text_flags(args) -> Path:
     if args.ckpt is None:
         fam = pipelines.TEXT_MODELS[args.model]["family"]
         raise ValueError(f"--model {args.model} needs --ckpt DIR, a converted checkpoint "
-                         f"(sjd-jax convert --family {fam} ... --out DIR)")
+                         f"(sjd-jax convert --family {fam} ... --out DIR), or a hub name instead: "
+                         f"{_hub_names(args.model)}")
     if not args.prompt:
         raise ValueError(f"--model {args.model} needs --prompt TEXT [TEXT ...]")
     if args.classes is not None:

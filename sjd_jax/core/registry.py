@@ -44,6 +44,37 @@ class Kind:
 
 
 @dataclasses.dataclass(frozen=True)
+class HubStep:
+    """One ``sjd-jax convert`` run of a pretrained model: ``convert --family family`` over files of
+    the hub repo ``repo`` into ``out`` (a subdirectory of the converted checkpoint; "" = itself).
+
+    ``files``: the exact files to fetch (each a path inside the repo); empty: the repo is an
+    HF-format snapshot, fetched by ``SNAPSHOT_FILES``. ``flags``: further convert flags, each a
+    value or a ``"hub:REPO:FILE"`` file fetched like the others (e.g. ``--vqgan``)."""
+
+    family: str
+    repo: str
+    files: tuple[str, ...] = ()
+    out: str = ""
+    flags: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    dtype: str = "float32"  # --param-dtype: the sources' own dtype, so the conversion loses nothing
+
+
+@dataclasses.dataclass(frozen=True)
+class Pretrained:
+    """A model by hub name: what ``from_pretrained(name)`` / ``generate --model name`` fetch and
+    convert, loaded as the ``generate --model`` name ``model``."""
+
+    name: str
+    model: str
+    steps: tuple[HubStep, ...]
+
+
+# An HF-format snapshot: the files the converters read (hf_files), not the .bin / msgpack duplicates
+SNAPSHOT_FILES = ("*.json", "*.safetensors", "*.model", "*.txt")
+
+
+@dataclasses.dataclass(frozen=True)
 class Family:
     """One model family.
 
@@ -63,6 +94,7 @@ class Family:
     bundled: bool = False  # weights ship inside the package (no --ckpt)
     preset: Callable | None = None
     converters: Mapping[str, str] = dataclasses.field(default_factory=dict)  # convert --family -> "mod:fn"
+    pretrained: tuple[Pretrained, ...] = ()  # hub names (from_pretrained, generate --model without --ckpt)
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -74,6 +106,11 @@ class Family:
         for target in self.converters.values():
             if not isinstance(target, str) or target.count(":") != 1:
                 raise ValueError(f"family {self.name!r}: converter {target!r} must be 'module:function'")
+        for p in self.pretrained:
+            if p.model not in self.models:
+                raise ValueError(f"family {self.name!r}: pretrained {p.name!r} loads as unknown model {p.model!r}")
+            if not p.steps or any(s.repo.count("/") != 1 for s in p.steps):
+                raise ValueError(f"family {self.name!r}: pretrained {p.name!r} needs steps with 'ORG/NAME' repos")
 
 
 _FAMILIES: dict[str, Family] = {}
@@ -106,7 +143,8 @@ def register(family: Family, replace: bool = False) -> Family | None:
     for what, mine, taken in (
             ("checkpoint kind", [k.name for k in family.kinds], {k.name for f in others for k in f.kinds}),
             ("model", list(family.models), {m for f in others for m in f.models}),
-            ("converter", list(family.converters), {c for f in others for c in f.converters})):
+            ("converter", list(family.converters), {c for f in others for c in f.converters}),
+            ("pretrained name", [p.name for p in family.pretrained], {p.name for f in others for p in f.pretrained})):
         clash = [n for n in mine if n in taken] or [n for i, n in enumerate(mine) if n in mine[:i]]
         if clash:
             raise ValueError(f"family {family.name!r}: {what} {clash[0]!r} is already registered")
@@ -170,6 +208,20 @@ def for_model(name: str) -> Family:
     raise ValueError(f"unknown model {name!r}; choose one of {', '.join(model_names())}")
 
 
+def pretrained_names() -> tuple[str, ...]:
+    """Hub names (``from_pretrained``, ``generate --model`` without ``--ckpt``)."""
+    return tuple(p.name for f in entries() for p in f.pretrained)
+
+
+def pretrained(name: str) -> Pretrained:
+    """The hub entry ``name``; ValueError naming the known ones otherwise."""
+    for f in entries():
+        for p in f.pretrained:
+            if p.name == name:
+                return p
+    raise ValueError(f"unknown pretrained model {name!r}; choose one of {', '.join(pretrained_names())}")
+
+
 def converter_names() -> tuple[str, ...]:
     """``sjd-jax convert --family`` names."""
     return tuple(c for f in entries() for c in f.converters)
@@ -185,5 +237,6 @@ def converter(name: str) -> Callable:
     raise ValueError(f"unknown family {name!r}; choose one of {', '.join(converter_names())}")
 
 
-__all__ = ["Family", "Kind", "MODULES", "TASKS", "converter", "converter_names", "entries", "for_kind",
-           "for_model", "get", "kind", "kind_names", "model_names", "names", "register", "unregister"]
+__all__ = ["Family", "HubStep", "Kind", "MODULES", "Pretrained", "SNAPSHOT_FILES", "TASKS", "converter",
+           "converter_names", "entries", "for_kind", "for_model", "get", "kind", "kind_names", "model_names", "names",
+           "pretrained", "pretrained_names", "register", "unregister"]

@@ -24,7 +24,7 @@ import numpy as np
 from sjd_jax.core.config import GPTConfig
 from sjd_jax.core.model import Prompt
 from sjd_jax.core.vq.emu3 import Emu3VQConfig
-from sjd_jax.families import Family, Kind, register
+from sjd_jax.families import Family, HubStep, Kind, Pretrained, register
 from sjd_jax.families.prompting import PipelineConfig, load_tokenizer, pad_rows
 
 # BAAI Emu3 README's generation example (sampling defaults: cfg 3.0, top-k 2048).
@@ -187,4 +187,6 @@ def load_model(family, model: str, ckpt, *, mesh=None, param_dtype: str = "auto"
 register(Family("emu3", "text", kinds=(Kind("emu3", Emu3Config, abstract_emu3_params),),
                 models={"emu3-gen": {}}, defaults=DEFAULTS, load=load_model,
                 load_options=("param_dtype",),
-                converters={"emu3": "sjd_jax.convert.cli:convert_emu3"}))
+                converters={"emu3": "sjd_jax.convert.cli:convert_emu3"},
+                # the HF snapshot holds LLM + vision tokenizer + tokenizer.json; float32 as released
+                pretrained=(Pretrained("emu3-gen", "emu3-gen", (HubStep("emu3", "BAAI/Emu3-Gen-hf"),)),)))

@@ -18,7 +18,7 @@ import numpy as np
 from sjd_jax.core.config import GPTConfig
 from sjd_jax.core.model import Prompt
 from sjd_jax.core.vq import VQConfig
-from sjd_jax.families import Family, Kind, register
+from sjd_jax.families import Family, HubStep, Kind, Pretrained, register
 from sjd_jax.families.prompting import PipelineConfig, load_tokenizer, pad_prompts
 
 # DeepSeek's chat format for image generation (Janus-Pro, empty system prompt); the image-start
@@ -115,7 +115,10 @@ def load_model(family, model: str, ckpt, *, mesh=None, param_dtype: str = "auto"
 register(Family("janus-pro", "text", kinds=(Kind("janus", JanusConfig, abstract_janus_params),),
                 models={"janus-pro-1b": {}, "janus-pro-7b": {}}, defaults=DEFAULTS, load=load_model,
                 load_options=("param_dtype",),
-                converters={"janus-pro": "sjd_jax.convert.cli:convert_janus"}))
+                converters={"janus-pro": "sjd_jax.convert.cli:convert_janus"},
+                pretrained=tuple(Pretrained(f"janus-pro-{s}", f"janus-pro-{s}",  # released in bfloat16
+                                            (HubStep("janus-pro", f"deepseek-community/Janus-Pro-{s.upper()}",
+                                                     dtype="bfloat16"),)) for s in ("1b", "7b"))))
 
 __all__ = ["DEFAULTS", "JanusConfig", "PROMPT_TEMPLATE", "abstract_janus_params", "decode_images",
            "generate_tokens", "load_model", "load_tokenizer", "pad_prompts", "prompt_ids", "text_to_image"]

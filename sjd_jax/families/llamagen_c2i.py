@@ -14,7 +14,7 @@ from sjd_jax.families import presets
 from sjd_jax.core.config import GPTConfig
 from sjd_jax.core.model import abstract_params
 from sjd_jax.core.vq import VQConfig, abstract_vq_params
-from sjd_jax.families import Family, Kind, register
+from sjd_jax.families import Family, HubStep, Kind, Pretrained, register
 
 # LlamaGen's sample_c2i demo (cfg 4.0, top-k 2000; temperature 1.0 and top-p 1.0 as Preset's defaults)
 DEFAULTS = dict(cfg_scale=4.0, top_k=2000)
@@ -47,4 +47,12 @@ register(Family("llamagen-c2i", "class",
                        Kind("vq", VQConfig, abstract_vq_params, replicated=True)),  # decodes once per image
                 models={"llamagen-c2i": {}}, defaults=DEFAULTS, load=load_model, load_options=("param_dtype",),
                 converters={"llamagen-c2i": "sjd_jax.convert.cli:convert_llamagen_c2i",
-                            "llamagen-vq": "sjd_jax.convert.cli:convert_llamagen_vq"}))
+                            "llamagen-vq": "sjd_jax.convert.cli:convert_llamagen_vq"},
+                # llamagen-c2i-b-256 ... llamagen-c2i-3b-384: the released GPT files + the c2i VQ
+                pretrained=tuple(Pretrained(f"llamagen-c2i-{size.lower()}-{px}", "llamagen-c2i",
+                                            (HubStep("llamagen-c2i", "FoundationVision/LlamaGen", (f"c2i_{size}_{px}.pt",),
+                                                     out="gpt"),
+                                             HubStep("llamagen-vq", "FoundationVision/LlamaGen", ("vq_ds16_c2i.pt",),
+                                                     out="vq")))
+                                 for size, px in (("B", 256), ("B", 384), ("L", 256), ("L", 384), ("XL", 384),
+                                                  ("XXL", 384), ("3B", 384)))))

@@ -30,7 +30,7 @@ from sjd_jax.core.config import GPTConfig
 from sjd_jax.core.model import Caption
 from sjd_jax.core.text import T5Config, abstract_t5_params
 from sjd_jax.core.vq import VQConfig
-from sjd_jax.families import Family, Kind, register
+from sjd_jax.families import Family, HubStep, Kind, Pretrained, register
 
 # LlamaGen sample_t2i.py's sampling defaults
 DEFAULTS = dict(cfg_scale=7.5, top_k=1000, top_p=1.0, temperature=1.0)
@@ -241,7 +241,14 @@ def load_model(family, model: str, ckpt, *, mesh=None, t5=None, param_dtype: str
 register(Family("llamagen-t2i", "text", kinds=(Kind("t5", T5Config, abstract_t5_params, replicated=True),),
                 models={"llamagen-t2i-xl": {}}, defaults=DEFAULTS, load=load_model, load_options=("t5", "param_dtype"),
                 converters={"llamagen-t2i": "sjd_jax.convert.cli:convert_llamagen_t2i",
-                            "t5-encoder": "sjd_jax.convert.cli:convert_t5"}))
+                            "t5-encoder": "sjd_jax.convert.cli:convert_t5"},
+                # stage 2 (512 px) by default, stage 1 (256 px) by name; the grid comes from the file name
+                pretrained=tuple(Pretrained(name, "llamagen-t2i-xl",
+                                            (HubStep("llamagen-t2i", "peizesun/llamagen_t2i", (gpt,), out="gpt"),
+                                             HubStep("llamagen-vq", "peizesun/llamagen_t2i", ("vq_ds16_t2i.pt",), out="vq"),
+                                             HubStep("t5-encoder", "google/flan-t5-xl", out="t5")))
+                                 for name, gpt in (("llamagen-t2i-xl", "t2i_XL_stage2_512.pt"),
+                                                   ("llamagen-t2i-xl-256", "t2i_XL_stage1_256.pt")))))
 
 __all__ = ["DEFAULTS", "T2IBundle", "captions", "clean_caption", "decode_images", "load", "load_model",
            "sampling_options", "text_to_image"]

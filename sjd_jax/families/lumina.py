@@ -31,7 +31,7 @@ import numpy as np
 from sjd_jax.core.config import GPTConfig
 from sjd_jax.core.model import Prompt
 from sjd_jax.core.vq import VQConfig
-from sjd_jax.families import Family, Kind, register
+from sjd_jax.families import Family, HubStep, Kind, Pretrained, register
 from sjd_jax.families.prompting import PipelineConfig, load_tokenizer, pad_prompts
 
 BOI, EOI, NEWLINE, END_OF_TURN = 8197, 8196, 8803, 8710  # <racm3:break>, <eoss>, <reserved08799>, <reserved08706>
@@ -280,11 +280,23 @@ def load_model(family, model: str, ckpt, *, mesh=None, param_dtype: str = "auto"
                      precision.dtype_of(params["gpt"]), params["gpt"])
 
 
+# Chameleon's VQGAN (not in the Lumina / Anole-hf repos): Meta's release, mirrored with Anole's weights
+VQGAN = "hub:GAIR/Anole-7b-v0.1:tokenizer/vqgan.ckpt"
+# tokenizer.json: the 768 px repo ships one (the same Chameleon tokenizer for every size)
+TOKENIZER = "hub:Alpha-VLLM/Lumina-mGPT-7B-768:tokenizer.json"
+
 register(Family("lumina-mgpt", "text", kinds=(Kind("lumina", LuminaConfig, abstract_lumina_params),),
                 models={f"lumina-mgpt-7b-{px}": dict(layout="lumina", size=px) for px in (512, 768, 1024)},
                 defaults=DEFAULTS, load=load_model, load_options=("param_dtype",),
-                converters={"lumina-mgpt": "sjd_jax.convert.cli:convert_lumina_mgpt"}))
+                converters={"lumina-mgpt": "sjd_jax.convert.cli:convert_lumina_mgpt"},
+                pretrained=tuple(Pretrained(f"lumina-mgpt-7b-{px}", f"lumina-mgpt-7b-{px}",
+                                            (HubStep("lumina-mgpt", f"Alpha-VLLM/Lumina-mGPT-7B-{px}", dtype="bfloat16",
+                                                     flags={"--vqgan": VQGAN, "--tokenizer": TOKENIZER,
+                                                            "--image-size": str(px)}),))
+                                 for px in (512, 768, 1024))))
 # Anole: Chameleon's own image span, the same checkpoint kind (written with layout "anole")
 register(Family("anole", "text", models={"anole-7b": dict(layout="anole", size=None)}, defaults=DEFAULTS,
                 load=load_model, load_options=("param_dtype",),
-                converters={"anole": "sjd_jax.convert.cli:convert_anole"}))
+                converters={"anole": "sjd_jax.convert.cli:convert_anole"},
+                pretrained=(Pretrained("anole-7b", "anole-7b", (HubStep("anole", "leloy/Anole-7b-v0.1-hf", dtype="bfloat16",
+                                                                        flags={"--vqgan": VQGAN}),)),)))
