@@ -1,8 +1,9 @@
-"""colab/llamagen_janus.ipynb executed top to bottom offline at CI sizes: its download cell writes
-tiny random checkpoints in the released file formats (colab/tiny_checkpoints.py), then the same cells
-as on Colab convert them with ``sjd-jax convert``, sample LlamaGen c2i and Janus-Pro images with AR
-and SJD, check greedy SJD == greedy AR and write ``sjd_work/results.json``. The stored notebook must
-be clean (no outputs, no execution counts)."""
+"""colab/llamagen_janus.ipynb executed top to bottom offline at CI sizes: its download cell fills a
+local hub cache with tiny random checkpoints in the released file formats and names
+(colab/tiny_checkpoints.py), then the same cells as on Colab load them with ``sjd_jax.from_pretrained``
+(fetch + convert once), sample LlamaGen c2i and Janus-Pro images with AR and SJD, check greedy SJD ==
+greedy AR and write ``sjd_work/results.json``. The stored notebook must be clean (no outputs, no
+execution counts)."""
 
 import json
 import re
@@ -15,7 +16,9 @@ from PIL import Image
 from nbrun import COLAB, outputs_of, run_notebook, stale_outputs
 
 NAME = "llamagen_janus.ipynb"
-N_TOKENS = 16  # tiny checkpoints: 4x4 grids of a VQ-16 -> 64 px
+# tiny checkpoints: LlamaGen's 16x16 grid (from the c2i_B_256.pt name) and Janus' 4x4, VQ-16 -> 256 / 64 px
+N_TOKENS = {"llamagen-c2i": 256, "janus-pro-1b": 16}
+PIXELS = {"llamagen-c2i": 256, "janus-pro-1b": 64}
 
 
 @pytest.fixture(scope="module")
@@ -31,22 +34,25 @@ def test_notebook_runs_both_pipelines(executed):
     results = json.loads((out / "results.json").read_text())
     assert set(results) == {"llamagen-c2i", "janus-pro-1b"}
     for name, r in results.items():
-        assert r["tokens_per_image"] == N_TOKENS and r["window"] == N_TOKENS
+        n, px = N_TOKENS[name], PIXELS[name]
+        assert r["tokens_per_image"] == n and r["window"] == min(n, 16)
         assert set(r["methods"]) == {"ar", "sjd"}
         ar, sjd = r["methods"]["ar"], r["methods"]["sjd"]
         for m in (ar, sjd):
-            assert m["image_shape"] == [1, 64, 64, 3]
-            assert m["step_compression"] == pytest.approx(N_TOKENS / m["nfe_mean"])
-        assert ar["nfe_per_image"] == [N_TOKENS] and ar["mean_accepted_per_iteration"] == 1.0
-        assert 1 <= sjd["nfe_per_image"][0] <= N_TOKENS
+            assert m["image_shape"] == [1, px, px, 3]
+            assert m["step_compression"] == pytest.approx(n / m["nfe_mean"])
+        assert ar["nfe_per_image"] == [n] and ar["mean_accepted_per_iteration"] == 1.0
+        assert 1 <= sjd["nfe_per_image"][0] <= n
         assert sjd["mean_accepted_per_iteration"] >= 1.0
         assert r["greedy_equal_to_ar"] == {"ar": True, "sjd": True}, (name, r["greedy_equal_to_ar"])
-        for method in ("ar", "sjd"):  # the grids the notebook saved: one 64 px image + 2 px border
+        for method in ("ar", "sjd"):  # the grids the notebook saved: one image + 2 px border
             img = np.asarray(Image.open(out / f"{name}_{method}.png"))
-            assert img.shape == (68, 68, 3) and img[2:66, 2:66].std() > 0
-    # the converted checkpoints the notebook made
-    assert (out / "ckpt" / "janus_pro_1b" / "tokenizer.json").is_file()
-    assert {p.name for p in (out / "ckpt" / "llamagen_c2i").iterdir()} == {"gpt", "vq"}
+            assert img.shape == (px + 4, px + 4, 3) and img[2:px + 2, 2:px + 2].std() > 0
+    # the conversions from_pretrained made from the local hub cache (each with its manifest)
+    cache = out / "sjd-cache" / "pretrained"
+    assert (cache / "janus-pro-1b" / "ckpt" / "tokenizer.json").is_file()
+    assert {p.name for p in (cache / "llamagen-c2i-b-256" / "ckpt").iterdir()} == {"gpt", "vq"}
+    assert all((cache / n / "sjd-jax-pretrained.json").is_file() for n in ("janus-pro-1b", "llamagen-c2i-b-256"))
     # one figure per model, shown inline (the cell tagged "figure")
     figures = [o for o in outputs_of(nb, "figure") if "image/png" in o.get("data", {})]
     assert len(figures) == 2
@@ -69,8 +75,7 @@ def test_stored_notebook_is_clean_and_has_colab_widgets():
             "CFG_SCALE_JANUS"} <= set(params)
     methods = json.loads(params["METHOD"].strip())
     assert set(methods) <= set(recipes.RECIPES) and {"ar", "sjd", "sjd-pac"} <= set(methods)
-    # the real downloads
-    for needle in ('"FoundationVision/LlamaGen", "c2i_B_256.pt"', '"FoundationVision/LlamaGen", "vq_ds16_c2i.pt"',
-                   '"deepseek-community/Janus-Pro-1B"'):
-        assert needle in src
+    # the real downloads, through the package's own entry point (no hand-written download cell)
+    assert "sjd_jax.from_pretrained(" in src and "hf_hub_download" not in src and "snapshot_download" not in src
+    assert '"llamagen-c2i": "llamagen-c2i-b-256", "janus-pro-1b": "janus-pro-1b"' in src
     assert nb.metadata["kernelspec"]["name"] == "python3"
