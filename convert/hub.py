@@ -196,5 +196,9 @@ def _check_space(entry: Path, sources: list[Path]) -> None:
     parent.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(parent).free
     if free < need * 1.05:
-        raise ValueError(f"{parent}: {free / 2**30:.1f} GiB free, converting needs about {need / 2**30:.1f} GiB "
+        raise ValueError(f"{parent}: {_human(free)} free, converting needs about {_human(need)} "
                          "(set SJD_JAX_CACHE to a larger disk)")
+
+
+def _human(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"

@@ -189,3 +189,13 @@ def test_readme_lists_every_hub_file():
                     if value.startswith(hub.HUB_PREFIX):
                         repo, file = hub.parse_spec(value[len(hub.HUB_PREFIX):])
                         assert repo in table and file in table, (p.name, value)
+
+
+def test_too_little_disk_is_refused_before_converting(offline, tmpfs, monkeypatch):
+    """The converted files take about what the sources do: a cache disk with less free space fails
+    before any conversion, with one line, and leaves nothing behind."""
+    small = tmpfs("small", "size=64k")
+    monkeypatch.setenv("SJD_JAX_CACHE", str(small))
+    with pytest.raises(ValueError, match=r"MiB free, converting needs about [0-9.]+ MiB \(set SJD_JAX_CACHE"):
+        hub.checkpoint_dir("janus-pro-1b", quiet=True)
+    assert not any((small / "pretrained").iterdir())
