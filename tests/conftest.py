@@ -73,3 +73,26 @@ def tmpfs(tmp_path):
     yield mount
     for mnt in mounted:
         subprocess.run(["umount", "-l", str(mnt)])
+
+
+@pytest.fixture(scope="session")
+def hub_cache(tmp_path_factory):
+    """A Hugging Face hub cache (``models--ORG--NAME/{refs/main, snapshots/REV, blobs}``) holding
+    tiny random checkpoints under the real repo and file names of ``llamagen-c2i-b-256`` and
+    ``janus-pro-1b`` (colab/tiny_checkpoints.py ``hub_cache``)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "colab"))
+    from tiny_checkpoints import hub_cache as fill
+
+    return fill(tmp_path_factory.mktemp("hf"))
+
+
+@pytest.fixture
+def offline_hub(hub_cache, tmp_path, monkeypatch):
+    """``hub_cache`` as the hub, offline; converted models go to a fresh ``SJD_JAX_CACHE`` (returned)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub_cache))
+    monkeypatch.setenv("SJD_JAX_CACHE", str(tmp_path / "sjd-cache"))
+    return tmp_path / "sjd-cache"

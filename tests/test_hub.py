@@ -1,6 +1,7 @@
 """Hub loading offline: ``sjd_jax.from_pretrained``, ``generate --model NAME`` without ``--ckpt`` and
 ``convert --from-hub``, against a hub-layout cache (``models--ORG--NAME/{refs/main, snapshots/REV,
-blobs}``) filled with the tiny checkpoints of colab/tiny_checkpoints.py, with ``HF_HUB_OFFLINE=1``."""
+blobs}``) filled with the tiny checkpoints of colab/tiny_checkpoints.py, with ``HF_HUB_OFFLINE=1``
+(the ``hub_cache`` / ``offline_hub`` fixtures of conftest.py)."""
 
 import json
 import re
@@ -22,23 +23,6 @@ from sjd_jax.io import checkpoint  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def hub_cache(tmp_path_factory):
-    sys.path.insert(0, str(ROOT / "colab"))
-    from tiny_checkpoints import hub_cache as fill
-
-    return fill(tmp_path_factory.mktemp("hf"))
-
-
-@pytest.fixture
-def offline(hub_cache, tmp_path, monkeypatch):
-    """The hub cache, offline; converted models under a fresh SJD_JAX_CACHE (returned)."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(hub_cache))
-    monkeypatch.setenv("SJD_JAX_CACHE", str(tmp_path / "sjd-cache"))
-    return tmp_path / "sjd-cache"
-
-
 def _same_tree(a, b):
     la, lb = jax.tree.leaves_with_path(a), jax.tree.leaves_with_path(b)
     assert [p for p, _ in la] == [p for p, _ in lb]
@@ -53,7 +37,7 @@ def _snapshot(hub_cache, repo):
     return store / "snapshots" / commit, commit
 
 
-def test_from_pretrained_converts_once_like_the_cli_and_reuses_it(offline, hub_cache, tmp_path, monkeypatch, capsys):
+def test_from_pretrained_converts_once_like_the_cli_and_reuses_it(offline_hub, hub_cache, tmp_path, monkeypatch, capsys):
     """The class model: the hub entry's two convert steps give the checkpoints ``sjd-jax convert`` gives
     for the same files; a second call converts nothing; the manifest names the commit converted."""
     b = S.from_pretrained("llamagen-c2i-b-256", quiet=True)
@@ -67,7 +51,7 @@ def test_from_pretrained_converts_once_like_the_cli_and_reuses_it(offline, hub_c
     assert b.gpt_config == want.gpt_config and b.gpt_config.grid_size == (16, 16)  # from the file name
     _same_tree(b.gpt_params, want.gpt_params)
     _same_tree(b.vq_params, want.vq_params)
-    entry = offline / "pretrained" / "llamagen-c2i-b-256"
+    entry = offline_hub / "pretrained" / "llamagen-c2i-b-256"
     m = json.loads((entry / hub.MANIFEST).read_text())
     assert m["model"] == "llamagen-c2i" and [s["commit"] for s in m["steps"]] == [commit, commit]
     assert sorted(p.name for p in (entry / "ckpt").iterdir()) == ["gpt", "vq"]
@@ -88,7 +72,7 @@ def test_from_pretrained_converts_once_like_the_cli_and_reuses_it(offline, hub_c
     assert "converting" not in capsys.readouterr().err  # quiet
 
 
-def test_generate_hub_name_without_ckpt_and_convert_from_hub(offline, hub_cache, tmp_path, capsys):
+def test_generate_hub_name_without_ckpt_and_convert_from_hub(offline_hub, hub_cache, tmp_path, capsys):
     """``generate --model janus-pro-1b`` fetches + converts (bfloat16, as released) then samples;
     ``convert --from-hub REPO`` of the same snapshot writes the same checkpoint."""
     from PIL import Image
@@ -101,7 +85,7 @@ def test_generate_hub_name_without_ckpt_and_convert_from_hub(offline, hub_cache,
     stats = json.loads(captured.out)
     assert stats["images"] == 1 and len(stats["nfe_per_image"]) == 1 and stats["nfe_per_image"][0] <= 16
     assert Image.open(png).size[0] >= 64
-    cached = offline / "pretrained" / "janus-pro-1b" / "ckpt"
+    cached = offline_hub / "pretrained" / "janus-pro-1b" / "ckpt"
     direct = tmp_path / "direct"
     assert cli(["convert", "--family", "janus-pro", "--from-hub", "deepseek-community/Janus-Pro-1B",
                 "--param-dtype", "bfloat16", "--out", str(direct), "--quiet"]) == 0
@@ -129,25 +113,25 @@ def test_generate_hub_name_without_ckpt_and_convert_from_hub(offline, hub_cache,
       "--vqgan", "hub:GAIR/Anole-7b-v0.1:tokenizer/vqgan.ckpt", "--out", "{out}"],
      "GAIR/Anole-7b-v0.1: tokenizer/vqgan.ckpt: not in the local hub cache"),
 ])
-def test_hub_errors_are_one_line_and_write_nothing(offline, tmp_path, capsys, argv, message):
+def test_hub_errors_are_one_line_and_write_nothing(offline_hub, tmp_path, capsys, argv, message):
     out = tmp_path / "out"
     rc = cli([a.replace("{out}", str(out)) for a in argv] + ["--quiet"])
     err = capsys.readouterr().err
     assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists()
-    assert not (offline / "pretrained").exists() or not any((offline / "pretrained").iterdir())
+    assert not (offline_hub / "pretrained").exists() or not any((offline_hub / "pretrained").iterdir())
 
 
-def test_cache_entry_damage_and_foreign_directories(offline, capsys):
+def test_cache_entry_damage_and_foreign_directories(offline_hub, capsys):
     """An entry whose manifest is gone is converted again; a directory sjd-jax did not write at the
     entry's path is refused and left as it was."""
-    entry = offline / "pretrained" / "janus-pro-1b"
+    entry = offline_hub / "pretrained" / "janus-pro-1b"
     hub.checkpoint_dir("janus-pro-1b", quiet=True)
     (entry / hub.MANIFEST).unlink()
     model, ckpt = hub.checkpoint_dir("janus-pro-1b", quiet=True)
     assert model == "janus-pro-1b" and hub.manifest(entry) is not None and checkpoint.is_checkpoint(ckpt)
 
-    foreign = offline / "pretrained" / "llamagen-c2i-b-256"
+    foreign = offline_hub / "pretrained" / "llamagen-c2i-b-256"
     foreign.mkdir(parents=True)
     (foreign / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="llamagen-c2i-b-256"):
@@ -155,7 +139,7 @@ def test_cache_entry_damage_and_foreign_directories(offline, capsys):
     assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
 
 
-def test_names_repos_and_directories(offline, tmp_path):
+def test_names_repos_and_directories(offline_hub, tmp_path):
     with pytest.raises(ValueError, match="several models; choose one of llamagen-c2i-b-256"):
         S.from_pretrained("FoundationVision/LlamaGen")
     assert S.families.loader.resolve("deepseek-community/janus-pro-1b", quiet=True)[0] == "janus-pro-1b"
@@ -167,7 +151,7 @@ def test_names_repos_and_directories(offline, tmp_path):
         S.from_pretrained(plain)
 
 
-def test_without_huggingface_hub(offline, monkeypatch):
+def test_without_huggingface_hub(offline_hub, monkeypatch):
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)
     with pytest.raises(ValueError, match=re.escape("pip install 'sjd-jax[hub]'")):
         S.from_pretrained("janus-pro-1b")
@@ -191,7 +175,7 @@ def test_readme_lists_every_hub_file():
                         assert repo in table and file in table, (p.name, value)
 
 
-def test_too_little_disk_is_refused_before_converting(offline, tmpfs, monkeypatch):
+def test_too_little_disk_is_refused_before_converting(offline_hub, tmpfs, monkeypatch):
     """The converted files take about what the sources do: a cache disk with less free space fails
     before any conversion, with one line, and leaves nothing behind."""
     small = tmpfs("small", "size=64k")

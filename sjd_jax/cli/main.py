@@ -11,6 +11,7 @@ COMMANDS = {  # name -> (module, function)
     "bench-mesh": ("sjd_jax.cli.bench_mesh", "main"),
     "shard-plan": ("sjd_jax.cli.shard_plan", "main"),
     "convert": ("sjd_jax.convert.cli", "main"),
+    "demo": ("sjd_jax.demo.app", "main"),
     "train-vq": ("sjd_jax.fashion.bundled", "main_train_vq"),
     "train-ar": ("sjd_jax.fashion.bundled", "main_train_ar"),
     "train-classifier": ("sjd_jax.fashion.bundled", "main_train_classifier"),
@@ -28,7 +29,8 @@ def main(argv=None) -> int:
               "  bench     AR vs Jacobi-family samplers: NFE, wall time, compile time (JSON)\n"
               "  bench-mesh  throughput of batch generation on device meshes vs one device (JSON)\n"
               "  shard-plan  per-device memory of params, KV cache and state on a planned mesh (JSON)\n"
-              "  convert   PyTorch/safetensors checkpoints -> sjd-jax checkpoint directories\n"
+              "  convert   PyTorch/safetensors checkpoints (local files or --from-hub) -> sjd-jax checkpoint directories\n"
+              "  demo      the web demo (Gradio; pip install 'sjd-jax[demo]'): AR vs SJD side by side, live\n"
               "  train-vq  train the Fashion-MNIST VQ tokenizer\n"
               "  train-ar  train the Fashion-MNIST class-conditional GPT over its tokens\n"
               "  train-classifier  train the evaluation CNN on real Fashion-MNIST\n\n"
