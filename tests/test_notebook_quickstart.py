@@ -46,6 +46,7 @@ def executed(tmp_path_factory):
     work = tmp_path_factory.mktemp("quickstart")
     nb = run_notebook(NAME, work)  # (the kernel imports this checkout: nbrun puts it on PYTHONPATH)
     results = json.loads((work / "quickstart_results.json").read_text())
+    results["demo"] = json.loads((work / "quickstart_demo.json").read_text())
     return nb, results
 
 
@@ -53,6 +54,7 @@ def executed(tmp_path_factory):
 def test_quickstart_runs_and_reports(executed):
     nb, r = executed
     assert r["ci"] is True and r["image_tokens"] == N
+    assert r["demo"]["served"] is True  # the web demo cell started the page and fetched it
     n_images = len(r["classes"]) * r["n_per_class"]
     assert n_images == 2
 
