@@ -1,8 +1,9 @@
 """``sjd-jax demo``: the runner without a browser, the Gradio API through gradio_client, and the page
 in a real headless browser (selenium + Debian's chromium / chromedriver; skipped without them).
 
-The server is started in-process once per module on a free loopback port; the client test and the
-browser test share it (and its compiled samplers). ``SJD_JAX_TEST_ARTIFACTS=DIR`` keeps the
+The server is ``sjd-jax demo`` itself, started once per module in its own process on a free loopback
+port; the client test and the browser test share it (and its compiled samplers), and check the
+numbers the page shows against ``sjd_jax.generate`` run here with the same settings. ``SJD_JAX_TEST_ARTIFACTS=DIR`` keeps the
 browser screenshots in DIR; ``SJD_JAX_DEMO_SCREENSHOT=PATH`` also writes the finished run's
 screenshot to PATH (``docs/scripts/demo_screenshot.py`` sets it to docs/demo.png).
 """
@@ -13,6 +14,8 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -39,17 +42,38 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(session):
-    """The app serving ``session`` on a free loopback port (in-process, background threads)."""
+def server(tmp_path_factory):
+    """``sjd-jax demo`` itself, in its own process on a free loopback port, serving two requests at a
+    time (``--concurrency 2``); its URL once the page answers."""
     pytest.importorskip("gradio")
-    from sjd_jax.demo import app
-
     port = free_port()
-    demo = app.start(session, host="127.0.0.1", port=port, max_batch=4, concurrency=1, block=False)
+    log = tmp_path_factory.mktemp("demo-server") / "server.log"
+    cmd = [sys.executable, "-m", "sjd_jax.cli.main", "demo", "--port", str(port), "--max-batch", "4",
+           "--concurrency", "2"]
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT,
+                                env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    url = f"http://127.0.0.1:{port}/"
     try:
-        yield f"http://127.0.0.1:{port}/"
+        deadline = time.monotonic() + 240
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"sjd-jax demo exited with {proc.returncode}: {log.read_text()[-3000:]}")
+            try:
+                urllib.request.urlopen(url, timeout=5).read()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"sjd-jax demo did not answer on {url}: {log.read_text()[-3000:]}")
+                time.sleep(0.5)
+        yield url
     finally:
-        demo.close()
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 # ---- runner (no gradio, no browser) ------------------------------------------------------------
@@ -68,6 +92,19 @@ def reference(session, cls: int, batch: int, seed: int, window: int, progress=No
                            window=window, progress=progress, **b.preset.knobs())
     img = to_uint8(decode_tokens(b.vq_params, b.vq_config, out.tokens, b.gpt_config.grid_size))[:, 2:30, 2:30]
     return np.asarray(out.tokens), np.repeat(img, 3, axis=-1)
+
+
+def reference_nfe(cls: int, seed: int, window: int = 16) -> float:
+    """The mean NFE ``sjd_jax.generate`` gives one image of class ``cls`` (the bundled model's defaults)."""
+    import jax.numpy as jnp
+
+    import sjd_jax
+    from sjd_jax.families import presets
+
+    b = presets.load("fashion-mnist")
+    out = sjd_jax.generate(b.gpt_params, b.gpt_config, jnp.full((1,), cls, jnp.int32), seed, method="sjd",
+                           window=window, **b.preset.knobs())
+    return float(np.asarray(out.nfe).mean())
 
 
 def check_run(r, batch: int, ar: bool):
@@ -254,13 +291,19 @@ def test_gradio_client_generate(server, tmp_path):
     assert status.startswith("done: sjd W=16 vs AR at seed 0, 1 image")
     assert "NFE 256.0 per image" in ar_stats
     nfe = float(re.search(r"NFE ([\d.]+) per image", stats).group(1))
-    assert nfe < N and f"→ {N / nfe:.2f}×" in stats
+    assert nfe == reference_nfe(0, 0) and f"→ {N / nfe:.2f}×" in stats  # the run the page made
     for path, size in ((ar_img, (224, 224)), (img, (224, 224)), (chart, (560, 260)), (grid, (224, 224))):
         assert Image.open(path).size == size
     with pytest.raises(AppError, match=re.escape("top-p must be in (0, 1], got 2.0")):
         client.predict(top_p=2, api_name="/generate")
     with pytest.raises(AppError, match="window must be 1..64 or auto, got 0"):
         client.predict(window="0", api_name="/generate")
+
+    # two users at once (the queue serves two at a time): each gets its own run's numbers
+    jobs = {(cls, seed): client.submit(cond=cls, seed=seed, api_name="/generate") for cls, seed in ((7, 1), (2, 3))}
+    for (cls, seed), job in jobs.items():
+        stats = job.result(timeout=300)[4]
+        assert float(re.search(r"NFE ([\d.]+) per image", stats).group(1)) == reference_nfe(cls, seed), stats
 
 
 # ---- the page in a real browser ---------------------------------------------------------------
@@ -344,7 +387,8 @@ def test_browser_generate_and_error(server, driver, tmp_path):
     assert "NFE 256.0 per image" in text_of(driver, "ar-stats")
     stats = text_of(driver, "chosen-stats")
     nfe = float(re.search(r"NFE ([\d.]+) per image", stats).group(1))
-    assert nfe < N and re.search(rf"{N} tokens in {nfe:.1f} forwards → {N / nfe:.2f}×", stats)
+    assert nfe == reference_nfe(0, 0)  # the defaults: class 0, seed 0, sjd W=16
+    assert re.search(rf"{N} tokens in {nfe:.1f} forwards → {N / nfe:.2f}×", stats)
     assert natural_size(driver, "ar-image") == natural_size(driver, "chosen-image") == [224, 224]
     assert natural_size(driver, "committed-chart") == [560, 260]
     assert natural_size(driver, "token-grid") == [224, 224]
