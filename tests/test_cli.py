@@ -61,6 +61,7 @@ USER_ERRORS = {
     "bench-mesh": (["--images", "0"], "--images must be an integer in 1..1048576, got 0"),
     "shard-plan": (["--model", "llamagen-xxxl"], "unknown model 'llamagen-xxxl'"),
     "convert": (["--family", "llamagen-c2i", "{tmp}/c2i_B_256.pt", "--out", "{tmp}/ck"], "no such file"),
+    "demo": (["--port", "0"], "--port must be an integer in 1..65535, got 0"),
     "train-vq": (["--out", "{tmp}/run", "--steps", "0"], "--steps must be an integer in 1.."),
     "train-ar": (["--out", "{tmp}/run", "--vq", "{tmp}/novq"], "is not an sjd-jax checkpoint"),
     "train-classifier": (["--out", "{tmp}/run", "--epochs", "0"], "--epochs must be an integer in 1.."),

@@ -8,6 +8,7 @@ browser screenshots in DIR; ``SJD_JAX_DEMO_SCREENSHOT=PATH`` also writes the fin
 screenshot to PATH (``docs/scripts/demo_screenshot.py`` sets it to docs/demo.png).
 """
 
+import json
 import os
 import re
 import shutil
@@ -47,12 +48,12 @@ def server(tmp_path_factory):
     time (``--concurrency 2``); its URL once the page answers."""
     pytest.importorskip("gradio")
     port = free_port()
-    log = tmp_path_factory.mktemp("demo-server") / "server.log"
+    d = tmp_path_factory.mktemp("demo-server")
+    log, result = d / "server.log", d / "stdout.json"
     cmd = [sys.executable, "-m", "sjd_jax.cli.main", "demo", "--port", str(port), "--max-batch", "4",
-           "--concurrency", "2"]
-    with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT,
-                                env=dict(os.environ, PYTHONPATH=str(ROOT)))
+           "--concurrency", "2", "--json"]
+    with open(log, "w") as err, open(result, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + 240
@@ -66,6 +67,10 @@ def server(tmp_path_factory):
                 if time.monotonic() > deadline:
                     pytest.fail(f"sjd-jax demo did not answer on {url}: {log.read_text()[-3000:]}")
                 time.sleep(0.5)
+        while not result.read_text().endswith("\n") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        started = json.loads(result.read_text())  # --json: the one object on stdout, once it serves
+        assert started["url"] == url and started["model"] == "fashion-mnist" and started["image_tokens"] == N
         yield url
     finally:
         proc.terminate()

@@ -15,6 +15,7 @@ examples:
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 from sjd_jax.cli import util as cliutil
@@ -37,6 +38,7 @@ def parser() -> cliutil.Parser:
     ap.add_argument("--max-batch", type=int, default=8, help="largest batch a request may ask for (default 8)")
     ap.add_argument("--concurrency", type=int, default=1,
                     help="requests decoded at the same time (Gradio queue concurrency; default 1); others wait")
+    cliutil.add_output_flags(ap)  # --json: one object {url, model, ...} once the page serves
     return ap
 
 
@@ -68,10 +70,20 @@ def _serve(args) -> int:
     from sjd_jax.demo import session
 
     s = session.load(args.model, args.ckpt)
-    print(f"{PROG}: {s.name} loaded; serving on http://{args.host}:{args.port} (Ctrl-C stops)", file=sys.stderr,
-          flush=True)
-    start(s, host=args.host, port=args.port, share=args.share, max_batch=args.max_batch,
-          concurrency=args.concurrency, block=True)
+    demo = start(s, host=args.host, port=args.port, share=args.share, max_batch=args.max_batch,
+                 concurrency=args.concurrency, block=False)
+    url = f"http://{args.host}:{args.port}/"
+    cliutil.Output(args).result(
+        {"url": url, "share_url": getattr(demo, "share_url", None), "model": s.name, "kind": s.kind,
+         "image_tokens": s.num_tokens, "max_batch": args.max_batch, "concurrency": args.concurrency},
+        f"{PROG}: {s.name} on {url} (Ctrl-C stops)")
+    try:
+        while demo.is_running:  # serve until Ctrl-C (gradio's own block_thread prints to stdout)
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        demo.close()
     return 0
 
 
