@@ -183,3 +183,43 @@ def test_too_little_disk_is_refused_before_converting(offline_hub, tmpfs, monkey
     with pytest.raises(ValueError, match=r"MiB free, converting needs about [0-9.]+ MiB \(set SJD_JAX_CACHE"):
         hub.checkpoint_dir("janus-pro-1b", quiet=True)
     assert not any((small / "pretrained").iterdir())
+
+
+@pytest.mark.parametrize("name", families.pretrained_names())
+def test_every_hub_entry_is_a_valid_convert_command(name, offline_hub, tmp_path, monkeypatch):
+    """Each entry's steps parse as ``sjd-jax convert`` command lines of a registered converter, with
+    its files (and ``hub:`` flag values) fetched, the dtype it names, and the layout its model's
+    loader reads (LlamaGen: gpt/ + vq/ (+ t5/); the others: the checkpoint itself). The files are
+    not real here: ``fetch`` and the converters are stand-ins."""
+    from sjd_jax.convert import cli as convert_cli
+
+    fetched, runs = [], []
+
+    def fetch(repo, files=(), revision=None):
+        fetched.append((repo, tuple(files)))
+        return [tmp_path / repo / (f or "snapshot") for f in (files or ("",))]
+
+    monkeypatch.setattr(hub, "fetch", fetch)
+    monkeypatch.setattr(hub, "_check_space", lambda entry, sources: None)
+    monkeypatch.setattr(convert_cli, "convert", lambda family, srcs, out, args: runs.append((family, srcs, out, args)))
+    p = families.pretrained(name)
+    model, ckpt = hub.checkpoint_dir(name, quiet=True)
+    assert model == p.model and model in families.model_names()
+    assert len(runs) == len(p.steps)
+    for step, (family, srcs, out, args) in zip(p.steps, runs):
+        assert family == step.family in families.converter_names()
+        assert srcs == fetch(step.repo, step.files) and args.param_dtype == step.dtype
+        assert out.name == (step.out or "ckpt")  # inside the entry's temp dir until it is complete
+        for flag, value in step.flags.items():
+            got = getattr(args, flag.lstrip("-").replace("-", "_"))
+            if value.startswith(hub.HUB_PREFIX):
+                repo, file = hub.parse_spec(value[len(hub.HUB_PREFIX):])
+                assert got == tmp_path / repo / file and (repo, (file,)) in fetched
+            else:
+                assert str(got) == value
+    subdirs = sorted(s.out for s in p.steps)
+    want = {"llamagen-c2i": ["gpt", "vq"], "llamagen-t2i-xl": ["gpt", "t5", "vq"]}.get(model, [""])
+    assert subdirs == want, subdirs
+    settings = families.for_model(model).models[model]
+    if settings.get("size"):  # Lumina: converted for the model's image size
+        assert {str(settings["size"])} == {s.flags.get("--image-size") for s in p.steps}
