@@ -257,7 +257,8 @@ def test_text_model_from_the_hub(offline_hub):
     s = session_mod.load("janus-pro-1b")
     assert s.kind == "text" and s.grid == (4, 4)
     req = runner.validate(s, cond="a red fox", method="sjd", window=4, seed=5, batch=2)
-    c = runner.compare(s, req)
+    *lines, c = runner.stream(s, req)  # progress reaches the text pipeline's loop too
+    assert re.fullmatch(r"sjd: 32/32 tokens after \d+ forwards…", lines[-1]), lines
     tm = sjd_jax.from_pretrained("janus-pro-1b")
     for run, method, window in ((c.ar, "ar", 1), (c.chosen, "sjd", 4)):
         images, out = tm.generate(["a red fox"] * 2, 5, method=method, window=window)
