@@ -407,4 +407,7 @@ def test_browser_generate_and_error(server, driver, tmp_path):
     WebDriverWait(driver, 60).until(lambda d: message in d.find_element(By.TAG_NAME, "body").text)
     shot = artifacts(tmp_path) / "demo-browser-error.png"
     assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 0
+    if os.environ.get("SJD_JAX_DEMO_SCREENSHOT"):  # docs/demo-error.png next to docs/demo.png
+        target = Path(os.environ["SJD_JAX_DEMO_SCREENSHOT"])
+        shutil.copyfile(shot, target.with_name(f"{target.stem}-error{target.suffix}"))
     assert "Traceback" not in driver.find_element(By.TAG_NAME, "body").text

@@ -4,7 +4,8 @@
 
 It is the browser test's own flow (tests/test_demo.py::test_browser_generate_and_error: the bundled
 model, the default request, headless Debian chromium at 1400x1100), run with
-``SJD_JAX_DEMO_SCREENSHOT`` set so the finished run's screenshot is copied to ``--out``. Needs gradio,
+``SJD_JAX_DEMO_SCREENSHOT`` set so the finished run's screenshot is copied to ``--out`` (and the
+bad-value one to ``--out``'s name + ``-error``, e.g. docs/demo-error.png). Needs gradio,
 selenium, /usr/bin/chromium and /usr/bin/chromedriver (the test extra + apt-get install chromium
 chromium-driver).
 """
