@@ -623,9 +623,9 @@ def convert(family: str, srcs, out: Path, args) -> dict:
 
     run = families.converter(family)  # (unknown family: ValueError naming the known ones)
     out = Path(out)
-    # before reading anything: --out must be new, or (--force) an sjd-jax checkpoint or empty dir
+    # before reading or fetching anything: --out must be new, or (--force) an sjd-jax checkpoint or empty dir
     atomic.check_dir_target(out, args.force, checkpoint.is_checkpoint, "sjd-jax checkpoint")
-    srcs = [Path(s) for s in (srcs if isinstance(srcs, (list, tuple)) else [srcs])]
+    srcs = fetch_sources(list(srcs) if isinstance(srcs, (list, tuple)) else [srcs], args)
     return run(srcs, out, args)
 
 
@@ -687,19 +687,21 @@ def parse_args(argv) -> object:
         raise ValueError(f"bad sjd-jax convert arguments: {' '.join(argv)}") from None
 
 
-def resolve_sources(args) -> None:
-    """``--from-hub`` and ``hub:REPO:FILE`` flag values -> local paths (fetched now); one source only."""
+def fetch_sources(srcs: list, args) -> list[Path]:
+    """The local files to convert: ``srcs``, or ``--from-hub REPO[:FILE]`` fetched now (one of the
+    two); ``hub:REPO:FILE`` values of ``--vqgan`` / ``--tokenizer`` / ``--vq`` become fetched paths."""
     from sjd_jax.convert import hub
 
-    if (args.from_hub is None) == (not args.src):
+    from_hub = getattr(args, "from_hub", None)
+    if (from_hub is None) == (not srcs):
         raise ValueError("give the checkpoint files (SRC ...) or --from-hub REPO[:FILE], not both or neither")
-    if args.from_hub is not None:
-        repo, file = hub.parse_spec(args.from_hub)
-        args.src = hub.fetch(repo, () if file is None else (file,))
+    if from_hub is not None:
+        repo, file = hub.parse_spec(from_hub)
+        srcs = hub.fetch(repo, () if file is None else (file,))
     for flag in ("vqgan", "tokenizer", "vq"):
-        value = getattr(args, flag)
-        if value is not None and str(value).startswith(hub.HUB_PREFIX):
-            setattr(args, flag, hub.resolve_flag(str(value)))
+        if getattr(args, flag, None) is not None:
+            setattr(args, flag, hub.resolve_flag(getattr(args, flag)))
+    return [Path(s) for s in srcs]
 
 
 def main(argv=None) -> int:
@@ -712,12 +714,6 @@ def main(argv=None) -> int:
 def _main(args) -> int:
     from sjd_jax.cli.util import Output
 
-    from sjd_jax import families
-    from sjd_jax.io import atomic, checkpoint
-
-    families.converter(args.family)  # an unknown family, and a taken --out, fail before any download
-    atomic.check_dir_target(args.out, args.force, checkpoint.is_checkpoint, "sjd-jax checkpoint")
-    resolve_sources(args)
     s = convert(args.family, args.src, args.out, args)
     Output(args).result(s, f"wrote {s['out']}: {s['kind']} {s['params'] / 1e6:.2f}M params, {s['dtype']}, "
                            f"{s['bytes'] / 2**20:.1f} MiB\n  {s['config']}"

@@ -111,9 +111,7 @@ def resolve_flag(value):
     if value is None or not str(value).startswith(HUB_PREFIX):
         return value
     repo, file = parse_spec(str(value)[len(HUB_PREFIX):])
-    if file is None:
-        return fetch(repo)[0]
-    return fetch(repo, (file,))[0]
+    return fetch(repo, () if file is None else (file,))[0]
 
 
 def manifest(entry: Path) -> dict | None:

@@ -262,10 +262,7 @@ def _grid(args, bundle, sampler, classes, mesh, out_path: Path, choice=None) -> 
         return 0
     images = to_uint8(decode_tokens(bundle.vq_params, bundle.vq_config, jnp.asarray(out.tokens), c.grid_size))
     wall = time.perf_counter() - t0
-    crop = bundle.preset.crop
-    if crop:
-        p = (images.shape[1] - crop) // 2
-        images = images[:, p:p + crop, p:p + crop]
+    images = bundle.preset.cropped(images)
     save_png(grid(images, ncols=len(classes), scale=2 if images.shape[1] < 128 else 1), out_path)
     cliauto.observe(args, choice, sampler.name, sampler.window, bundle.gpt_params, c, sampler.knobs, out.nfe)
     st = stats_of(out, N, sampler.window)

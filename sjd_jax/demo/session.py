@@ -135,11 +135,7 @@ def _class_session(name: str, bundle) -> Session:
     def run(labels: list, seed: int, keywords: dict):
         out = generate(bundle.gpt_params, c, jnp.asarray(labels, jnp.int32), seed, **keywords)
         out = jax.device_get(out)  # GenerateOutput of numpy arrays
-        images = to_uint8(decode(bundle.vq_params, jnp.asarray(out.tokens)))  # [B, H, W, 3]
-        if p.crop:
-            m = (images.shape[1] - p.crop) // 2
-            images = images[:, m:m + p.crop, m:m + p.crop]
-        return images, out
+        return p.cropped(to_uint8(decode(bundle.vq_params, jnp.asarray(out.tokens)))), out  # [B, H, W, C]
 
     defaults = dict(p.knobs(), window=p.window)
     return Session(name, "class", tuple(p.class_names), defaults, tuple(c.grid_size), int(c.vocab_size),

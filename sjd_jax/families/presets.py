@@ -33,6 +33,13 @@ class Preset:
     top_p: float = 1.0
     crop: int | None = None  # center crop of decoded images (Fashion-MNIST: 32 -> 28)
 
+    def cropped(self, images):
+        """Decoded images ``[B, H, W, C]`` centre-cropped to ``crop`` x ``crop`` (as they are when no crop)."""
+        if not self.crop:
+            return images
+        m = (images.shape[1] - self.crop) // 2
+        return images[:, m:m + self.crop, m:m + self.crop]
+
     def knobs(self, **overrides) -> dict:
         """Sampling knobs: this preset's defaults, replaced by every override that is not None."""
         d = dict(cfg_scale=self.cfg_scale, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)

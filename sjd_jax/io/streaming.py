@@ -183,11 +183,7 @@ class _Writer:
         ids = np.asarray([it.example_id for it in items], np.int64)
         tokens = np.stack([it.tokens for it in items])
         if self.png:
-            images = to_uint8(self.decode(self.bundle.vq_params, jnp.asarray(tokens)))
-            crop = self.bundle.preset.crop
-            if crop:
-                p = (images.shape[1] - crop) // 2
-                images = images[:, p:p + crop, p:p + crop]
+            images = self.bundle.preset.cropped(to_uint8(self.decode(self.bundle.vq_params, jnp.asarray(tokens))))
             for i, img in zip(ids, images):
                 save_png(img, self.out_dir / "images" / f"{i:06d}.png")
         _save_npz(self.out_dir / "parts" / f"{ids[0]:06d}-{ids[-1]:06d}.npz", ids=ids, tokens=tokens,
